@@ -1,0 +1,1 @@
+"""Everything that talks to Consul: registration, health, drain (and, next, watching)."""

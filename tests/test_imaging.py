@@ -1,0 +1,72 @@
+"""Decoding and preprocessing, in process: every input mode ends as 224x224 RGB uint8."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from worker.imaging import ImageError, Preprocessing, open_image, preprocess
+
+PREP = Preprocessing()
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "img,fmt",
+    [
+        (Image.new("RGB", (640, 480), (200, 30, 30)), "JPEG"),
+        (Image.new("L", (300, 500), 128), "PNG"),
+        (Image.new("RGBA", (256, 256), (0, 0, 255, 128)), "PNG"),
+        (Image.new("CMYK", (320, 240), (0, 255, 255, 0)), "JPEG"),
+        (Image.new("I;16", (300, 300), 40000), "PNG"),
+        (Image.new("P", (100, 80), 3), "GIF"),
+        (Image.new("RGB", (50, 40), (1, 2, 3)), "BMP"),
+    ],
+    ids=["rgb-jpeg", "gray-png", "rgba-png", "cmyk-jpeg", "16bit-png", "palette-gif", "tiny-bmp"],
+)
+def test_every_mode_becomes_rgb_uint8(img, fmt):
+    out = preprocess(encode(img, fmt), PREP, 10**8)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+
+
+def test_centre_crop_keeps_the_middle():
+    # Red centre square inside a wide blue frame: the 0.875 centre crop of the short
+    # side sees red in the middle and blue only at the edges.
+    img = Image.new("RGB", (800, 400), (0, 0, 255))
+    img.paste((255, 0, 0), (250, 50, 550, 350))
+    out = preprocess(encode(img, "PNG"), PREP, 10**8)
+    assert tuple(out[112, 112]) == (255, 0, 0)
+    assert out[112, 0, 2] > 200  # left edge of the crop is still frame
+
+
+def test_exif_orientation_is_honoured():
+    # Stored as 400 wide x 200 tall, top half red; EXIF 6 says "rotate 90 deg clockwise
+    # to display", so the displayed image is 200x400 with the red half on the right.
+    img = Image.new("RGB", (400, 200), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 400, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = preprocess(encode(img, "JPEG", exif=exif.tobytes()), PREP, 10**8)
+    assert out[112, 200, 0] > 200 and out[112, 200, 2] < 60  # right: red
+    assert out[112, 20, 2] > 200 and out[112, 20, 0] < 60  # left: blue
+
+
+def test_pixel_limit_checked_from_the_header_alone():
+    data = encode(Image.new("RGB", (3000, 2000)), "PNG")
+    with pytest.raises(ImageError) as err:
+        open_image(data[:200], max_pixels=5_000_000)  # only the header is there
+    assert err.value.code == "image_too_large"
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("P", (64, 64), i) for i in range(3)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert preprocess(data, PREP, 10**8).shape == (224, 224, 3)

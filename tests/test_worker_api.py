@@ -1,0 +1,198 @@
+"""The worker's HTTP API end to end: a real worker process with the real default model."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+
+import aiohttp
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA
+
+
+async def post_file(url: str, field: str, data: bytes, filename: str = "photo.jpg", **kw):
+    form = aiohttp.FormData()
+    form.add_field(field, data, filename=filename, content_type="application/octet-stream")
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, data=form, **kw) as r:
+            return r.status, await r.json(), r.headers
+
+
+async def post_raw(url: str, data: bytes, content_type: str | None):
+    headers = {"Content-Type": content_type} if content_type else {}
+    async with aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as s:
+        async with s.post(url, data=data, headers=headers) as r:
+            return r.status, await r.json()
+
+
+def assert_error(status, body, expected_status, code=None):
+    assert status == expected_status, body
+    assert set(body) == {"error"} and body["error"]["message"]
+    if code:
+        assert body["error"]["code"] == code
+
+
+async def assert_still_serving(worker, coffee_jpeg):
+    status, body, _ = await post_file(worker.url, "data", coffee_jpeg)
+    assert status == 200 and body["predictions"][0]["index"] == ESPRESSO
+
+
+async def test_coffee_is_espresso_with_full_response(worker, coffee_jpeg):
+    status, body, _ = await post_file(worker.url, "data", coffee_jpeg)
+    assert status == 200
+    assert body["model"] == "efficientnet_lite0" and body["version"] == "1"
+    assert body["worker"] == worker.worker_id
+    preds = body["predictions"]
+    assert len(preds) == 5
+    assert preds[0] == {"label": "espresso", "index": ESPRESSO, "score": pytest.approx(0.95, abs=0.03)}
+    scores = [p["score"] for p in preds]
+    assert scores == sorted(scores, reverse=True)
+    assert set(body["timings_ms"]) == {"decode", "queue", "inference", "total"}
+    assert body["timings_ms"]["total"] >= body["timings_ms"]["inference"] > 0
+
+
+async def test_real_photos(worker, chelsea_png):
+    status, body, _ = await post_file(worker.url, "data", chelsea_png, "chelsea.png")
+    assert status == 200 and body["predictions"][0]["index"] in DOMESTIC_CATS
+    rocket = (SKIMAGE_DATA / "rocket.jpg").read_bytes()
+    status, body, _ = await post_file(worker.url, "data", rocket, "rocket.jpg")
+    top5 = {p["label"] for p in body["predictions"]}
+    assert status == 200 and top5 & {"missile", "projectile", "space shuttle"}
+
+
+@pytest.mark.parametrize("field", ["data", "image", "file"])
+async def test_accepted_fields_and_classify_route(worker, coffee_jpeg, field):
+    for path in ("/", "/classify"):
+        status, body, _ = await post_file(worker.url + path, field, coffee_jpeg)
+        assert status == 200 and body["predictions"][0]["index"] == ESPRESSO
+
+
+@pytest.mark.parametrize("ctype", ["image/jpeg", "image/anything", "application/octet-stream"])
+async def test_raw_body(worker, coffee_jpeg, ctype):
+    status, body = await post_raw(worker.url, coffee_jpeg, ctype)
+    assert status == 200 and body["predictions"][0]["index"] == ESPRESSO
+
+
+async def test_top_k(worker, coffee_jpeg):
+    for k in (1, 10, 1000):
+        status, body, _ = await post_file(f"{worker.url}/?k={k}", "data", coffee_jpeg)
+        assert status == 200 and len(body["predictions"]) == k
+    assert sum(p["score"] for p in body["predictions"]) == pytest.approx(1.0, abs=1e-3)
+    assert len({p["index"] for p in body["predictions"]}) == 1000
+
+
+def test_seed_curl_contract(worker, coffee_jpeg, tmp_path):
+    """The original contract, with plain curl: curl -XPOST HOST:PORT -F data=@photo.jpg"""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(coffee_jpeg)
+    host_port = worker.url.removeprefix("http://")
+    out = subprocess.run(["curl", "-s", "-XPOST", host_port, "-F", f"data=@{photo}"],
+                         capture_output=True, check=True, timeout=30).stdout
+    body = json.loads(out)
+    assert body["predictions"][0]["label"] == "espresso" and len(body["predictions"]) == 5
+
+
+async def test_health_ready_info(worker):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(worker.url + "/healthz") as r:
+            assert r.status == 200 and (await r.json())["status"] == "alive"
+        async with s.get(worker.url + "/readyz") as r:
+            assert r.status == 200 and (await r.json())["status"] == "ready"
+        async with s.get(worker.url + "/info") as r:
+            info = await r.json()
+    assert info["model"] == "efficientnet_lite0" and info["version"] == "1"
+    assert info["input_shape"] == [224, 224, 3] and info["num_labels"] == 1000
+    assert info["backend"] == "savedmodel"
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def test_bad_images_are_400_and_worker_keeps_serving(worker, coffee_jpeg):
+    cases = {
+        b"": "empty_image",
+        b"hello, this is plain text and not an image": "not_an_image",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40: "corrupt_image",  # PNG magic, garbage after
+        coffee_jpeg[: len(coffee_jpeg) // 2]: "corrupt_image",  # truncated mid-scan
+        coffee_jpeg[:200]: "corrupt_image",  # truncated in the header
+    }
+    for data, code in cases.items():
+        status, body, _ = await post_file(worker.url, "data", data)
+        assert_error(status, body, 400, code)
+    await assert_still_serving(worker, coffee_jpeg)
+
+
+async def test_too_many_pixels_refused_without_decoding(worker, coffee_jpeg):
+    # A 1-bit 8000x8000 PNG: ~8 KB on the wire, 64 Mpx (over the worker's 30 Mpx limit).
+    bomb = _png(Image.new("1", (8000, 8000)))
+    assert len(bomb) < 100_000
+    status, body, _ = await post_file(worker.url, "data", bomb, "bomb.png")
+    assert_error(status, body, 413, "image_too_large")
+    assert "8000x8000" in body["error"]["message"]
+    await assert_still_serving(worker, coffee_jpeg)
+
+
+async def test_body_over_limit(worker, coffee_jpeg):
+    big = np.random.default_rng(0).integers(0, 255, 5 * 1024 * 1024, dtype=np.uint8).tobytes()
+    status, body, _ = await post_file(worker.url, "data", big)
+    assert_error(status, body, 413, "payload_too_large")
+    status, body = await post_raw(worker.url, big, "image/jpeg")
+    assert_error(status, body, 413, "payload_too_large")
+    await assert_still_serving(worker, coffee_jpeg)
+
+
+async def test_oversized_declared_length_refused_before_body_is_read(worker, coffee_jpeg):
+    """Headers announce 100 MB; the worker answers 413 without waiting for any of it."""
+    host, port = worker.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+        f"Content-Length: {100 * 1024 * 1024}\r\n\r\n".encode() + b"\xff\xd8" * 100
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 413"), head
+    await assert_still_serving(worker, coffee_jpeg)
+
+
+async def test_wrong_field_type_and_method(worker, coffee_jpeg):
+    status, body, _ = await post_file(worker.url, "photo", coffee_jpeg)
+    assert_error(status, body, 400, "missing_image_field")
+    assert "'data'" in body["error"]["message"]
+    status, body = await post_raw(worker.url, b"k=v", "application/x-www-form-urlencoded")
+    assert_error(status, body, 415, "unsupported_media_type")
+    status, body = await post_raw(worker.url, b"{}", "application/json")
+    assert_error(status, body, 415)
+    async with aiohttp.ClientSession() as s:
+        for method, path in [("GET", "/"), ("PUT", "/classify"), ("DELETE", "/")]:
+            async with s.request(method, worker.url + path) as r:
+                assert_error(r.status, await r.json(), 405, "method_not_allowed")
+                assert "POST" in r.headers["Allow"]
+        async with s.get(worker.url + "/nope") as r:
+            assert_error(r.status, await r.json(), 404)
+    await assert_still_serving(worker, coffee_jpeg)
+
+
+@pytest.mark.parametrize("k", ["0", "-1", "1001", "abc", "2.5", ""])
+async def test_bad_k_is_422(worker, coffee_jpeg, k):
+    status, body, _ = await post_file(f"{worker.url}/?k={k}", "data", coffee_jpeg)
+    assert_error(status, body, 422, "invalid_parameter")
+
+
+async def test_concurrent_requests_all_answered(worker, coffee_jpeg):
+    results = await asyncio.gather(*(post_file(worker.url, "data", coffee_jpeg) for _ in range(24)))
+    assert all(s == 200 and b["predictions"][0]["index"] == ESPRESSO for s, b, _ in results)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(worker.url + "/stats") as r:
+            stats = await r.json()
+    assert stats["in_flight"] == 0 and stats["batching"]["failed_batches"] == 0
+    assert stats["batching"]["images"] >= 24

@@ -1,0 +1,1 @@
+"""The worker: loads a model once, decodes and batches images, serves them over HTTP."""

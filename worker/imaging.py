@@ -1,0 +1,99 @@
+"""Decode image bytes and turn them into the model's uint8 input.
+
+Pillow reads only the header on open, so the pixel-count limit is enforced before any
+pixel is decoded. JPEGs are decoded in draft mode straight to the smallest power-of-two
+reduction that still covers the crop, which is most of the decode cost saved on photos.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# We enforce our own pixel limit (a 4xx, not a warning or a crash).
+Image.MAX_IMAGE_PIXELS = None
+
+# Signatures of the common formats: matching one but failing to open means corrupt.
+KNOWN_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+class ImageError(Exception):
+    """The bytes are not a usable image; `code` names why."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its input: square side, centre-crop fraction, resampling."""
+
+    size: int = 224
+    crop_fraction: float = 0.875
+    resample: str = "bicubic"
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) and validate size; raises ImageError."""
+    if not data:
+        raise ImageError("empty_image", "the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        if data.startswith(KNOWN_SIGNATURES) or data[8:12] == b"WEBP":
+            raise ImageError("corrupt_image", "the image is corrupt: its header could not be read") from None
+        raise ImageError("not_an_image", "the data is not an image in a format we can read") from None
+    except Exception as exc:  # Pillow raises many types on hostile headers
+        raise ImageError("corrupt_image", f"the image header could not be read: {exc}") from None
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageError("corrupt_image", "the image has no pixels")
+    if width * height > max_pixels:
+        raise ImageError(
+            "image_too_large",
+            f"the image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
+        )
+    return img
+
+
+def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
+    """Bytes -> uint8 array of shape (size, size, 3), RGB, centre-cropped and resized."""
+    img = open_image(data, max_pixels)
+    try:
+        # Ask the JPEG decoder for a reduced size that still covers the crop.
+        need = int(np.ceil(prep.size / prep.crop_fraction))
+        img.draft("RGB", (need, need))
+        img = ImageOps.exif_transpose(img)
+        if img.mode != "RGB":
+            # Palette/alpha/CMYK/16-bit/grayscale all go through RGBA or straight to RGB.
+            img = img.convert("RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB")
+            if img.mode == "RGBA":
+                background = Image.new("RGB", img.size, (255, 255, 255))
+                background.paste(img, mask=img.getchannel("A"))
+                img = background
+        width, height = img.size
+        side = prep.crop_fraction * min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        img = img.resize(
+            (prep.size, prep.size),
+            resample=RESAMPLE[prep.resample],
+            box=(left, top, left + side, top + side),
+        )
+        array = np.asarray(img, dtype=np.uint8)
+    except ImageError:
+        raise
+    except Exception as exc:  # truncated or corrupt pixel data
+        raise ImageError("corrupt_image", f"the image could not be decoded: {exc}") from None
+    if array.shape != (prep.size, prep.size, 3):
+        raise ImageError("corrupt_image", f"decoded to unexpected shape {array.shape}")
+    return array

@@ -1,0 +1,105 @@
+"""Load a served model from a TF Serving-style directory: MODEL_DIR/<version>/.
+
+The newest numeric version is served. Besides the SavedModel, a version directory may
+hold labels.txt (one class name per line) and serving.json (preprocessing settings);
+without them, classes are named by index and the default preprocessing applies.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worker.imaging import Preprocessing
+
+
+class ModelError(Exception):
+    pass
+
+
+def newest_version(model_dir: Path) -> Path:
+    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise ModelError(f"{model_dir} has no numeric version directory (expected {model_dir}/1/)")
+    return max(versions, key=lambda p: int(p.name))
+
+
+@dataclass
+class Model:
+    name: str
+    version: str
+    backend: str
+    input_shape: tuple[int, int, int]  # H, W, C of one image
+    labels: list[str]
+    preprocessing: Preprocessing
+    load_seconds: float
+    _predict: object  # callable: uint8 (N, H, W, C) -> float32 (N, classes)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a uint8 batch; one row per input image."""
+        out = self._predict(batch)
+        if out.shape[0] != batch.shape[0]:
+            raise ModelError(f"model returned {out.shape[0]} rows for a batch of {batch.shape[0]}")
+        return out
+
+
+def _savedmodel_predictor(version_dir: Path, intra_op_threads: int, inter_op_threads: int):
+    import tensorflow as tf
+
+    if intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    if inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    loaded = tf.saved_model.load(str(version_dir))
+    fn = loaded.signatures["serving_default"]
+    (input_name, spec), = fn.structured_input_signature[1].items()
+    (output_name,) = fn.structured_outputs.keys()
+    if spec.dtype != tf.uint8 or spec.shape.rank != 4:
+        raise ModelError(f"serving_default must take uint8 NHWC images, takes {spec}")
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return fn(**{input_name: tf.constant(batch)})[output_name].numpy()
+
+    # Hold a reference to `loaded`: the concrete function needs its variables alive.
+    predict.loaded = loaded
+    return predict, tuple(spec.shape[1:])
+
+
+def load_model(model_dir: Path, *, intra_op_threads: int = 0, inter_op_threads: int = 0) -> Model:
+    start = time.perf_counter()
+    model_dir = Path(model_dir)
+    version_dir = newest_version(model_dir)
+    predict, input_shape = _savedmodel_predictor(version_dir, intra_op_threads, inter_op_threads)
+    if None in input_shape or input_shape[0] != input_shape[1] or input_shape[2] != 3:
+        raise ModelError(f"model input must be square RGB, got {input_shape}")
+
+    settings = {}
+    if (version_dir / "serving.json").exists():
+        settings = json.loads((version_dir / "serving.json").read_text())
+    labels_file = version_dir / settings.get("labels", "labels.txt")
+    labels = labels_file.read_text().splitlines() if labels_file.exists() else []
+
+    preprocessing = Preprocessing(
+        size=int(input_shape[0]),
+        crop_fraction=float(settings.get("crop_fraction", 0.875)),
+        resample=settings.get("resample", "bicubic"),
+    )
+    # One warm-up call so the first request does not pay for graph tracing.
+    probs = predict(np.zeros((1, *input_shape), dtype=np.uint8))
+    if labels and len(labels) != probs.shape[1]:
+        raise ModelError(f"{labels_file} has {len(labels)} labels, the model {probs.shape[1]} classes")
+    labels = labels or [str(i) for i in range(probs.shape[1])]
+    return Model(
+        name=model_dir.name,
+        version=version_dir.name,
+        backend="savedmodel",
+        input_shape=tuple(int(d) for d in input_shape),
+        labels=labels,
+        preprocessing=preprocessing,
+        load_seconds=time.perf_counter() - start,
+        _predict=predict,
+    )
