@@ -36,12 +36,16 @@ def test_registered_with_address_port_meta_and_passing_check(worker, consul_agen
     service = entry["Service"]
     assert service["Service"] == "classifier"
     assert service["Address"] == "127.0.0.1" and service["Port"] == worker.port
-    assert service["Meta"] == {
+    meta = service["Meta"]
+    assert int(meta.pop("zmq_port")) > 0
+    assert meta == {
         "worker_id": worker.worker_id,
         "model": "efficientnet_lite0",
         "version": "1",
         "backend": "savedmodel",
         "input_shape": "224x224x3",
+        "crop_fraction": "0.875",
+        "resample": "bicubic",
         "http_port": str(worker.port),
     }
     checks = {c["CheckID"]: c["Status"] for c in entry["Checks"]}

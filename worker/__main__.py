@@ -21,6 +21,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     p.add_argument("--model-dir", type=Path, default=d.model_dir, help="MODEL/<version>/ layout (default %(default)s)")
     p.add_argument("--host", default=d.host, help="interface to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="HTTP port, 0 for any free one (default %(default)s)")
+    p.add_argument("--zmq-port", type=int, default=d.zmq_port, help="ZeroMQ port for proxies, 0 for any")
     p.add_argument("--advertise", default=None, help="address registered in Consul (default: the Consul agent's)")
     p.add_argument(
         "--consul",
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
         model_dir=a.model_dir,
         host=a.host,
         port=a.port,
+        zmq_port=a.zmq_port,
         advertise=a.advertise,
         consul=ConsulAddress.parse(a.consul, a.consul_token),
         service_name=a.service_name,

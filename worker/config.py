@@ -15,6 +15,8 @@ class WorkerConfig:
     model_dir: Path = Path("models/efficientnet_lite0")
     host: str = "0.0.0.0"
     port: int = 0  # 0: any free port
+    zmq_port: int = 0  # the ZeroMQ endpoint for proxies; 0: any free port
+    max_zmq_message_bytes: int = 64 * 1024 * 1024
     advertise: str | None = None  # address other hosts reach us at; default: Consul agent's
     consul: ConsulAddress = field(default_factory=ConsulAddress)
     service_name: str = "classifier"

@@ -4,55 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-import numpy as np
 from aiohttp import web
 
-from worker.batcher import Batcher, InferenceFailed, Overloaded
-from worker.config import WorkerConfig
 from worker.errors import ApiError, json_errors
 from worker.imaging import ImageError, preprocess
-from worker.model import Model
+from worker.service import STATE, WorkerState, classify_image
 from worker.upload import parse_top_k, read_image
-
-
-@dataclass
-class WorkerState:
-    """Everything the handlers share; created by the server, filled as start-up proceeds."""
-
-    config: WorkerConfig
-    worker_id: str
-    decode_pool: ThreadPoolExecutor
-    model: Model | None = None
-    batcher: Batcher | None = None
-    draining: bool = False
-    in_flight: int = 0
-    served: int = 0
-
-    @property
-    def ready(self) -> bool:
-        return self.model is not None and not self.draining
-
-    def not_ready_reason(self) -> str:
-        return "draining" if self.draining else "loading the model"
-
-
-STATE = web.AppKey("state", WorkerState)
-
-
-def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[dict]:
-    # argpartition then sort only the k best: cheaper than a full sort of 1000 classes.
-    best = np.argpartition(-probabilities, k - 1)[:k]
-    best = best[np.argsort(-probabilities[best])]
-    return [{"label": labels[i], "index": int(i), "score": float(probabilities[i])} for i in best]
 
 
 async def classify(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if not state.ready:
-        raise ApiError(503, "not_ready", f"the worker is not ready: {state.not_ready_reason()}", {"Retry-After": "1"})
+    state.check_ready()
     model = state.model
     k = parse_top_k(request, state.config.default_top_k, len(model.labels))
 
@@ -65,22 +28,15 @@ async def classify(request: web.Request) -> web.Response:
                 state.decode_pool, preprocess, data, model.preprocessing, state.config.max_pixels
             )
         except ImageError as exc:
-            status = 413 if exc.code == "image_too_large" else 400
-            raise ApiError(status, exc.code, exc.message) from None
+            raise ApiError(exc.status, exc.code, exc.message) from None
         decoded = time.perf_counter()
-        try:
-            prediction = await state.batcher.submit(image)
-        except Overloaded as exc:
-            raise ApiError(503, "overloaded", f"the worker is at capacity: {exc}", {"Retry-After": "1"}) from None
-        except InferenceFailed as exc:
-            raise ApiError(500, "inference_failed", str(exc)) from None
-        state.served += 1
+        predictions, prediction = await classify_image(state, image, k)
         total_ms = (time.perf_counter() - started) * 1000
         return web.json_response(
             {
                 "model": model.name,
                 "version": model.version,
-                "predictions": top_k(prediction.probabilities, model.labels, k),
+                "predictions": predictions,
                 "worker": state.worker_id,
                 "batch_size": prediction.batch_size,
                 "timings_ms": {
@@ -101,8 +57,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if not state.ready:
-        raise ApiError(503, "not_ready", state.not_ready_reason(), {"Retry-After": "1"})
+    state.check_ready()
     return web.json_response({"status": "ready", "worker": state.worker_id})
 
 

@@ -31,6 +31,11 @@ class ImageError(Exception):
         self.code = code
         self.message = message
 
+    @property
+    def status(self) -> int:
+        """The HTTP status to answer with."""
+        return 413 if self.code == "image_too_large" else 400
+
 
 @dataclass(frozen=True)
 class Preprocessing:

@@ -22,7 +22,9 @@ from aiohttp import web
 from discovery.registration import Registration, ServiceInstance, agent_address
 from worker.batcher import Batcher
 from worker.config import WorkerConfig
-from worker.http_api import WorkerState, create_app
+from worker.http_api import create_app
+from worker.service import WorkerState
+from worker.zmq_endpoint import ZmqEndpoint
 from worker.model import load_model
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,8 @@ async def advertised_address(config: WorkerConfig) -> str:
     return await agent_address(config.consul)
 
 
-def service_meta(state: WorkerState, http_port: int) -> dict[str, str]:
+def service_meta(state: WorkerState, http_port: int, zmq_port: int) -> dict[str, str]:
+    """Consul Meta: what a proxy needs to preprocess for this worker and reach it."""
     m = state.model
     return {
         "worker_id": state.worker_id,
@@ -47,7 +50,10 @@ def service_meta(state: WorkerState, http_port: int) -> dict[str, str]:
         "version": m.version,
         "backend": m.backend,
         "input_shape": "x".join(map(str, m.input_shape)),
+        "crop_fraction": str(m.preprocessing.crop_fraction),
+        "resample": m.preprocessing.resample,
         "http_port": str(http_port),
+        "zmq_port": str(zmq_port),
     }
 
 
@@ -86,6 +92,7 @@ async def serve(config: WorkerConfig) -> int:
     log.info("listening on %s:%d, loading %s", config.host, port, config.model_dir)
 
     registration = None
+    endpoint = None
     try:
         load = loop.run_in_executor(
             None,
@@ -103,11 +110,13 @@ async def serve(config: WorkerConfig) -> int:
         state.model = load.result()
         state.batcher = Batcher(state.model, config.batch)
         state.batcher.start()
+        endpoint = ZmqEndpoint(state, config.host, config.zmq_port, config.max_zmq_message_bytes)
+        endpoint.start()
 
         address = await advertised_address(config)
         registration = Registration(
             config.consul,
-            ServiceInstance(config.service_name, worker_id, address, port, service_meta(state, port)),
+            ServiceInstance(config.service_name, worker_id, address, port, service_meta(state, port, endpoint.port)),
             ttl_s=config.heartbeat_ttl_s,
         )
         await registration.start()
@@ -115,6 +124,7 @@ async def serve(config: WorkerConfig) -> int:
             "event": "ready",
             "worker_id": worker_id,
             "url": f"http://{address}:{port}",
+            "zmq": f"tcp://{address}:{endpoint.port}",
             "model": state.model.name,
             "version": state.model.version,
             "startup_seconds": round(time.perf_counter() - started, 3),
@@ -130,6 +140,8 @@ async def serve(config: WorkerConfig) -> int:
         if registration:
             await registration.close()
         await runner.cleanup()
+        if endpoint:
+            await endpoint.close()
         if state.batcher:
             await state.batcher.stop()
         state.decode_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,107 @@
+"""Keep a live set of a service's passing instances, from Consul blocking queries.
+
+A blocked query returns within milliseconds of a register, deregister, maintenance
+toggle or check change, so subscribers see changes well within a second. When Consul
+is unreachable the watcher keeps the last known set, says so once in the log, and
+resumes watching when Consul answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from discovery.registration import ConsulAddress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One passing service instance, as Consul describes it."""
+
+    id: str
+    address: str
+    port: int
+    meta: dict[str, str] = field(default_factory=dict, hash=False, compare=True)
+
+    @property
+    def http_address(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    @property
+    def zmq_endpoint(self) -> str | None:
+        port = self.meta.get("zmq_port")
+        return f"tcp://{self.address}:{port}" if port else None
+
+
+def parse_entries(entries: list[dict]) -> dict[str, Instance]:
+    instances = {}
+    for entry in entries:
+        s = entry["Service"]
+        address = s.get("Address") or entry["Node"]["Address"]
+        instances[s["ID"]] = Instance(s["ID"], address, int(s["Port"]), dict(s.get("Meta") or {}))
+    return instances
+
+
+class ServiceWatcher:
+    def __init__(
+        self,
+        consul: ConsulAddress,
+        service: str,
+        on_change: Callable[[dict[str, Instance]], None],
+        wait: str = "30s",
+    ):
+        self.consul = consul
+        self.service = service
+        self.on_change = on_change
+        self.wait = wait
+        self.instances: dict[str, Instance] = {}
+        self.connected = False
+        self.synced = asyncio.Event()  # set after the first successful answer
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name=f"watch-{self.service}")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        client = self.consul.client()
+        index = None
+        backoff = 0.1
+        try:
+            while True:
+                try:
+                    index, entries = await client.health.service(
+                        self.service, passing=True, index=index, wait=self.wait
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if self.connected or not self.synced.is_set():
+                        log.warning(
+                            "Consul at %s:%d unreachable (%s); keeping the last known %d instance(s)",
+                            self.consul.host, self.consul.port, exc, len(self.instances),
+                        )
+                    self.connected = False
+                    index = None  # a restarted agent starts its indexes again
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                if not self.connected and self.synced.is_set():
+                    log.info("Consul is back; watching %s again", self.service)
+                self.connected = True
+                backoff = 0.1
+                instances = parse_entries(entries)
+                if instances != self.instances or not self.synced.is_set():
+                    self.instances = instances
+                    self.on_change(instances)
+                self.synced.set()
+        finally:
+            await client.close()

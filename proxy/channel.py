@@ -1,0 +1,163 @@
+"""One proxy -> worker ZeroMQ channel, with micro-batching.
+
+Requests for the same worker that arrive within `max_delay_ms` of each other (up to
+`max_batch_size`) leave as one message: one JSON header and one uint8 tensor frame.
+Replies are matched to requests by batch id and item id.
+
+Failure is loud, never silent: a socket monitor reports the TCP connection dropping
+(a killed worker), which fails every request waiting on this channel at once with
+ChannelFailed, so the caller can eject the worker and retry elsewhere without waiting
+for a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
+
+from worker import wire
+
+log = logging.getLogger(__name__)
+
+
+class ChannelFailed(Exception):
+    """The worker is unreachable or answered the whole batch with an error."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass
+class _Item:
+    id: str
+    image: np.ndarray
+    k: int
+    future: asyncio.Future
+
+
+class WorkerChannel:
+    def __init__(self, context: zmq.asyncio.Context, endpoint: str, model: str,
+                 max_batch_size: int, max_delay_ms: float):
+        self.endpoint = endpoint
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_delay_ms = max_delay_ms
+        self.batches_sent = 0
+        self._socket = context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
+        self._socket.connect(endpoint)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._pending: dict[str, list[_Item]] = {}
+        self._ids = itertools.count()
+        self._prefix = uuid.uuid4().hex[:8]
+        self.failed: str | None = None
+        self._tasks = [asyncio.create_task(c) for c in (self._send_loop(), self._recv_loop(), self._watch())]
+
+    async def submit(self, image: np.ndarray, k: int) -> dict:
+        """One image's result dict from the worker ({"predictions": ...} or {"error": ...})."""
+        if self.failed:
+            raise ChannelFailed(self.failed)
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(f"{self._prefix}-{next(self._ids)}", image, k, future))
+        return await future
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_delay_ms / 1000
+            while len(batch) < self.max_batch_size:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            batch = [item for item in batch if not item.future.done()]
+            if not batch:
+                continue
+            batch_id = f"{self._prefix}-b{next(self._ids)}"
+            request = wire.BatchRequest(
+                batch_id, [i.id for i in batch], np.stack([i.image for i in batch]),
+                model=self.model, k=max(i.k for i in batch),
+            )
+            self._pending[batch_id] = batch
+            try:
+                await self._socket.send_multipart(wire.encode_request(request), copy=False)
+                self.batches_sent += 1
+            except zmq.ZMQError as exc:
+                self._fail_batch(self._pending.pop(batch_id), ChannelFailed(f"send failed: {exc}"))
+
+    async def _recv_loop(self) -> None:
+        while True:
+            frames = await self._socket.recv_multipart()
+            try:
+                reply = wire.decode_reply(frames)
+            except wire.WireError as exc:
+                log.warning("%s: dropped a malformed reply: %s", self.endpoint, exc)
+                continue
+            batch = self._pending.pop(reply["batch"], None)
+            if batch is None:
+                continue  # its requests already gave up (timeout)
+            if "error" in reply:
+                err = reply["error"]
+                self._fail_batch(batch, ChannelFailed(err.get("message", "error"), err.get("status"), err.get("code")))
+                continue
+            results = {r.get("id"): r for r in reply.get("results", [])}
+            for item in batch:
+                result = results.get(item.id)
+                if item.future.done():
+                    continue
+                if result is None:
+                    item.future.set_exception(ChannelFailed(f"reply has no result for {item.id}"))
+                    continue
+                if "predictions" in result:
+                    result["predictions"] = result["predictions"][: item.k]
+                result.update(worker=reply.get("worker"), model=reply.get("model"), version=reply.get("version"))
+                item.future.set_result(result)
+
+    async def _watch(self) -> None:
+        while True:
+            event = await recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.fail(f"lost the connection to {self.endpoint}")
+
+    def fail(self, reason: str) -> None:
+        """Mark the channel dead and fail everything waiting on it."""
+        if not self.failed:
+            self.failed = reason
+        for batch in self._pending.values():
+            self._fail_batch(batch, ChannelFailed(reason))
+        self._pending.clear()
+        while not self._queue.empty():
+            self._fail_batch([self._queue.get_nowait()], ChannelFailed(reason))
+
+    @staticmethod
+    def _fail_batch(batch: list[_Item], exc: Exception) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    async def close(self) -> None:
+        self.fail("channel closed")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._socket.disable_monitor()
+        self._monitor.close(linger=0)
+        self._socket.close(linger=0)

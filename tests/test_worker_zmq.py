@@ -1,0 +1,85 @@
+"""The worker's ZeroMQ endpoint, spoken to directly with the wire module."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from tests.conftest import ESPRESSO, consul_get
+from worker import wire
+from worker.imaging import Preprocessing, preprocess
+
+
+def zmq_endpoint(consul_agent, worker) -> str:
+    (entry,) = [e for e in consul_get(consul_agent, "/v1/health/service/classifier?passing")
+                if e["Service"]["ID"] == worker.worker_id]
+    return f"tcp://{entry['Service']['Address']}:{entry['Service']['Meta']['zmq_port']}"
+
+
+async def roundtrip(endpoint: str, frames: list, timeout_ms: int = 20000) -> dict:
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        await sock.send_multipart(frames)
+        assert await sock.poll(timeout_ms), "no reply"
+        return wire.decode_reply(await sock.recv_multipart())
+    finally:
+        sock.close()
+        ctx.term()
+
+
+async def test_batch_of_images_classified(consul_agent, worker, coffee_jpeg, chelsea_png):
+    coffee = preprocess(coffee_jpeg, Preprocessing(), 10**8)
+    chelsea = preprocess(chelsea_png, Preprocessing(), 10**8)
+    images = np.stack([coffee, chelsea, coffee])
+    request = wire.BatchRequest("b1", ["a", "b", "c"], images, model="efficientnet_lite0", k=3)
+    reply = await roundtrip(zmq_endpoint(consul_agent, worker), wire.encode_request(request))
+    assert reply["batch"] == "b1" and reply["worker"] == worker.worker_id
+    assert reply["model"] == "efficientnet_lite0" and reply["version"] == "1"
+    results = {r["id"]: r for r in reply["results"]}
+    assert results["a"]["predictions"][0]["index"] == ESPRESSO
+    assert results["c"]["predictions"][0]["index"] == ESPRESSO
+    assert results["b"]["predictions"][0]["label"] in {"tabby", "tiger cat", "Egyptian cat"}
+    assert all(len(r["predictions"]) == 3 for r in results.values())
+
+
+async def test_malformed_messages_answered_or_dropped_and_worker_survives(consul_agent, worker, coffee_jpeg):
+    endpoint = zmq_endpoint(consul_agent, worker)
+    good_header = {"batch": "x", "ids": ["1"], "dtype": "uint8", "shape": [1, 224, 224, 3]}
+    cases = [
+        [json.dumps(good_header).encode(), b"\x00" * 10],  # wrong byte count
+        [json.dumps({**good_header, "dtype": "float32"}).encode(), b"\x00" * (224 * 224 * 3)],
+        [json.dumps({**good_header, "shape": [1, 10, 10, 3]}).encode(), b"\x00" * 300],  # wrong input shape
+        [json.dumps({**good_header, "model": "resnet"}).encode(), b"\x00" * (224 * 224 * 3)],
+    ]
+    for frames in cases:
+        reply = await roundtrip(endpoint, frames)
+        assert reply["batch"] == "x" and reply["error"]["code"] and reply["error"]["status"] >= 400
+    # No batch id: nothing to answer, the message is dropped (and logged).
+    for frames in ([b"not json", b""], [b"{}"], [b"\xff" * 100, b"a", b"b"]):
+        ctx = zmq.asyncio.Context()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoint)
+        await s.send_multipart(frames)
+        assert not await s.poll(300)
+        s.close()
+        ctx.term()
+    # Still serving over ZeroMQ and HTTP.
+    image = preprocess(coffee_jpeg, Preprocessing(), 10**8)[None]
+    reply = await roundtrip(endpoint, wire.encode_request(wire.BatchRequest("ok", ["1"], image)))
+    assert reply["results"][0]["predictions"][0]["index"] == ESPRESSO
+
+
+def test_wire_roundtrip_without_pickle():
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    frames = wire.encode_request(wire.BatchRequest("b", ["i", "j"], images, "m", "1", 7))
+    assert frames[0].startswith(b"{")  # JSON, not pickle
+    decoded = wire.decode_request([bytes(f) for f in frames])
+    assert decoded.ids == ["i", "j"] and decoded.k == 7 and decoded.model == "m"
+    np.testing.assert_array_equal(decoded.images, images)

@@ -1,0 +1,115 @@
+"""The worker's ZeroMQ endpoint: batched uint8 tensors in, per-image results out.
+
+A ROUTER socket, so many proxies (DEALER sockets) can talk to one worker and each reply
+goes back to its sender. Every image of an incoming batch is queued in the shared
+batcher, so proxy batches merge with direct HTTP traffic into the largest batches the
+load allows. A malformed message gets an error reply when it carries a batch id and is
+dropped with a log line when it does not; nothing on the wire can stop the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import zmq
+import zmq.asyncio
+
+from worker import wire
+from worker.errors import ApiError
+from worker.service import WorkerState, classify_image
+
+log = logging.getLogger(__name__)
+
+
+def _error(code: str, message: str, status: int) -> dict:
+    return {"code": code, "message": message, "status": status}
+
+
+class ZmqEndpoint:
+    def __init__(self, state: WorkerState, host: str, port: int, max_message_bytes: int):
+        self.state = state
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        # A peer that sends more than this is disconnected by libzmq, before we see it.
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        bind_host = "*" if host in ("", "0.0.0.0") else host
+        if port:
+            self._socket.bind(f"tcp://{bind_host}:{port}")
+            self.port = port
+        else:
+            self.port = self._socket.bind_to_random_port(f"tcp://{bind_host}")
+        self._task: asyncio.Task | None = None
+        self._handlers: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._receive(), name="zmq-endpoint")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._socket.close(linger=0)
+        self._context.term()
+
+    async def _receive(self) -> None:
+        while True:
+            frames = await self._socket.recv_multipart(copy=False)
+            task = asyncio.create_task(self._handle(frames))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, frames: list[zmq.Frame]) -> None:
+        identity, payload = frames[0].bytes, frames[1:]
+        try:
+            parts = [payload[0].bytes, *(f.buffer for f in payload[1:])] if payload else []
+            request = wire.decode_request(parts)
+        except wire.WireError as exc:
+            if exc.batch is None:
+                log.warning("dropped a malformed ZeroMQ message: %s", exc)
+                return
+            await self._reply(identity, {"batch": exc.batch, "worker": self.state.worker_id,
+                                         "error": _error("bad_message", str(exc), 400)})
+            return
+        reply = {"batch": request.batch, "worker": self.state.worker_id}
+        try:
+            self._check(request)
+        except ApiError as exc:
+            reply["error"] = _error(exc.code, exc.message, exc.status)
+            await self._reply(identity, reply)
+            return
+        self.state.in_flight += len(request.ids)
+        try:
+            results = await asyncio.gather(
+                *(self._one(item_id, image, request.k) for item_id, image in zip(request.ids, request.images))
+            )
+        finally:
+            self.state.in_flight -= len(request.ids)
+        model = self.state.model
+        reply.update(model=model.name, version=model.version, results=results)
+        await self._reply(identity, reply)
+
+    def _check(self, request: wire.BatchRequest) -> None:
+        self.state.check_ready()
+        model = self.state.model
+        if request.images.shape[1:] != model.input_shape:
+            raise ApiError(400, "wrong_shape", f"images must be {model.input_shape}, got {request.images.shape[1:]}")
+        if request.model and request.model != model.name:
+            raise ApiError(409, "wrong_model", f"this worker serves {model.name}, not {request.model}")
+        if not 1 <= request.k <= len(model.labels):
+            raise ApiError(422, "invalid_parameter", f"k must be from 1 to {len(model.labels)}")
+
+    async def _one(self, item_id: str, image, k: int) -> dict:
+        try:
+            predictions, p = await classify_image(self.state, image, k)
+        except ApiError as exc:
+            return {"id": item_id, "error": _error(exc.code, exc.message, exc.status)}
+        return {"id": item_id, "predictions": predictions, "queue_ms": round(p.queue_ms, 3),
+                "inference_ms": round(p.inference_ms, 3), "batch_size": p.batch_size}
+
+    async def _reply(self, identity: bytes, reply: dict) -> None:
+        try:
+            await self._socket.send_multipart([identity, *wire.encode_reply(reply)])
+        except zmq.ZMQError as exc:  # the peer went away; nothing to answer
+            log.warning("could not send a ZeroMQ reply: %s", exc)
