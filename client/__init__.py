@@ -1,1 +1,5 @@
-"""Client library and CLI (lookup-then-POST, forwarding, load tests). Not built yet: see issue 3."""
+"""Client library and CLI: lookup-then-POST (p2p) with retries, or forwarding through the proxy."""
+
+from client.api import ClassifyError, Client
+
+__all__ = ["Client", "ClassifyError"]

@@ -6,8 +6,8 @@ Replies are matched to requests by batch id and item id.
 
 Failure is loud, never silent: a socket monitor reports the TCP connection dropping
 (a killed worker), which fails every request waiting on this channel at once with
-ChannelFailed, so the caller can eject the worker and retry elsewhere without waiting
-for a timeout.
+ChannelFailed and tells the pool (`on_disconnect`), so the worker is ejected and its
+requests retried elsewhere without waiting for a timeout or for Consul's TTL.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +48,9 @@ class _Item:
 
 class WorkerChannel:
     def __init__(self, context: zmq.asyncio.Context, endpoint: str, model: str,
-                 max_batch_size: int, max_delay_ms: float):
+                 max_batch_size: int, max_delay_ms: float, on_disconnect: Callable[[str], None]):
         self.endpoint = endpoint
+        self.on_disconnect = on_disconnect
         self.model = model
         self.max_batch_size = max_batch_size
         self.max_delay_ms = max_delay_ms
@@ -135,7 +137,9 @@ class WorkerChannel:
         while True:
             event = await recv_monitor_message(self._monitor)
             if event["event"] == zmq.EVENT_DISCONNECTED:
-                self.fail(f"lost the connection to {self.endpoint}")
+                reason = f"lost the connection to {self.endpoint}"
+                self.fail(reason)
+                self.on_disconnect(reason)
 
     def fail(self, reason: str) -> None:
         """Mark the channel dead and fail everything waiting on it."""

@@ -126,6 +126,62 @@ class WorkerProcess:
             self.stderr.close()
 
 
+class ProxyProcess:
+    """`python -m proxy` as a real subprocess on a free port."""
+
+    def __init__(self, consul: DevAgent, *extra: str, log_path: Path | None = None):
+        from discovery.consul_agent import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "proxy", "--host", "127.0.0.1", "--port", str(self.port),
+                "--consul", consul.address, *extra]
+        self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                     stdout=self.stderr, stderr=self.stderr)
+        wait_for(self._alive, timeout=30, what="proxy listening")
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {self.proc.returncode}")
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def workers(self) -> dict:
+        with urllib.request.urlopen(self.url + "/workers", timeout=5) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.stderr is not subprocess.DEVNULL:
+            self.stderr.close()
+
+
+@pytest.fixture
+def start_proxy(consul_agent, artifacts_dir, request):
+    """Factory: start_proxy(*extra_args, consul=agent) -> ProxyProcess; stopped after the test."""
+    started: list[ProxyProcess] = []
+
+    def start(*extra: str, consul: DevAgent | None = None) -> ProxyProcess:
+        log = artifacts_dir / f"proxy-{request.node.name}-{len(started)}.log"
+        p = ProxyProcess(consul or consul_agent, *extra, log_path=log)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
 @pytest.fixture
 def start_worker(consul_agent, artifacts_dir, request):
     """Factory: start_worker(*extra_args, consul=agent) -> ready WorkerProcess; stopped after the test."""

@@ -44,6 +44,7 @@ def test_registered_with_address_port_meta_and_passing_check(worker, consul_agen
         "version": "1",
         "backend": "savedmodel",
         "input_shape": "224x224x3",
+        "num_labels": "1000",
         "crop_fraction": "0.875",
         "resample": "bicubic",
         "http_port": str(worker.port),

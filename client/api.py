@@ -1,0 +1,107 @@
+"""The client library: classify through the proxy, or look up a worker and post to it.
+
+    async with Client("http://127.0.0.1:12480") as c:
+        result = await c.classify("photo.jpg")                # p2p: lookup, then POST to the worker
+        result = await c.classify(image_bytes, mode="proxy")  # forward through the proxy
+
+In p2p mode a connection failure or a 503 from the worker means a fresh lookup and
+another try (bounded by `retries`); addresses that just failed are avoided for the
+rest of that request. A 4xx is the caller's problem and raised at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+RETRYABLE_STATUS = {500, 502, 503, 504}
+
+
+class ClassifyError(Exception):
+    def __init__(self, status: int, body: dict | str):
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        super().__init__(f"{status} {error.get('code', '')}: {error.get('message', body)}")
+        self.status = status
+        self.code = error.get("code")
+        self.body = body
+
+
+class Client:
+    def __init__(self, proxy_url: str = "http://127.0.0.1:12480", *, retries: int = 4,
+                 timeout_s: float = 30.0, session: aiohttp.ClientSession | None = None):
+        self.proxy_url = proxy_url.rstrip("/")
+        self.retries = retries
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session = session
+        self._own_session = session is None
+        self.stats = {"requests": 0, "retries": 0}
+
+    async def __aenter__(self) -> "Client":
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._own_session and self._session:
+            await self._session.close()
+
+    async def lookup(self) -> str:
+        """One live worker's host:port, from the proxy's GET /."""
+        async with self._session.get(self.proxy_url + "/") as r:
+            if r.status != 200:
+                raise ClassifyError(r.status, await _body(r))
+            return (await r.text()).strip()
+
+    async def classify(self, image: bytes | str | Path, *, mode: str = "p2p", k: int = 5) -> dict:
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        self.stats["requests"] += 1
+        if mode == "proxy":
+            return await self._with_retries(lambda avoid: self._post(self.proxy_url, data, k))
+        if mode == "p2p":
+            return await self._with_retries(lambda avoid: self._p2p_once(data, k, avoid))
+        raise ValueError(f"mode must be 'p2p' or 'proxy', not {mode!r}")
+
+    async def _p2p_once(self, data: bytes, k: int, avoid: set[str]) -> dict:
+        address = await self.lookup()
+        for _ in range(3):  # a just-failed address may still be handed out: ask again
+            if address not in avoid:
+                break
+            address = await self.lookup()
+        try:
+            return await self._post(f"http://{address}", data, k)
+        except (aiohttp.ClientError, ClassifyError, asyncio.TimeoutError):
+            avoid.add(address)
+            raise
+
+    async def _with_retries(self, attempt) -> dict:
+        avoid: set[str] = set()
+        for n in range(self.retries + 1):
+            try:
+                return await attempt(avoid)
+            except ClassifyError as exc:
+                if exc.status not in RETRYABLE_STATUS or n == self.retries:
+                    raise
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError):
+                if n == self.retries:
+                    raise
+            self.stats["retries"] += 1
+            await asyncio.sleep(0.05 * (n + 1))
+        raise AssertionError("unreachable")
+
+    async def _post(self, url: str, data: bytes, k: int) -> dict:
+        form = aiohttp.FormData()
+        form.add_field("data", data, filename="image", content_type="application/octet-stream")
+        async with self._session.post(url + "/", params={"k": str(k)}, data=form) as r:
+            body = await _body(r)
+            if r.status != 200:
+                raise ClassifyError(r.status, body)
+            return body
+
+
+async def _body(r: aiohttp.ClientResponse):
+    try:
+        return await r.json(content_type=None)
+    except ValueError:
+        return await r.text()

@@ -1,0 +1,160 @@
+"""The proxy's live set of workers: Consul's passing instances minus ejected ones.
+
+Consul (through the watcher) adds and removes workers. The proxy ejects a worker on its
+own the moment a request to it fails or times out, without waiting for Consul's TTL;
+a probe of the worker's /readyz brings it back when it answers again, and a worker
+Consul no longer lists is forgotten. A removed worker's channel stays open until the
+requests already sent to it are answered (a draining worker finishes them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+import zmq.asyncio
+
+from discovery.watcher import Instance
+from proxy.channel import WorkerChannel
+from proxy.policy import RoundRobin
+from worker.imaging import Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerHandle:
+    instance: Instance
+    channel: WorkerChannel
+    preprocessing: Preprocessing
+    num_labels: int
+    outstanding: int = 0
+    served: int = 0
+    failures: int = 0
+    ejected: str | None = None  # why, while ejected
+
+    @property
+    def id(self) -> str:
+        return self.instance.id
+
+    def describe(self) -> dict:
+        i = self.instance
+        return {
+            "id": i.id,
+            "address": i.http_address,
+            "zmq": i.zmq_endpoint,
+            "model": i.meta.get("model"),
+            "version": i.meta.get("version"),
+            "live": self.ejected is None,
+            "ejected": self.ejected,
+            "outstanding": self.outstanding,
+            "served": self.served,
+            "failures": self.failures,
+            "batches_sent": self.channel.batches_sent,
+        }
+
+
+def preprocessing_from_meta(meta: dict[str, str]) -> Preprocessing:
+    size = int(meta.get("input_shape", "224x224x3").split("x")[0])
+    return Preprocessing(size, float(meta.get("crop_fraction", 0.875)), meta.get("resample", "bicubic"))
+
+
+class WorkerPool:
+    def __init__(self, *, max_batch_size: int, max_delay_ms: float, probe_interval_s: float = 0.5,
+                 retire_timeout_s: float = 30.0, policy=None):
+        self.policy = policy or RoundRobin()
+        self.max_batch_size = max_batch_size
+        self.max_delay_ms = max_delay_ms
+        self.probe_interval_s = probe_interval_s
+        self.retire_timeout_s = retire_timeout_s
+        self.workers: dict[str, WorkerHandle] = {}
+        self.ejections = 0
+        self._context = zmq.asyncio.Context()
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _handle(self, instance: Instance) -> WorkerHandle:
+        handle = WorkerHandle(instance, None, preprocessing_from_meta(instance.meta),
+                              int(instance.meta.get("num_labels", 1000)))
+        handle.channel = WorkerChannel(self._context, instance.zmq_endpoint, instance.meta.get("model", ""),
+                                       self.max_batch_size, self.max_delay_ms,
+                                       on_disconnect=lambda reason: self.eject(handle, reason))
+        return handle
+
+    def update(self, instances: dict[str, Instance]) -> None:
+        """The watcher's callback: Consul's passing set changed."""
+        for worker_id in list(self.workers):
+            if worker_id not in instances:
+                handle = self.workers.pop(worker_id)
+                log.info("worker %s left (Consul)", worker_id)
+                self._spawn(self._retire(handle))
+        for worker_id, instance in instances.items():
+            if instance.zmq_endpoint is None:
+                continue  # not a worker that speaks ZeroMQ
+            current = self.workers.get(worker_id)
+            if current is None or current.instance != instance:
+                if current is not None:
+                    self._spawn(self._retire(current))
+                self.workers[worker_id] = self._handle(instance)
+                log.info("worker %s joined at %s", worker_id, instance.http_address)
+
+    def live(self) -> list[WorkerHandle]:
+        return [h for h in self.workers.values() if h.ejected is None]
+
+    def choose(self, exclude: set[str] = frozenset()) -> WorkerHandle | None:
+        candidates = [h for h in self.live() if h.id not in exclude]
+        return self.policy.choose(candidates) if candidates else None
+
+    def eject(self, handle: WorkerHandle, reason: str) -> None:
+        """Stop routing to a worker at once; probe it until it answers again."""
+        handle.failures += 1
+        if handle.ejected is not None or self.workers.get(handle.id) is not handle:
+            return
+        handle.ejected = reason
+        self.ejections += 1
+        handle.channel.fail(reason)
+        log.warning("ejected worker %s: %s", handle.id, reason)
+        self._spawn(self._probe(handle))
+
+    async def _probe(self, handle: WorkerHandle) -> None:
+        url = f"http://{handle.instance.http_address}/readyz"
+        while self.workers.get(handle.id) is handle:
+            await asyncio.sleep(self.probe_interval_s)
+            try:
+                async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status != 200:
+                        continue
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+            if self.workers.get(handle.id) is handle:
+                await handle.channel.close()
+                self.workers[handle.id] = self._handle(handle.instance)
+                log.info("worker %s is back (probe)", handle.id)
+            return
+
+    async def _retire(self, handle: WorkerHandle) -> None:
+        deadline = asyncio.get_running_loop().time() + self.retire_timeout_s
+        while handle.outstanding and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await handle.channel.close()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for handle in self.workers.values():
+            await handle.channel.close()
+        self.workers.clear()
+        if self._session:
+            await self._session.close()
+        self._context.term()

@@ -1,0 +1,87 @@
+"""The dynamic batcher in process, with a stand-in model so failures can be forced."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from worker.batcher import BatchConfig, Batcher, InferenceFailed, Overloaded
+
+
+class StandInModel:
+    """Returns one row per image (the image's first pixel as its score); can fail or block."""
+
+    def __init__(self):
+        self.fail_next = False
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batches: list[int] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.gate.wait(10)
+        self.batches.append(len(batch))
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("boom")
+        return batch[:, 0, 0, :1].astype(np.float32)
+
+
+def image(value: int) -> np.ndarray:
+    return np.full((2, 2, 3), value, dtype=np.uint8)
+
+
+@pytest.fixture
+async def batcher():
+    model = StandInModel()
+    b = Batcher(model, BatchConfig(max_batch_size=4, max_delay_ms=20, max_queue=6))
+    b.start()
+    yield b, model
+    model.gate.set()
+    await b.stop()
+
+
+async def test_results_match_inputs_and_batches_form(batcher):
+    b, model = batcher
+    results = await asyncio.gather(*(b.submit(image(i)) for i in range(6)))
+    assert [int(r.probabilities[0]) for r in results] == list(range(6))
+    assert model.batches == [4, 2] and b.stats.max_batch_size == 4
+    assert [r.batch_size for r in results] == [4, 4, 4, 4, 2, 2]
+
+
+async def test_failed_batch_fails_its_requests_and_loop_continues(batcher):
+    b, model = batcher
+    model.fail_next = True
+    outcomes = await asyncio.gather(*(b.submit(image(i)) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(o, InferenceFailed) and "boom" in str(o) for o in outcomes)
+    assert int((await b.submit(image(9))).probabilities[0]) == 9
+    assert b.stats.failed_batches == 1
+
+
+async def test_full_queue_refuses_at_once(batcher):
+    b, model = batcher
+    model.gate.clear()  # the inference thread blocks: nothing leaves the queue
+    first = asyncio.ensure_future(b.submit(image(0)))
+    await asyncio.sleep(0.1)  # taken by the collector, now computing
+    queued = [asyncio.ensure_future(b.submit(image(i))) for i in range(6)]
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded):
+        await b.submit(image(99))
+    model.gate.set()
+    await asyncio.gather(first, *queued)
+
+
+async def test_caller_that_went_away_does_not_break_the_loop(batcher):
+    b, model = batcher
+    model.gate.clear()
+    blocker = asyncio.ensure_future(b.submit(image(0)))
+    await asyncio.sleep(0.1)
+    gone = asyncio.ensure_future(b.submit(image(1)))
+    await asyncio.sleep(0)
+    gone.cancel()
+    model.gate.set()
+    await blocker
+    assert int((await b.submit(image(2))).probabilities[0]) == 2
+    assert sum(model.batches) == 2  # the cancelled request was never computed
