@@ -7,7 +7,6 @@ registrations (workers re-register on their next heartbeat).
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess

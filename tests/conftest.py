@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +13,8 @@ import skimage
 from PIL import Image
 
 from discovery.consul_agent import PROJECT_ROOT, DevAgent
+from proxy.process import ProxyProcess
+from worker.process import WorkerProcess
 
 MODEL_DIR = PROJECT_ROOT / "models" / "efficientnet_lite0"
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
@@ -63,109 +60,6 @@ def chelsea_png() -> bytes:
     return (SKIMAGE_DATA / "chelsea.png").read_bytes()
 
 
-class WorkerProcess:
-    """`python -m worker` as a real subprocess, on a free port, registered in Consul."""
-
-    def __init__(self, consul: DevAgent, *extra: str, log_path: Path | None = None):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-        args = [sys.executable, "-m", "worker", "--host", "127.0.0.1", "--port", "0",
-                "--consul", consul.address, "--model-dir", str(MODEL_DIR), *extra]
-        self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=self.stderr)
-        self.ready: dict | None = None
-        self._ready_event = threading.Event()
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-
-    def _read_stdout(self):
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "ready":
-                self.ready = event
-                self._ready_event.set()
-
-    def wait_ready(self, timeout: float = 90) -> "WorkerProcess":
-        deadline = time.monotonic() + timeout
-        while not self._ready_event.wait(0.2):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode} before it was ready")
-            if time.monotonic() > deadline:
-                raise TimeoutError("worker not ready in time")
-        return self
-
-    @property
-    def url(self) -> str:
-        return self.ready["url"]
-
-    @property
-    def worker_id(self) -> str:
-        return self.ready["worker_id"]
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 60) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.stderr is not subprocess.DEVNULL:
-            self.stderr.close()
-
-
-class ProxyProcess:
-    """`python -m proxy` as a real subprocess on a free port."""
-
-    def __init__(self, consul: DevAgent, *extra: str, log_path: Path | None = None):
-        from discovery.consul_agent import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "proxy", "--host", "127.0.0.1", "--port", str(self.port),
-                "--consul", consul.address, *extra]
-        self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                                     stdout=self.stderr, stderr=self.stderr)
-        wait_for(self._alive, timeout=30, what="proxy listening")
-
-    def _alive(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"proxy exited with {self.proc.returncode}")
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def workers(self) -> dict:
-        with urllib.request.urlopen(self.url + "/workers", timeout=5) as r:
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.stderr is not subprocess.DEVNULL:
-            self.stderr.close()
-
-
 @pytest.fixture
 def start_proxy(consul_agent, artifacts_dir, request):
     """Factory: start_proxy(*extra_args, consul=agent) -> ProxyProcess; stopped after the test."""
@@ -189,7 +83,7 @@ def start_worker(consul_agent, artifacts_dir, request):
 
     def start(*extra: str, consul: DevAgent | None = None, wait: bool = True) -> WorkerProcess:
         log = artifacts_dir / f"worker-{request.node.name}-{len(started)}.log"
-        w = WorkerProcess(consul or consul_agent, *extra, log_path=log)
+        w = WorkerProcess(consul or consul_agent, "--model-dir", str(MODEL_DIR), *extra, log_path=log)
         started.append(w)
         return w.wait_ready() if wait else w
 
@@ -201,7 +95,7 @@ def start_worker(consul_agent, artifacts_dir, request):
 @pytest.fixture(scope="session")
 def worker(consul_agent, artifacts_dir):
     """One shared worker for the API tests, with small limits so the 413 cases are cheap."""
-    w = WorkerProcess(consul_agent, "--max-body-bytes", str(4 * 1024 * 1024), "--max-pixels", "30000000",
+    w = WorkerProcess(consul_agent, "--model-dir", str(MODEL_DIR), "--max-body-bytes", str(4 * 1024 * 1024), "--max-pixels", "30000000",
                       log_path=artifacts_dir / "worker-shared.log").wait_ready()
     yield w
     w.stop()

@@ -15,7 +15,12 @@ from tests.conftest import DOMESTIC_CATS, ESPRESSO, MODEL_DIR, SKIMAGE_DATA, jpe
 from worker import build_model
 from worker.imaging import preprocess
 from worker.model import load_model
-from worker.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, UnsafePickleError, load_state_dict
+from worker.torch_legacy import (
+    MAGIC_NUMBER,
+    PROTOCOL_VERSION,
+    UnsafePickleError,
+    load_state_dict,
+)
 
 VERSION_DIR = MODEL_DIR / "1"
 

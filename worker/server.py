@@ -23,9 +23,9 @@ from discovery.registration import Registration, ServiceInstance, agent_address
 from worker.batcher import Batcher
 from worker.config import WorkerConfig
 from worker.http_api import create_app
+from worker.model import load_model
 from worker.service import WorkerState
 from worker.zmq_endpoint import ZmqEndpoint
-from worker.model import load_model
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,60 @@
+"""Run the proxy as a subprocess on 127.0.0.1 (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from discovery.consul_agent import PROJECT_ROOT, DevAgent, free_port
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class ProxyProcess:
+    """`python -m proxy` as a real subprocess on a free port."""
+
+    def __init__(self, consul: DevAgent, *extra: str, log_path: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "proxy", "--host", "127.0.0.1", "--port", str(self.port),
+                "--consul", consul.address, *extra]
+        self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                     stdout=self.stderr, stderr=self.stderr)
+        _wait_for(self._alive, timeout=30, what="proxy listening")
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {self.proc.returncode}")
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def workers(self) -> dict:
+        with urllib.request.urlopen(self.url + "/workers", timeout=5) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.stderr is not subprocess.DEVNULL:
+            self.stderr.close()
