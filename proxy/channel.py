@@ -25,6 +25,7 @@ import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
 from worker import wire
+from worker.batcher import collect_batch
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +76,8 @@ class WorkerChannel:
         return await future
 
     async def _send_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_delay_ms / 1000
-            while len(batch) < self.max_batch_size:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
+            batch = await collect_batch(self._queue, self.max_batch_size, self.max_delay_ms)
             batch = [item for item in batch if not item.future.done()]
             if not batch:
                 continue

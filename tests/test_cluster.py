@@ -253,3 +253,24 @@ async def test_least_outstanding_policy(start_worker, start_proxy, service, coff
     assert all(status == 200 for status, _ in results)
     counts = served(proxy)
     assert sum(counts.values()) == 16 and min(counts.values()) > 0
+
+
+async def test_hung_worker_times_out_is_ejected_and_probed_back(start_worker, start_proxy, service, coffee_jpeg):
+    hung, healthy = start_workers(start_worker, service, 2)
+    proxy = start_proxy("--service-name", service, "--worker-timeout", "1")
+    wait_for(lambda: len(live_ids(proxy)) == 2, what="2 live workers")
+    hung.signal(signal.SIGSTOP)  # alive, connected, silent
+    try:
+        async with aiohttp.ClientSession() as s:
+            results = [await post(s, proxy.url, coffee_jpeg) for _ in range(4)]
+        assert all(status == 200 and body["worker"] == healthy.worker_id for status, body in results)
+        state = proxy.workers()
+        assert state["timeouts"] >= 1 and state["retries"] >= 1
+        assert hung.worker_id not in live_ids(proxy)
+    finally:
+        hung.signal(signal.SIGCONT)
+    # Its /readyz answers again: the probe (or Consul) puts it back in rotation.
+    wait_for(lambda: hung.worker_id in live_ids(proxy), timeout=15, what="worker back in rotation")
+    async with aiohttp.ClientSession() as s:
+        workers_seen = {(await post(s, proxy.url, coffee_jpeg))[1]["worker"] for _ in range(4)}
+    assert workers_seen == {hung.worker_id, healthy.worker_id}

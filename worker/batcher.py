@@ -73,6 +73,25 @@ class BatchStats:
         }
 
 
+async def collect_batch(queue: asyncio.Queue, max_size: int, max_delay_ms: float) -> list:
+    """Wait for one item, then take what else arrives within `max_delay_ms`, up to `max_size`."""
+    loop = asyncio.get_running_loop()
+    batch = [await queue.get()]
+    deadline = loop.time() + max_delay_ms / 1000
+    while len(batch) < max_size:
+        if not queue.empty():
+            batch.append(queue.get_nowait())
+            continue
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(queue.get(), remaining))
+        except TimeoutError:
+            break
+    return batch
+
+
 class Batcher:
     def __init__(self, model: Model, config: BatchConfig):
         self.model = model
@@ -112,19 +131,7 @@ class Batcher:
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self.config.max_delay_ms / 1000
-            while len(batch) < self.config.max_batch_size:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
+            batch = await collect_batch(self._queue, self.config.max_batch_size, self.config.max_delay_ms)
             # Callers that went away (cancelled futures) need no computation.
             batch = [item for item in batch if not item.future.done()]
             if batch:
