@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from discovery.consul_agent import PROJECT_ROOT, DevAgent, free_port
+from worker.process import stop_process
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -49,12 +49,4 @@ class ProxyProcess:
             return json.loads(r.read())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.stderr is not subprocess.DEVNULL:
-            self.stderr.close()
+        stop_process(self.proc, self.stderr)

@@ -15,6 +15,19 @@ from pathlib import Path
 from discovery.consul_agent import PROJECT_ROOT, DevAgent
 
 
+def stop_process(proc: subprocess.Popen, log, timeout: float = 40) -> None:
+    """SIGTERM (a worker drains, the proxy finishes its requests), SIGKILL after `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if log is not subprocess.DEVNULL:
+        log.close()
+
+
 class WorkerProcess:
     """`python -m worker` as a real subprocess, on a free port, registered in Consul."""
 
@@ -67,12 +80,4 @@ class WorkerProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.stderr is not subprocess.DEVNULL:
-            self.stderr.close()
+        stop_process(self.proc, self.stderr)
