@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,7 @@ class ForwardStats:
 async def forward(
     pool: WorkerPool,
     stats: ForwardStats,
-    image_for: "callable[[Preprocessing], asyncio.Future[np.ndarray]]",
+    image_for: Callable[[Preprocessing], Awaitable[np.ndarray]],
     k: int,
     *,
     worker_timeout_s: float,
