@@ -132,3 +132,19 @@ def test_new_requests_refused_while_draining(start_worker, consul_agent, coffee_
     # The stalled request never finishes: the drain timeout (5 s) bounds the exit.
     assert w.wait(timeout=30) == 0
     sock.close()
+
+
+def test_unreachable_consul_without_advertise_is_a_clear_error(artifacts_dir):
+    """Bound to every interface, a worker asks its Consul agent for its own address."""
+    import subprocess
+    import sys
+
+    from discovery.consul_agent import PROJECT_ROOT, free_port
+
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "--host", "0.0.0.0", "--port", "0",
+         "--consul", f"127.0.0.1:{free_port()}"],  # nothing listens there
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 1
+    assert "--advertise" in out.stderr and "cannot learn this host's address" in out.stderr

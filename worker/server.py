@@ -114,7 +114,12 @@ async def serve(config: WorkerConfig) -> int:
         endpoint = ZmqEndpoint(state, config.host, config.zmq_port, config.max_zmq_message_bytes)
         endpoint.start()
 
-        address = await advertised_address(config)
+        try:
+            address = await advertised_address(config)
+        except Exception as exc:
+            log.error("cannot learn this host's address from Consul at %s:%d (%s): start Consul or pass "
+                      "--advertise ADDRESS", config.consul.host, config.consul.port, exc)
+            return 1
         registration = Registration(
             config.consul,
             ServiceInstance(config.service_name, worker_id, address, port, service_meta(state, port, endpoint.port)),
