@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
-from discovery.consul_agent import DevAgent
+from discovery.consul_agent import PROJECT_ROOT, DevAgent, free_port
 from tests.conftest import ESPRESSO, consul_get, wait_for
 
 
@@ -136,11 +138,6 @@ def test_new_requests_refused_while_draining(start_worker, consul_agent, coffee_
 
 def test_unreachable_consul_without_advertise_is_a_clear_error(artifacts_dir):
     """Bound to every interface, a worker asks its Consul agent for its own address."""
-    import subprocess
-    import sys
-
-    from discovery.consul_agent import PROJECT_ROOT, free_port
-
     out = subprocess.run(
         [sys.executable, "-m", "worker", "--host", "0.0.0.0", "--port", "0",
          "--consul", f"127.0.0.1:{free_port()}"],  # nothing listens there
