@@ -1,0 +1,71 @@
+"""scripts/cluster as a user runs it: up, add-worker, remove-worker, status, down.
+
+It runs on its own ports and run directory, so it never meets a cluster a developer
+has running on the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from discovery.consul_agent import PROJECT_ROOT, free_port
+
+SCRIPT = PROJECT_ROOT / "scripts" / "cluster"
+
+
+def pids(run: Path) -> list[int]:
+    return [int(p.read_text()) for p in run.glob("*.pid")]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_up_add_remove_status_down(tmp_path, coffee_jpeg):
+    run = tmp_path / "run"
+    proxy_port = free_port()
+    env = dict(os.environ, CLUSTER_RUN_DIR=str(run), PROXY_PORT=str(proxy_port),
+               CONSUL_HTTP_ADDR=f"127.0.0.1:{free_port()}")
+
+    def cluster(*args: str) -> str:
+        out = subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    def live_workers() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/workers", timeout=5) as r:
+            return json.loads(r.read())["live"]
+
+    started: list[int] = []
+    try:
+        up = cluster("up", "--workers", "1")
+        started = pids(run)
+        assert "espresso" in up and f"curl -XPOST localhost:{proxy_port}" in up
+        assert live_workers() == 1
+        proxy_pid = int((run / "proxy.pid").read_text())
+
+        cluster("add-worker")
+        assert live_workers() == 2  # ready means registered; the proxy sees it within ms
+        assert int((run / "proxy.pid").read_text()) == proxy_pid and alive(proxy_pid)  # no restart
+        started = pids(run)
+        status = cluster("status")
+        assert status.count("live=True") == 2
+
+        removed = cluster("remove-worker")
+        assert "draining worker 2" in removed
+        assert live_workers() == 1
+    finally:
+        started = sorted(set(started) | set(pids(run)))
+        down = cluster("down")
+    assert "cluster stopped" in down
+    assert started and not [pid for pid in started if alive(pid)]
+    assert not list(run.glob("*.pid"))
