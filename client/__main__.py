@@ -1,7 +1,8 @@
-"""python -m client: classify photos or look up a worker through the proxy.
+"""python -m client: classify photos, look up a worker, or load-test the cluster.
 
-    python -m client classify photo.jpg [more.jpg ...] [--mode p2p|proxy] [--top-k 5] [--json]
+    python -m client classify PHOTO_OR_DIR... [--mode p2p|proxy] [--top-k 5] [--json] [--max-side 512]
     python -m client lookup
+    python -m client bench PHOTO [--mode p2p|proxy] [--concurrency 8] [--duration 10 | --count N] [--json]
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 from client.api import ClassifyError, Client
+from client.images import downscale, expand_paths
+from client.load import run_load
 
 
 async def classify(args) -> int:
     failed = 0
-    async with Client(args.proxy, retries=args.retries) as client:
-        for path in args.photos:
+    async with Client(args.proxy, retries=args.retries, max_side=args.max_side) as client:
+        for path in expand_paths(args.photos):
             try:
                 result = await client.classify(path, mode=args.mode, k=args.top_k)
             except (ClassifyError, OSError) as exc:
@@ -26,7 +30,7 @@ async def classify(args) -> int:
                 failed += 1
                 continue
             if args.json:
-                print(json.dumps({"file": path, **result}))
+                print(json.dumps({"file": str(path), **result}), flush=True)
                 continue
             print(f"{path}  ({result['worker']}, {result['timings_ms']['total']:.1f} ms)")
             for p in result["predictions"]:
@@ -40,20 +44,73 @@ async def lookup(args) -> int:
     return 0
 
 
+async def bench(args) -> int:
+    photo = open(args.photo, "rb").read()
+    if args.max_side:
+        photo = downscale(photo, args.max_side)
+    duration = args.duration if args.count is None else 24 * 3600.0
+    count = args.count or 1_000_000
+
+    async with Client(args.proxy, retries=args.retries) as client:
+        send = lambda: client.classify(photo, mode=args.mode)  # noqa: E731
+        progress = None
+        if not args.json:
+            async def report():
+                started = time.perf_counter()
+                while True:
+                    await asyncio.sleep(2)
+                    done = client.stats["requests"]
+                    print(f"  ... {done} requests in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            progress = asyncio.create_task(report())
+        try:
+            result = await run_load(send, concurrency=args.concurrency, duration_s=duration, max_requests=count)
+        finally:
+            if progress:
+                progress.cancel()
+    summary = {"mode": args.mode, "bytes_per_image": len(photo), **result.summary(),
+               "retries": client.stats["retries"]}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['ok']} ok, {summary['errors']} errors in {summary['seconds']:.1f} s, "
+              f"{summary['retries']} retries ({args.mode}, concurrency {args.concurrency})")
+        print(f"{summary['per_second']:.1f} img/s   p50 {summary['p50_ms']:.1f} ms   "
+              f"p90 {summary['p90_ms']:.1f} ms   p99 {summary['p99_ms']:.1f} ms")
+        for error in result.errors[:3]:
+            print(f"  error: {error}")
+    return 1 if result.errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m client")
     p.add_argument("--proxy", default=os.environ.get("PROXY_URL", "http://127.0.0.1:12480"),
                    help="proxy URL (default $PROXY_URL or %(default)s)")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("classify", help="classify photos")
+
+    def common(sp):
+        sp.add_argument("--mode", choices=["p2p", "proxy"], default="p2p")
+        sp.add_argument("--retries", type=int, default=4)
+        sp.add_argument("--max-side", type=int, default=None,
+                        help="downscale photos so the long side is at most this (e.g. 512)")
+
+    c = sub.add_parser("classify", help="classify photos (files or directories)")
     c.add_argument("photos", nargs="+")
-    c.add_argument("--mode", choices=["p2p", "proxy"], default="p2p")
+    common(c)
     c.add_argument("--top-k", type=int, default=5)
-    c.add_argument("--retries", type=int, default=4)
     c.add_argument("--json", action="store_true", help="one JSON object per photo")
+
     sub.add_parser("lookup", help="print one live worker's host:port")
+
+    b = sub.add_parser("bench", help="load-test with one photo")
+    b.add_argument("photo")
+    common(b)
+    b.add_argument("--concurrency", type=int, default=8)
+    b.add_argument("--duration", type=float, default=10.0, help="seconds (default %(default)s)")
+    b.add_argument("--count", type=int, default=None, help="stop after this many requests instead")
+    b.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     args = p.parse_args(argv)
-    return asyncio.run({"classify": classify, "lookup": lookup}[args.command](args))
+    return asyncio.run({"classify": classify, "lookup": lookup, "bench": bench}[args.command](args))
 
 
 if __name__ == "__main__":

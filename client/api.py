@@ -16,6 +16,8 @@ from pathlib import Path
 
 import aiohttp
 
+from client.images import downscale
+
 RETRYABLE_STATUS = {500, 502, 503, 504}
 
 
@@ -30,8 +32,10 @@ class ClassifyError(Exception):
 
 class Client:
     def __init__(self, proxy_url: str = "http://127.0.0.1:12480", *, retries: int = 4,
-                 timeout_s: float = 30.0, session: aiohttp.ClientSession | None = None):
+                 timeout_s: float = 30.0, max_side: int | None = None,
+                 session: aiohttp.ClientSession | None = None):
         self.proxy_url = proxy_url.rstrip("/")
+        self.max_side = max_side  # downscale bigger photos before sending (see client/images.py)
         self.retries = retries
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session = session
@@ -56,6 +60,8 @@ class Client:
 
     async def classify(self, image: bytes | str | Path, *, mode: str = "p2p", k: int = 5) -> dict:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        if self.max_side:
+            data = downscale(data, self.max_side)
         self.stats["requests"] += 1
         if mode == "proxy":
             return await self._with_retries(lambda avoid: self._post(self.proxy_url, data, k))
