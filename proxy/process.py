@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from discovery.consul_agent import PROJECT_ROOT, DevAgent, free_port
+from discovery.consul_agent import PROJECT_ROOT, free_port
 from worker.process import stop_process
 
 
@@ -23,13 +23,19 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 class ProxyProcess:
-    """`python -m proxy` as a real subprocess on a free port."""
+    """`python -m proxy` as a real subprocess, by default on a free loopback port.
 
-    def __init__(self, consul: DevAgent, *extra: str, log_path: Path | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "proxy", "--host", "127.0.0.1", "--port", str(self.port),
-                "--consul", consul.address, *extra]
+    `consul` is the agent's host:port; `host` the interface to bind and `reach_at` the
+    address this process polls it at (default: `host`); `wrapper` a command prefix
+    (e.g. `ip netns exec NS`).
+    """
+
+    def __init__(self, consul: str, *extra: str, log_path: Path | None = None, host: str = "127.0.0.1",
+                 port: int | None = None, reach_at: str | None = None, wrapper: tuple[str, ...] = ()):
+        self.port = port or free_port()
+        self.url = f"http://{reach_at or host}:{self.port}"
+        args = [*wrapper, sys.executable, "-m", "proxy", "--host", host, "--port", str(self.port),
+                "--consul", consul, *extra]
         self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                                      stdout=self.stderr, stderr=self.stderr)

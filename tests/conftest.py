@@ -67,7 +67,7 @@ def start_proxy(consul_agent, artifacts_dir, request):
 
     def start(*extra: str, consul: DevAgent | None = None) -> ProxyProcess:
         log = artifacts_dir / f"proxy-{request.node.name}-{len(started)}.log"
-        p = ProxyProcess(consul or consul_agent, *extra, log_path=log)
+        p = ProxyProcess((consul or consul_agent).address, *extra, log_path=log)
         started.append(p)
         return p
 
@@ -83,7 +83,7 @@ def start_worker(consul_agent, artifacts_dir, request):
 
     def start(*extra: str, consul: DevAgent | None = None, wait: bool = True) -> WorkerProcess:
         log = artifacts_dir / f"worker-{request.node.name}-{len(started)}.log"
-        w = WorkerProcess(consul or consul_agent, "--model-dir", str(MODEL_DIR), *extra, log_path=log)
+        w = WorkerProcess((consul or consul_agent).address, "--model-dir", str(MODEL_DIR), *extra, log_path=log)
         started.append(w)
         return w.wait_ready() if wait else w
 
@@ -95,7 +95,7 @@ def start_worker(consul_agent, artifacts_dir, request):
 @pytest.fixture(scope="session")
 def worker(consul_agent, artifacts_dir):
     """One shared worker for the API tests, with small limits so the 413 cases are cheap."""
-    w = WorkerProcess(consul_agent, "--model-dir", str(MODEL_DIR), "--max-body-bytes", str(4 * 1024 * 1024), "--max-pixels", "30000000",
+    w = WorkerProcess(consul_agent.address, "--model-dir", str(MODEL_DIR), "--max-body-bytes", str(4 * 1024 * 1024), "--max-pixels", "30000000",
                       log_path=artifacts_dir / "worker-shared.log").wait_ready()
     yield w
     w.stop()

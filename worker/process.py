@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from discovery.consul_agent import PROJECT_ROOT, DevAgent
+from discovery.consul_agent import PROJECT_ROOT
 
 
 def stop_process(proc: subprocess.Popen, log, timeout: float = 40) -> None:
@@ -29,12 +29,17 @@ def stop_process(proc: subprocess.Popen, log, timeout: float = 40) -> None:
 
 
 class WorkerProcess:
-    """`python -m worker` as a real subprocess, on a free port, registered in Consul."""
+    """`python -m worker` as a real subprocess, on a free port, registered in Consul.
 
-    def __init__(self, consul: DevAgent, *extra: str, log_path: Path | None = None):
+    `consul` is the agent's host:port; `host` the interface to bind; `wrapper` a command
+    prefix (e.g. `ip netns exec NS` to run it on a simulated host).
+    """
+
+    def __init__(self, consul: str, *extra: str, log_path: Path | None = None, host: str = "127.0.0.1",
+                 wrapper: tuple[str, ...] = ()):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-        args = [sys.executable, "-m", "worker", "--host", "127.0.0.1", "--port", "0",
-                "--consul", consul.address, *extra]
+        args = [*wrapper, sys.executable, "-m", "worker", "--host", host, "--port", "0",
+                "--consul", consul, *extra]
         self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=self.stderr)

@@ -137,11 +137,11 @@ def main() -> int:
     agent = DevAgent(log_path=args.out / "consul.log").start()
     workers, proxy = [], None
     try:
-        workers = [WorkerProcess(agent, "--model-dir", str(MODEL_DIR), *args.worker_arg,
+        workers = [WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), *args.worker_arg,
                                  log_path=args.out / f"worker-{i}.log") for i in range(args.workers)]
         for w in workers:
             w.wait_ready()
-        proxy = ProxyProcess(agent, log_path=args.out / "proxy.log")
+        proxy = ProxyProcess(agent.address, log_path=args.out / "proxy.log")
         deadline = time.monotonic() + 10
         while proxy.workers()["live"] < len(workers):
             if time.monotonic() > deadline:
