@@ -41,6 +41,7 @@ class Host:
     netns: str
     ip: str
     veth: str  # the host-side end, inside the namespace
+    outer: str  # the bridge-side end, in the root namespace
 
     @property
     def wrapper(self) -> tuple[str, ...]:
@@ -68,8 +69,8 @@ class Lab:
 
     def add_host(self, name: str) -> Host:
         n = len(self.hosts) + 2
-        host = Host(name, f"ic{self.id}-{name}", f"{self.prefix}.{n}", f"ic{self.id}h{n}")
         outer = f"ic{self.id}b{n}"
+        host = Host(name, f"ic{self.id}-{name}", f"{self.prefix}.{n}", f"ic{self.id}h{n}", outer)
         _ip("netns", "add", host.netns)
         self.hosts[name] = host
         _ip("link", "add", outer, "type", "veth", "peer", "name", host.veth)
@@ -79,6 +80,12 @@ class Lab:
         _ip("-n", host.netns, "link", "set", host.veth, "up")
         _ip("-n", host.netns, "link", "set", "lo", "up")
         return host
+
+    def cap(self, host: Host, rate: str) -> None:
+        """Limit the host's link to `rate` (e.g. '50mbit') each way, with a token bucket."""
+        tbf = ["root", "tbf", "rate", rate, "burst", "64kb", "latency", "50ms"]
+        subprocess.run(["tc", "-n", host.netns, "qdisc", "replace", "dev", host.veth, *tbf], check=True)  # upload
+        subprocess.run(["tc", "qdisc", "replace", "dev", host.outer, *tbf], check=True)  # download
 
     def run(self, host: Host, args: list[str], log_name: str | None = None, **kw) -> subprocess.Popen:
         """Start a process on `host`; the lab stops it on close."""
