@@ -96,7 +96,7 @@ def test_compose_healthchecks_hit_real_routes(compose):
     proxy_routes = {r.resource.canonical for r in proxy_app(ProxyConfig()).router.routes()}
     worker_state = WorkerState(config=WorkerConfig(), worker_id="w", decode_pool=None)
     worker_routes = {r.resource.canonical for r in worker_app(worker_state).router.routes()}
-    proxy_check = compose["services"]["proxy"]["healthcheck"]["test"][-1]
-    worker_check = compose["services"]["worker"]["healthcheck"]["test"][-1]
-    assert proxy_check == "http://127.0.0.1:12480/healthz" and "/healthz" in proxy_routes
-    assert worker_check == "http://127.0.0.1:8601/readyz" and "/readyz" in worker_routes
+    proxy_check = compose["services"]["proxy"]["healthcheck"]["test"]
+    worker_check = compose["services"]["worker"]["healthcheck"]["test"]
+    assert proxy_check == "curl -fsS http://127.0.0.1:12480/healthz" and "/healthz" in proxy_routes
+    assert worker_check == "curl -fsS http://127.0.0.1:8601/readyz" and "/readyz" in worker_routes
