@@ -60,8 +60,8 @@ class Client:
 
     async def classify(self, image: bytes | str | Path, *, mode: str = "p2p", k: int = 5) -> dict:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
-        if self.max_side:
-            data = downscale(data, self.max_side)
+        if self.max_side:  # decoding a big photo takes tens of ms: keep it off the event loop
+            data = await asyncio.to_thread(downscale, data, self.max_side)
         self.stats["requests"] += 1
         if mode == "proxy":
             return await self._with_retries(lambda avoid: self._post(self.proxy_url, data, k))
