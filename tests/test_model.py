@@ -27,7 +27,7 @@ VERSION_DIR = MODEL_DIR / "1"
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(MODEL_DIR)
+    return load_model(MODEL_DIR, backend="savedmodel")
 
 
 @pytest.fixture(scope="module")
@@ -98,20 +98,26 @@ def test_savedmodel_classifies_real_photos(model, photos):
     assert probs[1].argmax() in DOMESTIC_CATS
 
 
-def test_tflite_export_agrees(model, photos):
-    import tensorflow as tf
-
-    interp = tf.lite.Interpreter(model_path=str(VERSION_DIR / "model.tflite"))
+def test_tflite_backend_agrees_with_savedmodel(model, photos):
+    lite = load_model(MODEL_DIR, backend="tflite")
+    assert lite.backend == "tflite" and lite.input_shape == model.input_shape and lite.labels == model.labels
     batch = np.stack(list(photos.values()))
-    inp = interp.get_input_details()[0]
-    interp.resize_tensor_input(inp["index"], batch.shape)
-    interp.allocate_tensors()
-    interp.set_tensor(inp["index"], batch)
-    interp.invoke()
-    lite = interp.get_tensor(interp.get_output_details()[0]["index"])
-    full = model.predict(batch)
-    assert (lite.argmax(axis=1) == full.argmax(axis=1)).all()
-    np.testing.assert_allclose(lite, full, atol=1e-3)
+    lite_probs, full_probs = lite.predict(batch), model.predict(batch)
+    assert (lite_probs.argmax(axis=1) == full_probs.argmax(axis=1)).all()
+    np.testing.assert_allclose(lite_probs, full_probs, atol=2e-3)
+
+
+def test_tflite_worker_never_imports_tensorflow():
+    """Everything a TFLite worker imports and loads, in a fresh interpreter."""
+    code = (
+        "import sys; import worker.server, worker.http_api, worker.zmq_endpoint;"
+        "from worker.model import load_model;"
+        f"m = load_model({str(MODEL_DIR)!r}, backend='tflite');"
+        "assert m.predict(__import__('numpy').zeros((2, 224, 224, 3), 'uint8')).shape == (2, 1000);"
+        "print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
 
 
 def _digest(path):

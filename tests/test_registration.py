@@ -44,7 +44,7 @@ def test_registered_with_address_port_meta_and_passing_check(worker, consul_agen
         "worker_id": worker.worker_id,
         "model": "efficientnet_lite0",
         "version": "1",
-        "backend": "savedmodel",
+        "backend": "tflite",
         "input_shape": "224x224x3",
         "num_labels": "1000",
         "crop_fraction": "0.875",

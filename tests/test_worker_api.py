@@ -107,7 +107,7 @@ async def test_health_ready_info(worker):
             info = await r.json()
     assert info["model"] == "efficientnet_lite0" and info["version"] == "1"
     assert info["input_shape"] == [224, 224, 3] and info["num_labels"] == 1000
-    assert info["backend"] == "savedmodel"
+    assert info["backend"] == "tflite"
 
 
 def _png(img: Image.Image) -> bytes:
@@ -196,3 +196,17 @@ async def test_concurrent_requests_all_answered(worker, coffee_jpeg):
             stats = await r.json()
     assert stats["in_flight"] == 0 and stats["batching"]["failed_batches"] == 0
     assert stats["batching"]["images"] >= 24
+
+
+async def test_savedmodel_backend_agrees_with_tflite(worker, start_worker, coffee_jpeg, chelsea_png):
+    savedmodel = start_worker("--backend", "savedmodel")
+    rocket = (SKIMAGE_DATA / "rocket.jpg").read_bytes()
+    for photo in (coffee_jpeg, chelsea_png, rocket):
+        _, lite, _ = await post_file(worker.url, "data", photo)
+        status, full, _ = await post_file(savedmodel.url, "data", photo)
+        assert status == 200
+        assert [p["index"] for p in full["predictions"][:1]] == [p["index"] for p in lite["predictions"][:1]]
+        assert full["predictions"][0]["score"] == pytest.approx(lite["predictions"][0]["score"], abs=2e-3)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(savedmodel.url + "/info") as r:
+            assert (await r.json())["backend"] == "savedmodel"

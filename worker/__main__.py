@@ -19,6 +19,8 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     b = BatchConfig()
     p = argparse.ArgumentParser(prog="python -m worker", description="Image classification worker.")
     p.add_argument("--model-dir", type=Path, default=d.model_dir, help="MODEL/<version>/ layout (default %(default)s)")
+    p.add_argument("--backend", choices=["tflite", "savedmodel"], default=d.backend,
+                   help="tflite (no TensorFlow import, fastest on CPU) or savedmodel (default %(default)s)")
     p.add_argument("--host", default=d.host, help="interface to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="HTTP port, 0 for any free one (default %(default)s)")
     p.add_argument("--zmq-port", type=int, default=d.zmq_port, help="ZeroMQ port for proxies, 0 for any")
@@ -36,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--max-pixels", type=int, default=d.max_pixels)
     p.add_argument("--decode-threads", type=int, default=d.decode_threads)
-    p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads, help="TensorFlow, 0 = default")
+    p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
+                   help="TensorFlow intra-op threads, or the TFLite interpreter's; 0 = default (TFLite: all cores)")
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads, help="TensorFlow, 0 = default")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s, help="seconds (default %(default)s)")
     p.add_argument("--heartbeat-ttl", type=float, default=d.heartbeat_ttl_s, help="Consul TTL check, seconds")
@@ -45,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return WorkerConfig(
         model_dir=a.model_dir,
+        backend=a.backend,
         host=a.host,
         port=a.port,
         zmq_port=a.zmq_port,

@@ -13,6 +13,7 @@ from worker.batcher import BatchConfig
 @dataclass(frozen=True)
 class WorkerConfig:
     model_dir: Path = Path("models/efficientnet_lite0")
+    backend: str = "tflite"  # or "savedmodel" (see worker/model.py)
     host: str = "0.0.0.0"
     port: int = 0  # 0: any free port
     zmq_port: int = 0  # the ZeroMQ endpoint for proxies; 0: any free port
@@ -24,7 +25,7 @@ class WorkerConfig:
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000  # ~ a 7700x5200 photo; bigger is refused before decoding
     decode_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
-    intra_op_threads: int = 0  # 0: TensorFlow's default
+    intra_op_threads: int = 0  # TF intra-op / TFLite interpreter threads; 0: the default
     inter_op_threads: int = 0
     drain_timeout_s: float = 30.0
     heartbeat_ttl_s: float = 5.0

@@ -99,6 +99,7 @@ async def serve(config: WorkerConfig) -> int:
             None,
             lambda: load_model(
                 config.model_dir,
+                backend=config.backend,
                 intra_op_threads=config.intra_op_threads,
                 inter_op_threads=config.inter_op_threads,
             ),
