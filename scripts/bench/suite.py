@@ -1,0 +1,243 @@
+"""The benchmark suite: every configuration side by side in one run, on this machine.
+
+- ceiling: the worker's own decode + preprocess (2 threads) pipelined with its model
+  (TFLite, batches of 32), in process, no network;
+- flask: the original approach (scripts/bench/flask_baseline.py: SavedModel, one request
+  at a time, `-F data=@`);
+- direct-savedmodel: a worker with the SavedModel backend, POST straight to it;
+- direct: a worker with the default TFLite backend, POST straight to it;
+- proxy: POST to the proxy, which forwards to that worker over ZeroMQ;
+- p2p: the client library's lookup on the proxy, then POST to the worker;
+
+each at concurrency 1, 8 and 32 with a real photo. Each configuration runs with only its
+own servers up; the load generator shares the machine's cores with them. Prints a table
+(img/s, p50/p90/p99, img/s as a ratio of the ceiling, RSS of the serving processes) and
+writes suite.json, throughput.png and p99.png.
+
+    .venv/bin/python scripts/bench/suite.py [--duration 8] [--concurrency 1 8 32] [--out run/bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from client import Client  # noqa: E402
+from client.load import run_load  # noqa: E402
+from discovery.consul_agent import DevAgent, free_port  # noqa: E402
+from proxy.process import ProxyProcess  # noqa: E402
+from worker.process import WorkerProcess, stop_process  # noqa: E402
+
+MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
+PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
+
+
+def ceiling(photo: bytes, seconds: float, batch: int = 32) -> dict:
+    """img/s of decode+preprocess (2 threads) pipelined with batched inference, in process."""
+    import numpy as np
+
+    from worker.imaging import preprocess
+    from worker.model import load_model
+
+    model = load_model(MODEL_DIR)
+    prep = model.preprocessing
+    with ThreadPoolExecutor(2) as pool:
+        def decode_batch():
+            return list(pool.map(lambda _: preprocess(photo, prep, 10**8), range(batch)))
+
+        model.predict(np.stack(decode_batch()))  # warm-up
+        images = 0
+        started = time.perf_counter()
+        pending = pool.submit(decode_batch)
+        while time.perf_counter() - started < seconds:
+            ready = pending.result()
+            pending = pool.submit(decode_batch)  # decode the next batch while this one runs
+            model.predict(np.stack(ready))
+            images += len(ready)
+        elapsed = time.perf_counter() - started
+        pending.result()
+    return {"per_second": round(images / elapsed, 2), "images": images, "seconds": round(elapsed, 3),
+            "batch_size": batch, "backend": model.backend}
+
+
+def rss_mb(*pids: int) -> int:
+    total = 0
+    for pid in pids:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS"):
+                total += int(line.split()[1])
+    return total // 1024
+
+
+@contextmanager
+def flask_server(out: Path):
+    port = free_port()
+    log = open(out / "flask.log", "ab")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench" / "flask_baseline.py"),
+                             "--port", str(port)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the Flask baseline did not start: see flask.log") from None
+            time.sleep(0.2)
+    try:
+        yield url, proc.pid
+    finally:
+        stop_process(proc, log)
+
+
+async def measure(name: str, send, concurrencies: list[int], duration: float, pids) -> list[dict]:
+    rows = []
+    for c in concurrencies:
+        await run_load(send, concurrency=c, duration_s=min(2.0, duration / 4))  # warm-up
+        result = await run_load(send, concurrency=c, duration_s=duration)
+        row = {"config": name, **result.summary(), "rss_mb": rss_mb(*pids())}
+        if result.errors:
+            row["first_error"] = result.errors[0]
+        print(f"  {name:18s} c={c:<3d} {row['per_second']:7.1f} img/s  p50 {row['p50_ms']:7.1f} ms  "
+              f"p99 {row['p99_ms']:7.1f} ms  RSS {row['rss_mb']} MB  errors {row['errors']}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def poster(session: aiohttp.ClientSession, photo: bytes):
+    async def post(url: str):
+        form = aiohttp.FormData()
+        form.add_field("data", photo, filename="photo.jpg", content_type="image/jpeg")
+        async with session.post(url, data=form) as r:
+            body = await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"{r.status}: {body[:200]!r}")
+    return post
+
+
+async def run_all(args, photo: bytes) -> list[dict]:
+    rows: list[dict] = []
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as s:
+        post = poster(s, photo)
+        with flask_server(args.out) as (url, pid):
+            rows += await measure("flask", lambda: post(url), args.concurrency, args.duration, lambda: [pid])
+
+        agent = DevAgent(log_path=args.out / "consul.log").start()
+        try:
+            w = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), "--backend", "savedmodel",
+                              log_path=args.out / "worker-savedmodel.log").wait_ready()
+            try:
+                rows += await measure("direct-savedmodel", lambda: post(w.url), args.concurrency, args.duration,
+                                      lambda: [w.proc.pid])
+            finally:
+                w.stop()
+
+            w = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR),
+                              log_path=args.out / "worker.log").wait_ready()
+            proxy = ProxyProcess(agent.address, log_path=args.out / "proxy.log")
+            try:
+                deadline = time.monotonic() + 10
+                while proxy.workers()["live"] < 1:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the proxy did not see the worker")
+                    time.sleep(0.1)
+                both = lambda: [w.proc.pid, proxy.proc.pid]  # noqa: E731
+                rows += await measure("direct", lambda: post(w.url), args.concurrency, args.duration,
+                                      lambda: [w.proc.pid])
+                rows += await measure("proxy", lambda: post(proxy.url), args.concurrency, args.duration, both)
+                async with Client(proxy.url, session=s) as client:
+                    rows += await measure("p2p", lambda: client.classify(photo, mode="p2p"), args.concurrency,
+                                          args.duration, both)
+            finally:
+                proxy.stop()
+                w.stop()
+        finally:
+            agent.stop()
+    return rows
+
+
+def table(ceiling_row: dict, rows: list[dict]) -> str:
+    top = ceiling_row["per_second"]
+    lines = [
+        "| configuration | concurrency | img/s | of ceiling | p50 ms | p90 ms | p99 ms | RSS MB | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| in-process ceiling ({ceiling_row['backend']}, batch {ceiling_row['batch_size']}) | - | {top:.1f} | 1.00 "
+        "| - | - | - | - | - |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['concurrency']} | {r['per_second']:.1f} | {r['per_second'] / top:.2f} | "
+                     f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['rss_mb']} | {r['errors']} |")
+    return "\n".join(lines)
+
+
+def plots(ceiling_row: dict, rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    written = []
+    for key, label, name in (("per_second", "images / s", "throughput.png"), ("p99_ms", "p99 latency, ms", "p99.png")):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for config in configs:
+            pts = [(r["concurrency"], r[key]) for r in rows if r["config"] == config]
+            ax.plot(*zip(*pts), "o-", label=config)
+        if key == "per_second":
+            ax.axhline(ceiling_row["per_second"], color="grey", linestyle="--", label="in-process ceiling")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["concurrency"] for r in rows}), labels=sorted({r["concurrency"] for r in rows}))
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
+    return written
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--photo", type=Path, default=PHOTO)
+    p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
+    args = p.parse_args()
+    photo = args.photo.read_bytes()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    print(f"photo {args.photo} ({len(photo)} bytes); measuring the in-process ceiling...", flush=True)
+    ceiling_row = ceiling(photo, args.duration)
+    print(f"  ceiling {ceiling_row['per_second']:.1f} img/s", flush=True)
+    rows = asyncio.run(run_all(args, photo))
+
+    result = {"photo": str(args.photo), "photo_bytes": len(photo), "duration_s": args.duration,
+              "ceiling": ceiling_row, "rows": rows}
+    (args.out / "suite.json").write_text(json.dumps(result, indent=2) + "\n")
+    written = plots(ceiling_row, rows, args.out)
+    print()
+    print(table(ceiling_row, rows))
+    print(f"\nwrote {args.out / 'suite.json'}, " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
