@@ -19,8 +19,9 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     b = BatchConfig()
     p = argparse.ArgumentParser(prog="python -m worker", description="Image classification worker.")
     p.add_argument("--model-dir", type=Path, default=d.model_dir, help="MODEL/<version>/ layout (default %(default)s)")
-    p.add_argument("--backend", choices=["tflite", "savedmodel"], default=d.backend,
-                   help="tflite (no TensorFlow import, fastest on CPU) or savedmodel (default %(default)s)")
+    p.add_argument("--backend", choices=["tflite", "savedmodel", "noop"], default=d.backend,
+                   help="tflite (no TensorFlow import, fastest on CPU), savedmodel, or noop (skips "
+                        "inference: benchmarks only) (default %(default)s)")
     p.add_argument("--host", default=d.host, help="interface to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="HTTP port, 0 for any free one (default %(default)s)")
     p.add_argument("--zmq-port", type=int, default=d.zmq_port, help="ZeroMQ port for proxies, 0 for any")

@@ -3,6 +3,8 @@
 Pillow reads only the header on open, so the pixel-count limit is enforced before any
 pixel is decoded. JPEGs are decoded in draft mode straight to the smallest power-of-two
 reduction that still covers the crop, which is most of the decode cost saved on photos.
+The crop is resized with OpenCV: profiling a no-op-model worker showed Pillow's bicubic
+resize at 35% of all CPU samples (0.95 ms for 196 -> 224 px); OpenCV's takes ~0.1 ms.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -20,7 +23,9 @@ Image.MAX_IMAGE_PIXELS = None
 # Signatures of the common formats: matching one but failing to open means corrupt.
 KNOWN_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
-RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+RESAMPLE = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
+# Our decode pools already use every core; OpenCV's own threads would only contend.
+cv2.setNumThreads(1)
 
 
 class ImageError(Exception):
@@ -86,15 +91,14 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
                 background = Image.new("RGB", img.size, (255, 255, 255))
                 background.paste(img, mask=img.getchannel("A"))
                 img = background
-        width, height = img.size
-        side = prep.crop_fraction * min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        img = img.resize(
-            (prep.size, prep.size),
-            resample=RESAMPLE[prep.resample],
-            box=(left, top, left + side, top + side),
-        )
-        array = np.asarray(img, dtype=np.uint8)
+        pixels = np.asarray(img, dtype=np.uint8)
+        height, width = pixels.shape[:2]
+        side = max(1, round(prep.crop_fraction * min(width, height)))
+        top, left = (height - side) // 2, (width - side) // 2
+        crop = pixels[top:top + side, left:left + side]
+        # Cubic aliases when shrinking a lot (a big PNG has no draft mode): average instead.
+        interpolation = cv2.INTER_AREA if side > 2 * prep.size else RESAMPLE[prep.resample]
+        array = cv2.resize(crop, (prep.size, prep.size), interpolation=interpolation)
     except ImageError:
         raise
     except Exception as exc:  # truncated or corrupt pixel data

@@ -4,6 +4,7 @@ The newest numeric version is served, by one of two backends:
 - `tflite` (default): model.tflite through ai-edge-litert's interpreter with XNNPACK.
   It never imports TensorFlow, so a worker starts in well under a second and stays small.
 - `savedmodel`: the SavedModel through TensorFlow.
+- `noop`: no inference at all (uniform scores), to measure everything around the model.
 Besides the model, a version directory may hold labels.txt (one class name per line) and
 serving.json (preprocessing settings); without them, classes are named by index and the
 default preprocessing applies.
@@ -99,7 +100,18 @@ def _tflite_predictor(version_dir: Path, threads: int):
     return predict, signature[1:]
 
 
-BACKENDS = ("tflite", "savedmodel")
+def _noop_predictor(version_dir: Path, threads: int):
+    """Benchmark-only: the TFLite model's input shape, but no inference (uniform scores)."""
+    _, input_shape = _tflite_predictor(version_dir, 1)
+    classes = len((version_dir / "labels.txt").read_text().splitlines())
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return np.full((len(batch), classes), 1.0 / classes, dtype=np.float32)
+
+    return predict, input_shape
+
+
+BACKENDS = ("tflite", "savedmodel", "noop")
 
 
 def load_model(model_dir: Path, *, backend: str = "tflite", intra_op_threads: int = 0,
@@ -112,6 +124,8 @@ def load_model(model_dir: Path, *, backend: str = "tflite", intra_op_threads: in
         predict, input_shape = _tflite_predictor(version_dir, intra_op_threads)
     elif backend == "savedmodel":
         predict, input_shape = _savedmodel_predictor(version_dir, intra_op_threads, inter_op_threads)
+    elif backend == "noop":
+        predict, input_shape = _noop_predictor(version_dir, intra_op_threads)
     else:
         raise ModelError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if None in input_shape or input_shape[0] != input_shape[1] or input_shape[2] != 3:

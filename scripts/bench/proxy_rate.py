@@ -1,0 +1,128 @@
+"""How many requests per second the proxy's forward path sustains when the model costs
+nothing: a worker with `--backend noop`, the proxy in front, and `wrk` (a C load
+generator, Debian package `wrk`) posting a small photo at concurrency 32. Beside it, in
+the same run, what bounds it: the proxy answering /healthz (HTTP alone), and the noop
+worker's own HTTP front (its decode, no proxy).
+
+    .venv/bin/python scripts/bench/proxy_rate.py [--duration 10] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
+
+from discovery.consul_agent import DevAgent  # noqa: E402
+from proxy.process import ProxyProcess  # noqa: E402
+from worker.process import WorkerProcess  # noqa: E402
+
+MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
+BOUNDARY = "wrkboundary7MA4YWxkTrZu0gW"
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary={boundary}"
+local f = io.open("{body}", "rb")
+wrk.body = f:read("*all")
+f:close()
+"""
+
+
+def multipart_body(photo: bytes) -> bytes:
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"p.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    return head + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def to_ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def wrk(url: str, connections: int, duration: float, script: Path | None) -> dict:
+    args = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration:g}s", "--latency", url]
+    if script:
+        args[1:1] = ["-s", str(script)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)$", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"per_second": rate, "p50_ms": to_ms(lat["50"]), "p90_ms": to_ms(lat["90"]),
+            "p99_ms": to_ms(lat["99"]), "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(1) if errors else ""}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--side", type=int, default=224, help="the photo's side (coffee, resized)")
+    p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
+    args = p.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("needs wrk (apt-get install wrk)")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    img = Image.open(ROOT / ".cache" / "photos" / "coffee.jpg").resize((args.side, args.side))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "body").write_bytes(multipart_body(buf.getvalue()))
+    (tmp / "post.lua").write_text(LUA.format(boundary=BOUNDARY, body=tmp / "body"))
+    print(f"photo: coffee resized to {args.side}x{args.side}, {len(buf.getvalue())} bytes; wrk -c "
+          f"{args.connections}, {args.duration:g} s per row", flush=True)
+
+    rows = []
+    agent = DevAgent(log_path=args.out / "consul.log").start()
+    try:
+        worker = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), "--backend", "noop",
+                               log_path=args.out / "worker-noop.log").wait_ready()
+        proxy = ProxyProcess(agent.address, log_path=args.out / "proxy.log")
+        try:
+            deadline = time.monotonic() + 10
+            while proxy.workers()["live"] < 1:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the proxy did not see the worker")
+                time.sleep(0.1)
+            cases = [
+                ("proxy GET /healthz (HTTP only)", proxy.url + "/healthz", None),
+                ("noop worker, POST direct", worker.url + "/", tmp / "post.lua"),
+                ("proxy forward to noop worker", proxy.url + "/", tmp / "post.lua"),
+            ]
+            for name, url, script in cases:
+                wrk(url, args.connections, 2, script)  # warm-up
+                row = {"case": name, **wrk(url, args.connections, args.duration, script)}
+                rows.append(row)
+                print(f"  {name:32s} {row['per_second']:8.1f} req/s  p50 {row['p50_ms']:6.2f} ms  "
+                      f"p99 {row['p99_ms']:6.2f} ms  non-2xx {row['non_2xx']}", flush=True)
+        finally:
+            proxy.stop()
+            worker.stop()
+    finally:
+        agent.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    (args.out / "proxy_rate.json").write_text(json.dumps({"connections": args.connections, "rows": rows}, indent=2))
+    print("\n| case | req/s | p50 ms | p90 ms | p99 ms | non-2xx |\n|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['case']} | {r['per_second']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+              f"{r['p99_ms']:.2f} | {r['non_2xx']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
