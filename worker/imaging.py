@@ -83,7 +83,7 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
         # Ask the JPEG decoder for a reduced size that still covers the crop.
         need = int(np.ceil(prep.size / prep.crop_fraction))
         img.draft("RGB", (need, need))
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
         if img.mode != "RGB":
             # Palette/alpha/CMYK/16-bit/grayscale all go through RGBA or straight to RGB.
             img = img.convert("RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB")
