@@ -66,32 +66,23 @@ def wrk(url: str, connections: int, duration: float, script: Path | None) -> dic
             "socket_errors": errors.group(1) if errors else ""}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--side", type=int, default=224, help="the photo's side (coffee, resized)")
-    p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
-    args = p.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("needs wrk (apt-get install wrk)")
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    img = Image.open(ROOT / ".cache" / "photos" / "coffee.jpg").resize((args.side, args.side))
+def measure(duration: float, connections: int, side: int, out: Path) -> list[dict]:
+    """Start Consul, a noop worker and the proxy; wrk each case; stop everything."""
+    img = Image.open(ROOT / ".cache" / "photos" / "coffee.jpg").resize((side, side))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     tmp = Path(tempfile.mkdtemp())
     (tmp / "body").write_bytes(multipart_body(buf.getvalue()))
     (tmp / "post.lua").write_text(LUA.format(boundary=BOUNDARY, body=tmp / "body"))
-    print(f"photo: coffee resized to {args.side}x{args.side}, {len(buf.getvalue())} bytes; wrk -c "
-          f"{args.connections}, {args.duration:g} s per row", flush=True)
+    print(f"no-op model: coffee resized to {side}x{side}, {len(buf.getvalue())} bytes; wrk -c "
+          f"{connections}, {duration:g} s per row", flush=True)
 
     rows = []
-    agent = DevAgent(log_path=args.out / "consul.log").start()
+    agent = DevAgent(log_path=out / "consul.log").start()
     try:
         worker = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), "--backend", "noop",
-                               log_path=args.out / "worker-noop.log").wait_ready()
-        proxy = ProxyProcess(agent.address, log_path=args.out / "proxy.log")
+                               log_path=out / "worker-noop.log").wait_ready()
+        proxy = ProxyProcess(agent.address, log_path=out / "proxy.log")
         try:
             deadline = time.monotonic() + 10
             while proxy.workers()["live"] < 1:
@@ -104,8 +95,8 @@ def main() -> int:
                 ("proxy forward to noop worker", proxy.url + "/", tmp / "post.lua"),
             ]
             for name, url, script in cases:
-                wrk(url, args.connections, 2, script)  # warm-up
-                row = {"case": name, **wrk(url, args.connections, args.duration, script)}
+                wrk(url, connections, 2, script)  # warm-up
+                row = {"case": name, "connections": connections, **wrk(url, connections, duration, script)}
                 rows.append(row)
                 print(f"  {name:32s} {row['per_second']:8.1f} req/s  p50 {row['p50_ms']:6.2f} ms  "
                       f"p99 {row['p99_ms']:6.2f} ms  non-2xx {row['non_2xx']}", flush=True)
@@ -115,12 +106,30 @@ def main() -> int:
     finally:
         agent.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    return rows
 
-    (args.out / "proxy_rate.json").write_text(json.dumps({"connections": args.connections, "rows": rows}, indent=2))
-    print("\n| case | req/s | p50 ms | p90 ms | p99 ms | non-2xx |\n|---|---:|---:|---:|---:|---:|")
+
+def table(rows: list[dict]) -> str:
+    lines = ["| no-op model, wrk | req/s | p50 ms | p90 ms | p99 ms | non-2xx |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        print(f"| {r['case']} | {r['per_second']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-              f"{r['p99_ms']:.2f} | {r['non_2xx']} |")
+        lines.append(f"| {r['case']} | {r['per_second']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['non_2xx']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--side", type=int, default=224, help="the photo's side (coffee, resized)")
+    p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
+    args = p.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("needs wrk (apt-get install wrk)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = measure(args.duration, args.connections, args.side, args.out)
+    (args.out / "proxy_rate.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    print("\n" + table(rows))
     return 0
 
 

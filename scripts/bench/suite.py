@@ -9,10 +9,11 @@
 - proxy: POST to the proxy, which forwards to that worker over ZeroMQ;
 - p2p: the client library's lookup on the proxy, then POST to the worker;
 
-each at concurrency 1, 8 and 32 with a real photo. Each configuration runs with only its
-own servers up; the load generator shares the machine's cores with them. Prints a table
-(img/s, p50/p90/p99, img/s as a ratio of the ceiling, RSS of the serving processes) and
-writes suite.json, throughput.png and p99.png.
+each at concurrency 1, 8 and 32 with a real photo; then, when `wrk` is installed, the
+proxy with a no-op model (scripts/bench/proxy_rate.py). Each configuration runs with only
+its own servers up; the load generator shares the machine's cores with them. Prints the
+tables (img/s, p50/p90/p99, img/s as a ratio of the ceiling, RSS of the serving
+processes; req/s for the no-op model) and writes suite.json, throughput.png and p99.png.
 
     .venv/bin/python scripts/bench/suite.py [--duration 8] [--concurrency 1 8 32] [--out run/bench]
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +37,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import proxy_rate  # noqa: E402  (beside this file)
 from client import Client  # noqa: E402
 from client.load import run_load  # noqa: E402
 from discovery.consul_agent import DevAgent, free_port  # noqa: E402
@@ -228,13 +231,21 @@ def main() -> int:
     ceiling_row = ceiling(photo, args.duration)
     print(f"  ceiling {ceiling_row['per_second']:.1f} img/s", flush=True)
     rows = asyncio.run(run_all(args, photo))
+    noop_rows = []
+    if shutil.which("wrk"):
+        noop_rows = proxy_rate.measure(args.duration, 32, 224, args.out)
+    else:
+        print("wrk is not installed (apt-get install wrk): skipping the no-op-model proxy rate", flush=True)
 
     result = {"photo": str(args.photo), "photo_bytes": len(photo), "duration_s": args.duration,
-              "ceiling": ceiling_row, "rows": rows}
+              "ceiling": ceiling_row, "rows": rows, "noop_proxy_rate": noop_rows}
     (args.out / "suite.json").write_text(json.dumps(result, indent=2) + "\n")
     written = plots(ceiling_row, rows, args.out)
     print()
     print(table(ceiling_row, rows))
+    if noop_rows:
+        print()
+        print(proxy_rate.table(noop_rows))
     print(f"\nwrote {args.out / 'suite.json'}, " + ", ".join(map(str, written)))
     return 0
 
