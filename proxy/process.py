@@ -54,5 +54,10 @@ class ProxyProcess:
         with urllib.request.urlopen(self.url + "/workers", timeout=5) as r:
             return json.loads(r.read())
 
+    def wait_live(self, n: int, timeout: float = 10) -> "ProxyProcess":
+        """Wait until the proxy routes to `n` live workers."""
+        _wait_for(lambda: self.workers()["live"] == n, timeout=timeout, what=f"{n} live workers in the proxy")
+        return self
+
     def stop(self) -> None:
         stop_process(self.proc, self.stderr)

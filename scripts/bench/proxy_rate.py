@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,11 +83,7 @@ def measure(duration: float, connections: int, side: int, out: Path) -> list[dic
                                log_path=out / "worker-noop.log").wait_ready()
         proxy = ProxyProcess(agent.address, log_path=out / "proxy.log")
         try:
-            deadline = time.monotonic() + 10
-            while proxy.workers()["live"] < 1:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the proxy did not see the worker")
-                time.sleep(0.1)
+            proxy.wait_live(1)
             cases = [
                 ("proxy GET /healthz (HTTP only)", proxy.url + "/healthz", None),
                 ("noop worker, POST direct", worker.url + "/", tmp / "post.lua"),

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import proxy_rate  # noqa: E402  (beside this file)
+
 from client import Client  # noqa: E402
 from client.load import run_load  # noqa: E402
 from discovery.consul_agent import DevAgent, free_port  # noqa: E402
@@ -154,11 +155,7 @@ async def run_all(args, photo: bytes) -> list[dict]:
                               log_path=args.out / "worker.log").wait_ready()
             proxy = ProxyProcess(agent.address, log_path=args.out / "proxy.log")
             try:
-                deadline = time.monotonic() + 10
-                while proxy.workers()["live"] < 1:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the proxy did not see the worker")
-                    time.sleep(0.1)
+                proxy.wait_live(1)
                 both = lambda: [w.proc.pid, proxy.proc.pid]  # noqa: E731
                 rows += await measure("direct", lambda: post(w.url), args.concurrency, args.duration,
                                       lambda: [w.proc.pid])
