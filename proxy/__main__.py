@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> ProxyConfig:
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds in all (504)")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--max-pixels", type=int, default=d.max_pixels)
+    p.add_argument("--read-timeout", type=float, default=d.read_timeout_s,
+                   help="seconds for the whole request body to arrive, else 408 (default %(default)s)")
     p.add_argument("--max-in-flight", type=int, default=d.max_in_flight, help="beyond: fast 503")
     p.add_argument("--decode-threads", type=int, default=d.decode_threads)
     p.add_argument("--log-level", default="INFO")
@@ -40,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> ProxyConfig:
         service_name=a.service_name, policy=a.policy, max_batch_size=a.max_batch_size,
         max_delay_ms=a.max_batch_delay_ms, worker_timeout_s=a.worker_timeout,
         request_timeout_s=a.request_timeout, max_body_bytes=a.max_body_bytes, max_pixels=a.max_pixels,
+        read_timeout_s=a.read_timeout,
         max_in_flight=a.max_in_flight, decode_threads=a.decode_threads,
     )
 

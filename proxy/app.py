@@ -38,6 +38,7 @@ class ProxyConfig:
     request_timeout_s: float = 30.0
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
+    read_timeout_s: float = 30.0  # the whole body must arrive within this (408)
     max_in_flight: int = 1024  # accepted forward requests; beyond, a fast 503
     decode_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
 
@@ -67,7 +68,7 @@ async def classify(request: web.Request) -> web.Response:
     try:
         started = time.perf_counter()
         deadline = time.monotonic() + config.request_timeout_s
-        data = await read_image(request, config.max_body_bytes)
+        data = await read_image(request, config.max_body_bytes, config.read_timeout_s)
         loop = asyncio.get_running_loop()
         prepared: dict[Preprocessing, object] = {}
         decode_ms = 0.0

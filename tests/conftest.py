@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -115,3 +116,16 @@ def wait_for(predicate, timeout: float = 15, interval: float = 0.1, what: str = 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def stalled_upload(url: str, body: bytes) -> bytes:
+    """Send the headers and half the body, then stop; return what the server answers."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(65536), timeout=20)
+    finally:
+        writer.close()

@@ -17,7 +17,13 @@ import pytest
 
 from client import Client
 from discovery.consul_agent import DevAgent
-from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, wait_for
+from tests.conftest import (
+    DOMESTIC_CATS,
+    ESPRESSO,
+    SKIMAGE_DATA,
+    stalled_upload,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -274,3 +280,15 @@ async def test_hung_worker_times_out_is_ejected_and_probed_back(start_worker, st
     async with aiohttp.ClientSession() as s:
         workers_seen = {(await post(s, proxy.url, coffee_jpeg))[1]["worker"] for _ in range(4)}
     assert workers_seen == {hung.worker_id, healthy.worker_id}
+
+
+async def test_proxy_times_out_a_stalled_upload(start_worker, start_proxy, service, coffee_jpeg):
+    start_workers(start_worker, service, 1)
+    proxy = start_proxy("--service-name", service, "--read-timeout", "1")
+    wait_for(lambda: len(live_ids(proxy)) == 1, what="live worker")
+    head, _, body = (await stalled_upload(proxy.url, coffee_jpeg)).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    async with aiohttp.ClientSession() as s:
+        status, body = await post(s, proxy.url, coffee_jpeg)
+    assert status == 200 and body["predictions"][0]["index"] == ESPRESSO

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA
+from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, stalled_upload
 
 
 async def post_file(url: str, field: str, data: bytes, filename: str = "photo.jpg", **kw):
@@ -210,3 +210,12 @@ async def test_savedmodel_backend_agrees_with_tflite(worker, start_worker, coffe
     async with aiohttp.ClientSession() as s:
         async with s.get(savedmodel.url + "/info") as r:
             assert (await r.json())["backend"] == "savedmodel"
+
+
+async def test_client_that_stops_sending_gets_408(start_worker, coffee_jpeg):
+    w = start_worker("--read-timeout", "1")
+    answer = await stalled_upload(w.url, coffee_jpeg)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    await assert_still_serving(w, coffee_jpeg)

@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     p.add_argument("--max-queue", type=int, default=b.max_queue, help="queued images before 503s")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--max-pixels", type=int, default=d.max_pixels)
+    p.add_argument("--read-timeout", type=float, default=d.read_timeout_s,
+                   help="seconds for the whole request body to arrive, else 408 (default %(default)s)")
     p.add_argument("--decode-threads", type=int, default=d.decode_threads)
     p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
                    help="TensorFlow intra-op threads, or the TFLite interpreter's; 0 = default (TFLite: all cores)")
@@ -59,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
         batch=BatchConfig(a.max_batch_size, a.max_batch_delay_ms, a.max_queue),
         max_body_bytes=a.max_body_bytes,
         max_pixels=a.max_pixels,
+        read_timeout_s=a.read_timeout,
         decode_threads=a.decode_threads,
         intra_op_threads=a.intra_op_threads,
         inter_op_threads=a.inter_op_threads,

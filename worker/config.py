@@ -23,6 +23,7 @@ class WorkerConfig:
     service_name: str = "classifier"
     batch: BatchConfig = field(default_factory=BatchConfig)
     max_body_bytes: int = 20 * 1024 * 1024
+    read_timeout_s: float = 30.0  # the whole body must arrive within this (408)
     max_pixels: int = 40_000_000  # ~ a 7700x5200 photo; bigger is refused before decoding
     decode_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     intra_op_threads: int = 0  # TF intra-op / TFLite interpreter threads; 0: the default

@@ -22,7 +22,7 @@ async def classify(request: web.Request) -> web.Response:
     state.in_flight += 1
     try:
         started = time.perf_counter()
-        data = await read_image(request, state.config.max_body_bytes)
+        data = await read_image(request, state.config.max_body_bytes, state.config.read_timeout_s)
         try:
             image = await asyncio.get_running_loop().run_in_executor(
                 state.decode_pool, preprocess, data, model.preprocessing, state.config.max_pixels

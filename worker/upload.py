@@ -9,6 +9,8 @@ body is refused as soon as it passes the limit.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import BodyPartReader, web
 
 from worker.errors import ApiError
@@ -32,9 +34,19 @@ async def _read_limited(read_chunk, limit: int, already: int = 0) -> bytes:
     return b"".join(chunks)
 
 
-async def read_image(request: web.Request, limit: int) -> bytes:
+async def read_image(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The image bytes; 413 over `limit`, 408 if the body takes longer than `timeout_s`
+    (a client that sends slowly or stops must not hold a request slot for ever)."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s") from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
     ctype = request.content_type
     if ctype == "multipart/form-data":
         return await _read_multipart(request, limit)
