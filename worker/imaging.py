@@ -84,8 +84,12 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
         need = int(np.ceil(prep.size / prep.crop_fraction))
         img.draft("RGB", (need, need))
         ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
+        if img.mode.startswith("I"):
+            # 16/32-bit samples: Pillow's convert would clip everything above 255 to white.
+            wide = np.asarray(img).astype(np.uint32)
+            img = Image.fromarray((wide >> 8 if wide.max() > 255 else wide).astype(np.uint8))
         if img.mode != "RGB":
-            # Palette/alpha/CMYK/16-bit/grayscale all go through RGBA or straight to RGB.
+            # Palette/alpha/CMYK/grayscale all go through RGBA or straight to RGB.
             img = img.convert("RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB")
             if img.mode == "RGBA":
                 background = Image.new("RGB", img.size, (255, 255, 255))
