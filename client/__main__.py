@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def common(sp):
         sp.add_argument("--mode", choices=["p2p", "proxy"], default="p2p")
-        sp.add_argument("--retries", type=int, default=4)
+        sp.add_argument("--retries", type=int, default=6)
         sp.add_argument("--max-side", type=int, default=None,
                         help="downscale photos so the long side is at most this (e.g. 512)")
 

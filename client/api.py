@@ -4,9 +4,11 @@
         result = await c.classify("photo.jpg")                # p2p: lookup, then POST to the worker
         result = await c.classify(image_bytes, mode="proxy")  # forward through the proxy
 
-In p2p mode a connection failure or a 503 from the worker means a fresh lookup and
-another try (bounded by `retries`); addresses that just failed are avoided for the
-rest of that request. A 4xx is the caller's problem and raised at once.
+In p2p mode a connection failure or a 5xx from the worker means a fresh lookup and
+another try (bounded by `retries`, with exponential backoff); addresses that just failed
+are avoided for the rest of that request. When the proxy itself cannot be reached (it is
+restarting), the client falls back to workers it has recently been served by, so p2p
+traffic rides through a proxy restart. A 4xx is the caller's problem and raised at once.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class ClassifyError(Exception):
 
 
 class Client:
-    def __init__(self, proxy_url: str = "http://127.0.0.1:12480", *, retries: int = 4,
+    def __init__(self, proxy_url: str = "http://127.0.0.1:12480", *, retries: int = 6,
                  timeout_s: float = 30.0, max_side: int | None = None,
                  session: aiohttp.ClientSession | None = None):
         self.proxy_url = proxy_url.rstrip("/")
@@ -41,6 +43,7 @@ class Client:
         self._session = session
         self._own_session = session is None
         self.stats = {"requests": 0, "retries": 0}
+        self._known_workers: dict[str, None] = {}  # recently served us, newest last (an ordered set)
 
     async def __aenter__(self) -> "Client":
         if self._session is None:
@@ -70,16 +73,34 @@ class Client:
         raise ValueError(f"mode must be 'p2p' or 'proxy', not {mode!r}")
 
     async def _p2p_once(self, data: bytes, k: int, avoid: set[str]) -> dict:
-        address = await self.lookup()
-        for _ in range(3):  # a just-failed address may still be handed out: ask again
-            if address not in avoid:
-                break
-            address = await self.lookup()
+        address = await self._worker_address(avoid)
         try:
-            return await self._post(f"http://{address}", data, k)
+            result = await self._post(f"http://{address}", data, k)
         except (aiohttp.ClientError, ClassifyError, asyncio.TimeoutError):
             avoid.add(address)
+            self._known_workers.pop(address, None)
             raise
+        self._known_workers.pop(address, None)
+        self._known_workers[address] = None
+        while len(self._known_workers) > 16:
+            self._known_workers.pop(next(iter(self._known_workers)))
+        return result
+
+    async def _worker_address(self, avoid: set[str]) -> str:
+        """A fresh lookup; a just-failed address is asked about again (bounded); if the
+        proxy is unreachable, a worker that served us recently."""
+        try:
+            address = await self.lookup()
+            for _ in range(3):
+                if address not in avoid:
+                    break
+                address = await self.lookup()
+            return address
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            fallback = [a for a in reversed(self._known_workers) if a not in avoid]
+            if not fallback:
+                raise
+            return fallback[0]
 
     async def _with_retries(self, attempt) -> dict:
         avoid: set[str] = set()
@@ -93,7 +114,7 @@ class Client:
                 if n == self.retries:
                     raise
             self.stats["retries"] += 1
-            await asyncio.sleep(0.05 * (n + 1))
+            await asyncio.sleep(min(0.05 * 2**n, 1.0))  # 0.05, 0.1, 0.2, ... up to 1 s
         raise AssertionError("unreachable")
 
     async def _post(self, url: str, data: bytes, k: int) -> dict:

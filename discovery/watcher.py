@@ -4,6 +4,12 @@ A blocked query returns within milliseconds of a register, deregister, maintenan
 toggle or check change, so subscribers see changes well within a second. When Consul
 is unreachable the watcher keeps the last known set, says so once in the log, and
 resumes watching when Consul answers again.
+
+An agent that comes back may have lost its registrations (a dev agent keeps nothing),
+and its instances reappear only as they re-register on their next heartbeat. So for
+`resync_grace_s` after a reconnect, instances missing from Consul's answer are kept
+(and Consul is asked again every second); after that, Consul's answer is the set.
+Instances that really died meanwhile are the proxy's to eject (ZeroMQ disconnect).
 """
 
 from __future__ import annotations
@@ -53,11 +59,13 @@ class ServiceWatcher:
         service: str,
         on_change: Callable[[dict[str, Instance]], None],
         wait: str = "30s",
+        resync_grace_s: float = 5.0,
     ):
         self.consul = consul
         self.service = service
         self.on_change = on_change
         self.wait = wait
+        self.resync_grace_s = resync_grace_s
         self.instances: dict[str, Instance] = {}
         self.connected = False
         self.synced = asyncio.Event()  # set after the first successful answer
@@ -73,13 +81,19 @@ class ServiceWatcher:
 
     async def _watch(self) -> None:
         client = self.consul.client()
+        loop = asyncio.get_running_loop()
         index = None
         backoff = 0.1
+        grace_until = 0.0
+        in_grace = False
         try:
             while True:
+                was_in_grace, in_grace = in_grace, loop.time() < grace_until
+                if was_in_grace and not in_grace:
+                    index = None  # answer now, so instances that never came back leave at once
                 try:
                     index, entries = await client.health.service(
-                        self.service, passing=True, index=index, wait=self.wait
+                        self.service, passing=True, index=index, wait="1s" if in_grace else self.wait
                     )
                 except asyncio.CancelledError:
                     raise
@@ -96,9 +110,13 @@ class ServiceWatcher:
                     continue
                 if not self.connected and self.synced.is_set():
                     log.info("Consul is back; watching %s again", self.service)
+                    grace_until = loop.time() + self.resync_grace_s
+                    in_grace = True
                 self.connected = True
                 backoff = 0.1
                 instances = parse_entries(entries)
+                if in_grace:  # keep what has not re-registered yet
+                    instances = {**{k: v for k, v in self.instances.items() if k not in instances}, **instances}
                 if instances != self.instances or not self.synced.is_set():
                     self.instances = instances
                     self.on_change(instances)
