@@ -103,6 +103,10 @@ class Batcher:
         self._running = 0  # images in the batch being computed
 
     @property
+    def full(self) -> bool:
+        return self._queue.full()
+
+    @property
     def depth(self) -> int:
         """Images waiting or being computed."""
         return self._queue.qsize() + self._running

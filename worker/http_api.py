@@ -9,13 +9,14 @@ from aiohttp import web
 
 from worker.errors import ApiError, json_errors
 from worker.imaging import ImageError, preprocess
-from worker.service import STATE, WorkerState, classify_image
+from worker.service import STATE, WorkerState, check_capacity, classify_image
 from worker.upload import parse_top_k, read_image
 
 
 async def classify(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.check_ready()
+    check_capacity(state)
     model = state.model
     k = parse_top_k(request, state.config.default_top_k, len(model.labels))
 

@@ -44,6 +44,16 @@ class WorkerState:
                            {"Retry-After": "1"})
 
 
+def overloaded(reason: str) -> ApiError:
+    return ApiError(503, "overloaded", f"the worker is at capacity: {reason}", {"Retry-After": "1"})
+
+
+def check_capacity(state: WorkerState) -> None:
+    """Refuse before reading and decoding a body that the full queue could not take."""
+    if state.batcher.full:
+        raise overloaded(f"{state.config.batch.max_queue} requests already queued")
+
+
 STATE = web.AppKey("state", WorkerState)
 
 
@@ -59,7 +69,7 @@ async def classify_image(state: WorkerState, image: np.ndarray, k: int) -> tuple
     try:
         prediction = await state.batcher.submit(image)
     except Overloaded as exc:
-        raise ApiError(503, "overloaded", f"the worker is at capacity: {exc}", {"Retry-After": "1"}) from None
+        raise overloaded(str(exc)) from None
     except InferenceFailed as exc:
         raise ApiError(500, "inference_failed", str(exc)) from None
     state.served += 1
