@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from worker.errors import ApiError
 
@@ -74,7 +75,7 @@ async def _read_multipart(request: web.Request, limit: int) -> bytes:
             total += len(await _read_limited(part.read_chunk, limit, total))
     except ApiError:
         raise
-    except (ValueError, AssertionError, RuntimeError) as exc:  # malformed multipart
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:  # malformed multipart
         raise ApiError(400, "bad_multipart", f"the multipart body could not be parsed: {exc}") from None
     raise ApiError(
         400,
