@@ -21,7 +21,7 @@ from client.load import run_load
 
 async def classify(args) -> int:
     failed = 0
-    async with Client(args.proxy, retries=args.retries, max_side=args.max_side) as client:
+    async with Client(args.proxy, retries=args.retries, max_side=args.max_side, token=args.token) as client:
         for path in expand_paths(args.photos):
             try:
                 result = await client.classify(path, mode=args.mode, k=args.top_k)
@@ -39,7 +39,7 @@ async def classify(args) -> int:
 
 
 async def lookup(args) -> int:
-    async with Client(args.proxy) as client:
+    async with Client(args.proxy, token=args.token) as client:
         print(await client.lookup())
     return 0
 
@@ -51,7 +51,7 @@ async def bench(args) -> int:
     duration = args.duration if args.count is None else 24 * 3600.0
     count = args.count or 1_000_000
 
-    async with Client(args.proxy, retries=args.retries) as client:
+    async with Client(args.proxy, retries=args.retries, token=args.token) as client:
         send = lambda: client.classify(photo, mode=args.mode)  # noqa: E731
         progress = None
         if not args.json:
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m client")
     p.add_argument("--proxy", default=os.environ.get("PROXY_URL", "http://127.0.0.1:12480"),
                    help="proxy URL (default $PROXY_URL or %(default)s)")
+    p.add_argument("--token", default=os.environ.get("IMAGE_CLUSTER_TOKEN"),
+                   help="bearer token when the cluster requires one (default $IMAGE_CLUSTER_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):

@@ -34,9 +34,10 @@ class ClassifyError(Exception):
 
 class Client:
     def __init__(self, proxy_url: str = "http://127.0.0.1:12480", *, retries: int = 6,
-                 timeout_s: float = 30.0, max_side: int | None = None,
+                 timeout_s: float = 30.0, max_side: int | None = None, token: str | None = None,
                  session: aiohttp.ClientSession | None = None):
         self.proxy_url = proxy_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.max_side = max_side  # downscale bigger photos before sending (see client/images.py)
         self.retries = retries
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -56,7 +57,7 @@ class Client:
 
     async def lookup(self) -> str:
         """One live worker's host:port, from the proxy's GET /."""
-        async with self._session.get(self.proxy_url + "/") as r:
+        async with self._session.get(self.proxy_url + "/", headers=self.headers) as r:
             if r.status != 200:
                 raise ClassifyError(r.status, await _body(r))
             return (await r.text()).strip()
@@ -120,7 +121,7 @@ class Client:
     async def _post(self, url: str, data: bytes, k: int) -> dict:
         form = aiohttp.FormData()
         form.add_field("data", data, filename="image", content_type="application/octet-stream")
-        async with self._session.post(url + "/", params={"k": str(k)}, data=form) as r:
+        async with self._session.post(url + "/", params={"k": str(k)}, data=form, headers=self.headers) as r:
             body = await _body(r)
             if r.status != 200:
                 raise ClassifyError(r.status, body)

@@ -36,8 +36,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class DevAgent:
     """`consul agent -dev` on free ports (HTTP on `http_port`), one server, in memory."""
 
-    def __init__(self, bind: str = "127.0.0.1", http_port: int | None = None, log_path: Path | None = None):
+    def __init__(self, bind: str = "127.0.0.1", http_port: int | None = None, log_path: Path | None = None,
+                 acl_master_token: str | None = None):
         self.bind = bind
+        self.acl_master_token = acl_master_token  # ACLs on, default deny, this token may do anything
         self.http_port = http_port or free_port(bind)
         self._ports = {
             "-serf-lan-port": free_port(bind),
@@ -57,6 +59,9 @@ class DevAgent:
                 "-node", f"dev-{self.http_port}"]
         for flag, port in self._ports.items():
             args += [flag, str(port)]
+        if self.acl_master_token:
+            args += ["-hcl", 'acl { enabled = true, default_policy = "deny", '
+                             f'tokens {{ master = "{self.acl_master_token}" }} }}']
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         self.wait_ready(timeout)

@@ -12,6 +12,7 @@ from aiohttp import web
 from discovery.registration import ConsulAddress
 from proxy.app import ProxyConfig, create_app
 from proxy.policy import POLICIES
+from worker.auth import ENV_VAR
 
 
 def parse_args(argv: list[str] | None = None) -> ProxyConfig:
@@ -34,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> ProxyConfig:
                    help="seconds for the whole request body to arrive, else 408 (default %(default)s)")
     p.add_argument("--max-in-flight", type=int, default=d.max_in_flight, help="beyond: fast 503")
     p.add_argument("--decode-threads", type=int, default=d.decode_threads)
+    p.add_argument("--auth-token", default=os.environ.get(ENV_VAR),
+                   help=f"require this bearer token and pass it to workers (default ${ENV_VAR})")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -43,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> ProxyConfig:
         max_delay_ms=a.max_batch_delay_ms, worker_timeout_s=a.worker_timeout,
         request_timeout_s=a.request_timeout, max_body_bytes=a.max_body_bytes, max_pixels=a.max_pixels,
         read_timeout_s=a.read_timeout,
-        max_in_flight=a.max_in_flight, decode_threads=a.decode_threads,
+        max_in_flight=a.max_in_flight, decode_threads=a.decode_threads, auth_token=a.auth_token or None,
     )
 
 

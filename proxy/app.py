@@ -20,6 +20,7 @@ from discovery.watcher import ServiceWatcher
 from proxy.forward import ForwardStats, forward
 from proxy.policy import POLICIES
 from proxy.pool import WorkerPool
+from worker.auth import bearer_auth
 from worker.errors import ApiError, json_errors
 from worker.imaging import ImageError, Preprocessing, preprocess
 from worker.upload import parse_top_k, read_image
@@ -41,6 +42,7 @@ class ProxyConfig:
     read_timeout_s: float = 30.0  # the whole body must arrive within this (408)
     max_in_flight: int = 1024  # accepted forward requests; beyond, a fast 503
     decode_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    auth_token: str | None = None  # required from clients and passed on to workers (worker/auth.py)
 
 
 @dataclass
@@ -152,11 +154,12 @@ async def workers(request: web.Request) -> web.Response:
 
 
 def create_app(config: ProxyConfig) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_bytes)
+    app = web.Application(middlewares=[json_errors, bearer_auth(config.auth_token)],
+                          client_max_size=config.max_body_bytes)
 
     async def resources(app: web.Application):
         pool = WorkerPool(max_batch_size=config.max_batch_size, max_delay_ms=config.max_delay_ms,
-                          policy=POLICIES[config.policy]())
+                          policy=POLICIES[config.policy](), token=config.auth_token or "")
         await pool.start()
         watcher = ServiceWatcher(config.consul, config.service_name, pool.update)
         watcher.start()

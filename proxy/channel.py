@@ -49,8 +49,9 @@ class _Item:
 
 class WorkerChannel:
     def __init__(self, context: zmq.asyncio.Context, endpoint: str, model: str,
-                 max_batch_size: int, max_delay_ms: float, on_disconnect: Callable[[str], None]):
+                 max_batch_size: int, max_delay_ms: float, token: str, on_disconnect: Callable[[str], None]):
         self.endpoint = endpoint
+        self.token = token
         self.on_disconnect = on_disconnect
         self.model = model
         self.max_batch_size = max_batch_size
@@ -84,7 +85,7 @@ class WorkerChannel:
             batch_id = f"{self._prefix}-b{next(self._ids)}"
             request = wire.BatchRequest(
                 batch_id, [i.id for i in batch], np.stack([i.image for i in batch]),
-                model=self.model, k=max(i.k for i in batch),
+                model=self.model, k=max(i.k for i in batch), token=self.token,
             )
             self._pending[batch_id] = batch
             try:

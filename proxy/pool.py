@@ -63,12 +63,13 @@ def preprocessing_from_meta(meta: dict[str, str]) -> Preprocessing:
 
 class WorkerPool:
     def __init__(self, *, max_batch_size: int, max_delay_ms: float, probe_interval_s: float = 0.5,
-                 retire_timeout_s: float = 30.0, policy=None):
+                 retire_timeout_s: float = 30.0, policy=None, token: str = ""):
         self.policy = policy or RoundRobin()
         self.max_batch_size = max_batch_size
         self.max_delay_ms = max_delay_ms
         self.probe_interval_s = probe_interval_s
         self.retire_timeout_s = retire_timeout_s
+        self.token = token
         self.workers: dict[str, WorkerHandle] = {}
         self.ejections = 0
         self._context = zmq.asyncio.Context()
@@ -84,7 +85,7 @@ class WorkerPool:
         handle = WorkerHandle(instance, None, preprocessing_from_meta(instance.meta),
                               int(instance.meta.get("num_labels", 1000)))
         handle.channel = WorkerChannel(self._context, instance.zmq_endpoint, instance.meta.get("model", ""),
-                                       self.max_batch_size, self.max_delay_ms,
+                                       self.max_batch_size, self.max_delay_ms, self.token,
                                        on_disconnect=lambda reason: self.eject(handle, reason))
         return handle
 

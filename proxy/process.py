@@ -31,11 +31,13 @@ class ProxyProcess:
     """
 
     def __init__(self, consul: str, *extra: str, log_path: Path | None = None, host: str = "127.0.0.1",
-                 port: int | None = None, reach_at: str | None = None, wrapper: tuple[str, ...] = ()):
+                 port: int | None = None, reach_at: str | None = None, wrapper: tuple[str, ...] = (),
+                 token: str | None = None):
         self.port = port or free_port()
+        self.token = token
         self.url = f"http://{reach_at or host}:{self.port}"
         args = [*wrapper, sys.executable, "-m", "proxy", "--host", host, "--port", str(self.port),
-                "--consul", consul, *extra]
+                "--consul", consul, *extra, *(["--auth-token", token] if token else [])]
         self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                                      stdout=self.stderr, stderr=self.stderr)
@@ -51,7 +53,8 @@ class ProxyProcess:
             return False
 
     def workers(self) -> dict:
-        with urllib.request.urlopen(self.url + "/workers", timeout=5) as r:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        with urllib.request.urlopen(urllib.request.Request(self.url + "/workers", headers=headers), timeout=5) as r:
             return json.loads(r.read())
 
     def wait_live(self, n: int, timeout: float = 10) -> "ProxyProcess":

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import skimage
+import zmq
+import zmq.asyncio
 from PIL import Image
 
 from discovery.consul_agent import PROJECT_ROOT, DevAgent
 from proxy.process import ProxyProcess
+from worker import wire
 from worker.process import WorkerProcess
 
 MODEL_DIR = PROJECT_ROOT / "models" / "efficientnet_lite0"
@@ -66,9 +69,9 @@ def start_proxy(consul_agent, artifacts_dir, request):
     """Factory: start_proxy(*extra_args, consul=agent) -> ProxyProcess; stopped after the test."""
     started: list[ProxyProcess] = []
 
-    def start(*extra: str, consul: DevAgent | None = None) -> ProxyProcess:
+    def start(*extra: str, consul: DevAgent | None = None, token: str | None = None) -> ProxyProcess:
         log = artifacts_dir / f"proxy-{request.node.name}-{len(started)}.log"
-        p = ProxyProcess((consul or consul_agent).address, *extra, log_path=log)
+        p = ProxyProcess((consul or consul_agent).address, *extra, log_path=log, token=token)
         started.append(p)
         return p
 
@@ -129,3 +132,24 @@ async def stalled_upload(url: str, body: bytes) -> bytes:
         return await asyncio.wait_for(reader.read(65536), timeout=20)
     finally:
         writer.close()
+
+
+async def roundtrip(endpoint: str, frames: list, timeout_ms: int = 20000) -> dict:
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        await sock.send_multipart(frames)
+        assert await sock.poll(timeout_ms), "no reply"
+        return wire.decode_reply(await sock.recv_multipart())
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from proxy.process import ProxyProcess
-from tests.conftest import ESPRESSO, MODEL_DIR, SKIMAGE_DATA
+from tests.conftest import ESPRESSO, MODEL_DIR, SKIMAGE_DATA, rss_mb
 from worker.process import WorkerProcess
 
 LIMIT = 2 * 1024 * 1024
@@ -193,13 +193,6 @@ async def test_high_bytes_in_a_header_value_are_harmless(target):
     answer = await raw_exchange(target.url, b"POST / HTTP/1.1\r\nHost: x\r\nX-Junk: \xff\xfe\xfd\r\n"
                                 b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg) + jpeg)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
-
-
-def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 async def test_memory_stays_put_after_1000_bad_requests(servers, capsys):

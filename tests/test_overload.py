@@ -11,8 +11,7 @@ import uuid
 import aiohttp
 import numpy as np
 
-from tests.conftest import ESPRESSO, wait_for
-from tests.test_hostile_inputs import rss_mb
+from tests.conftest import ESPRESSO, rss_mb, wait_for
 
 
 async def burst(url: str, photo: bytes, n: int) -> list[tuple[int, dict, dict, float]]:

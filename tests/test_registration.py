@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 
 from discovery.consul_agent import PROJECT_ROOT, DevAgent, free_port
 from tests.conftest import ESPRESSO, consul_get, wait_for
@@ -145,3 +146,24 @@ def test_unreachable_consul_without_advertise_is_a_clear_error(artifacts_dir):
     )
     assert out.returncode == 1
     assert "--advertise" in out.stderr and "cannot learn this host's address" in out.stderr
+
+
+def test_consul_acl_token_is_used(start_worker, start_proxy, artifacts_dir):
+    """With Consul ACLs on (default deny), only a worker and a proxy given the token work."""
+    token = "acl-" + uuid.uuid4().hex
+    agent = DevAgent(log_path=artifacts_dir / "consul-acl.log", acl_master_token=token).start()
+    try:
+        anonymous = start_worker("--consul-token", "", "--service-name", "acl-test", consul=agent, wait=False)
+        trusted = start_worker("--consul-token", token, "--service-name", "acl-test", consul=agent)
+        proxy = start_proxy("--consul-token", token, "--service-name", "acl-test", consul=agent)
+        proxy.wait_live(1)
+        assert [w["id"] for w in proxy.workers()["workers"]] == [trusted.worker_id]
+        request = urllib.request.Request(f"http://{agent.address}/v1/catalog/service/acl-test",
+                                         headers={"X-Consul-Token": token})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert [e["ServiceID"] for e in json.loads(r.read())] == [trusted.worker_id]
+        assert anonymous.proc.poll() is None  # refused by Consul, still retrying, not crashed
+        log = artifacts_dir / "worker-test_consul_acl_token_is_used-0.log"
+        wait_for(lambda: "Permission denied" in log.read_text(), what="Consul refusing the anonymous worker")
+    finally:
+        agent.stop()

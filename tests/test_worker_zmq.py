@@ -8,7 +8,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from tests.conftest import ESPRESSO, consul_get
+from tests.conftest import ESPRESSO, consul_get, roundtrip
 from worker import wire
 from worker.imaging import Preprocessing, preprocess
 
@@ -17,20 +17,6 @@ def zmq_endpoint(consul_agent, worker) -> str:
     (entry,) = [e for e in consul_get(consul_agent, "/v1/health/service/classifier?passing")
                 if e["Service"]["ID"] == worker.worker_id]
     return f"tcp://{entry['Service']['Address']}:{entry['Service']['Meta']['zmq_port']}"
-
-
-async def roundtrip(endpoint: str, frames: list, timeout_ms: int = 20000) -> dict:
-    ctx = zmq.asyncio.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    try:
-        await sock.send_multipart(frames)
-        assert await sock.poll(timeout_ms), "no reply"
-        return wire.decode_reply(await sock.recv_multipart())
-    finally:
-        sock.close()
-        ctx.term()
 
 
 async def test_batch_of_images_classified(consul_agent, worker, coffee_jpeg, chelsea_png):

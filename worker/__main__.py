@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from discovery.registration import ConsulAddress
+from worker.auth import ENV_VAR
 from worker.batcher import BatchConfig
 from worker.config import WorkerConfig
 
@@ -46,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads, help="TensorFlow, 0 = default")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s, help="seconds (default %(default)s)")
     p.add_argument("--heartbeat-ttl", type=float, default=d.heartbeat_ttl_s, help="Consul TTL check, seconds")
+    p.add_argument("--auth-token", default=os.environ.get(ENV_VAR),
+                   help=f"require this bearer token (default ${ENV_VAR}; prefer the variable, ps shows flags)")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -67,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
         inter_op_threads=a.inter_op_threads,
         drain_timeout_s=a.drain_timeout,
         heartbeat_ttl_s=a.heartbeat_ttl,
+        auth_token=a.auth_token or None,
     )
 
 

@@ -31,3 +31,4 @@ class WorkerConfig:
     drain_timeout_s: float = 30.0
     heartbeat_ttl_s: float = 5.0
     default_top_k: int = 5
+    auth_token: str | None = None  # shared secret required on every route but health (worker/auth.py)

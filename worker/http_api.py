@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from worker.auth import bearer_auth
 from worker.errors import ApiError, json_errors
 from worker.imaging import ImageError, preprocess
 from worker.service import STATE, WorkerState, check_capacity, classify_image
@@ -89,7 +90,8 @@ async def stats(request: web.Request) -> web.Response:
 
 def create_app(state: WorkerState) -> web.Application:
     # client_max_size guards aiohttp's own body readers; ours stream with the same limit.
-    app = web.Application(middlewares=[json_errors], client_max_size=state.config.max_body_bytes)
+    app = web.Application(middlewares=[json_errors, bearer_auth(state.config.auth_token)],
+                          client_max_size=state.config.max_body_bytes)
     app[STATE] = state
     app.router.add_post("/", classify)
     app.router.add_post("/classify", classify)

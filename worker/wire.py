@@ -2,7 +2,8 @@
 
 Request (proxy DEALER -> worker ROUTER), two frames:
     1. JSON header {"batch": str, "ids": [str, ...], "dtype": "uint8",
-                    "shape": [N, H, W, C], "model": str, "version": str, "k": int}
+                    "shape": [N, H, W, C], "model": str, "version": str, "k": int,
+                    "token": str (only when the cluster uses a shared secret)}
     2. the N images as one C-contiguous uint8 tensor, raw bytes (sent zero-copy)
 
 Reply (worker -> proxy), one frame:
@@ -41,6 +42,7 @@ class BatchRequest:
     model: str = ""
     version: str = ""
     k: int = 5
+    token: str = ""
 
 
 def encode_request(req: BatchRequest) -> list:
@@ -54,6 +56,8 @@ def encode_request(req: BatchRequest) -> list:
         "version": req.version,
         "k": req.k,
     }
+    if req.token:
+        header["token"] = req.token
     return [json.dumps(header).encode(), memoryview(images).cast("B")]
 
 
@@ -87,7 +91,8 @@ def decode_request(frames: list[bytes]) -> BatchRequest:
     if len(data) != expected:
         raise WireError(f"tensor has {len(data)} bytes, shape {shape} needs {expected}", batch)
     images = np.frombuffer(data, dtype=np.uint8).reshape(shape)
-    return BatchRequest(batch, ids, images, str(header.get("model", "")), str(header.get("version", "")), k)
+    return BatchRequest(batch, ids, images, str(header.get("model", "")), str(header.get("version", "")), k,
+                        str(header.get("token", "")))
 
 
 def encode_reply(reply: dict) -> list[bytes]:

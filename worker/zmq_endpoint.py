@@ -16,6 +16,7 @@ import zmq
 import zmq.asyncio
 
 from worker import wire
+from worker.auth import token_matches
 from worker.errors import ApiError
 from worker.service import WorkerState, classify_image
 
@@ -91,6 +92,9 @@ class ZmqEndpoint:
         await self._reply(identity, reply)
 
     def _check(self, request: wire.BatchRequest) -> None:
+        token = self.state.config.auth_token
+        if token and not token_matches(request.token, token):
+            raise ApiError(401, "unauthorized", "a valid token is required")
         self.state.check_ready()
         model = self.state.model
         if request.images.shape[1:] != model.input_shape:
