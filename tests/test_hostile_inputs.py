@@ -213,3 +213,12 @@ async def test_memory_stays_put_after_1000_bad_requests(servers, capsys):
         await still_serves(proc.url)
     with capsys.disabled():
         print("\n" + "\n".join(report))
+
+
+async def test_declared_oversize_refused_before_the_body_is_read(target):
+    """Headers announce 100 MB and only a few bytes follow: the answer comes at once."""
+    head = await raw_exchange(target.url, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                              b"Content-Length: %d\r\n\r\n\xff\xd8" % (100 * 1024 * 1024))
+    status_line, _, rest = head.partition(b"\r\n")
+    assert status_line.split()[1] == b"413", head[:200]
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["code"] == "payload_too_large"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 
 import numpy as np
 import zmq
 import zmq.asyncio
 
+from discovery.consul_agent import PROJECT_ROOT
 from tests.conftest import ESPRESSO, consul_get, roundtrip
 from worker import wire
 from worker.imaging import Preprocessing, preprocess
@@ -69,3 +72,24 @@ def test_wire_roundtrip_without_pickle():
     decoded = wire.decode_request([bytes(f) for f in frames])
     assert decoded.ids == ["i", "j"] and decoded.k == 7 and decoded.model == "m"
     np.testing.assert_array_equal(decoded.images, images)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a TCP socket listening on `port` (from `ss`)."""
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines()}
+
+
+def test_zeromq_binds_only_the_configured_interface(consul_agent, worker):
+    port = int(zmq_endpoint(consul_agent, worker).rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"127.0.0.1"}  # the worker was started with --host 127.0.0.1
+
+
+def test_nothing_on_the_wire_path_uses_pickle():
+    """pickle is imported only by worker/torch_legacy.py, the build-time weights reader,
+    behind a restricted unpickler; nothing else imports it or uses pyzmq's pickle-based
+    send_pyobj / recv_pyobj."""
+    pattern = re.compile(r"^\s*(import|from)\s+(c?pickle|dill|marshal)\b|_pyobj\(", re.M)
+    users = sorted(str(p.relative_to(PROJECT_ROOT)) for pkg in ("worker", "proxy", "client", "discovery")
+                   for p in (PROJECT_ROOT / pkg).rglob("*.py") if pattern.search(p.read_text()))
+    assert users == ["worker/torch_legacy.py"]
