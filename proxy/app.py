@@ -23,6 +23,7 @@ from proxy.pool import WorkerPool
 from worker.auth import bearer_auth
 from worker.errors import ApiError, json_errors
 from worker.imaging import ImageError, Preprocessing, preprocess
+from worker.metrics import http_metrics, metrics_handler, register_state
 from worker.upload import parse_top_k, read_image
 
 
@@ -154,7 +155,7 @@ async def workers(request: web.Request) -> web.Response:
 
 
 def create_app(config: ProxyConfig) -> web.Application:
-    app = web.Application(middlewares=[json_errors, bearer_auth(config.auth_token)],
+    app = web.Application(middlewares=[http_metrics, json_errors, bearer_auth(config.auth_token)],
                           client_max_size=config.max_body_bytes)
 
     async def resources(app: web.Application):
@@ -178,4 +179,23 @@ def create_app(config: ProxyConfig) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/workers", workers)
+    app.router.add_get("/metrics", metrics_handler)
+    register_state(app, lambda: pool_metrics(app[STATE]))
     return app
+
+
+def pool_metrics(state: ProxyState):
+    pool = state.pool
+    return [
+        ("gauge", "imagecluster_live_workers", "Workers the proxy routes to", len(pool.live()), None),
+        ("gauge", "imagecluster_in_flight", "Forward requests accepted and not yet answered", state.in_flight, None),
+        ("gauge", "imagecluster_worker_outstanding", "Requests in flight to each worker",
+         {h.id: h.outstanding for h in pool.workers.values()}, "worker"),
+        ("counter", "imagecluster_worker_served", "Requests each worker answered",
+         {h.id: h.served for h in pool.workers.values()}, "worker"),
+        ("counter", "imagecluster_retries", "Forward attempts after the first", state.stats.retries, None),
+        ("counter", "imagecluster_worker_timeouts", "Forward attempts that timed out", state.stats.timeouts, None),
+        ("counter", "imagecluster_ejections", "Workers ejected after a failure", pool.ejections, None),
+        ("gauge", "imagecluster_consul_connected", "1 while the Consul watch is connected",
+         int(state.watcher.connected), None),
+    ]

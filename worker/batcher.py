@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from worker import metrics
 from worker.model import Model
 
 log = logging.getLogger(__name__)
@@ -159,11 +160,14 @@ class Batcher:
             self._running = 0
         finished = time.perf_counter()
         inference_ms = (finished - started) * 1000
+        metrics.INFERENCE.observe(finished - started)
+        metrics.BATCH_SIZE.observe(len(batch))
         self.stats.batches += 1
         self.stats.images += len(batch)
         self.stats.batch_sizes[len(batch)] += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
         for item, row in zip(batch, probabilities, strict=True):
+            metrics.QUEUE_WAIT.observe(started - item.enqueued)
             if not item.future.done():
                 item.future.set_result(
                     Prediction(row, (started - item.enqueued) * 1000, inference_ms, len(batch))

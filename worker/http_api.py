@@ -10,6 +10,7 @@ from aiohttp import web
 from worker.auth import bearer_auth
 from worker.errors import ApiError, json_errors
 from worker.imaging import ImageError, preprocess
+from worker.metrics import http_metrics, metrics_handler, register_state
 from worker.service import STATE, WorkerState, check_capacity, classify_image
 from worker.upload import parse_top_k, read_image
 
@@ -90,7 +91,7 @@ async def stats(request: web.Request) -> web.Response:
 
 def create_app(state: WorkerState) -> web.Application:
     # client_max_size guards aiohttp's own body readers; ours stream with the same limit.
-    app = web.Application(middlewares=[json_errors, bearer_auth(state.config.auth_token)],
+    app = web.Application(middlewares=[http_metrics, json_errors, bearer_auth(state.config.auth_token)],
                           client_max_size=state.config.max_body_bytes)
     app[STATE] = state
     app.router.add_post("/", classify)
@@ -99,4 +100,12 @@ def create_app(state: WorkerState) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/info", info)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics_handler)
+    register_state(app, lambda: [
+        ("gauge", "imagecluster_queue_depth", "Images waiting or being computed",
+         state.batcher.depth if state.batcher else 0, None),
+        ("gauge", "imagecluster_in_flight", "Requests accepted and not yet answered", state.in_flight, None),
+        ("gauge", "imagecluster_ready", "1 when the model is loaded and the worker is not draining",
+         int(state.ready), None),
+    ])
     return app
