@@ -13,6 +13,7 @@ from discovery.registration import ConsulAddress
 from proxy.app import ProxyConfig, create_app
 from proxy.policy import POLICIES
 from worker.auth import ENV_VAR
+from worker.request_log import setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> ProxyConfig:
@@ -38,8 +39,9 @@ def parse_args(argv: list[str] | None = None) -> ProxyConfig:
     p.add_argument("--auth-token", default=os.environ.get(ENV_VAR),
                    help=f"require this bearer token and pass it to workers (default ${ENV_VAR})")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
     a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(a.log_level, a.log_format)
     return ProxyConfig(
         host=a.host, port=a.port, consul=ConsulAddress.parse(a.consul, a.consul_token),
         service_name=a.service_name, policy=a.policy, max_batch_size=a.max_batch_size,

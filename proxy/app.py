@@ -24,6 +24,7 @@ from worker.auth import bearer_auth
 from worker.errors import ApiError, json_errors
 from worker.imaging import ImageError, Preprocessing, preprocess
 from worker.metrics import http_metrics, metrics_handler, register_state
+from worker.request_log import request_log
 from worker.upload import parse_top_k, read_image
 
 
@@ -88,9 +89,10 @@ async def classify(request: web.Request) -> web.Response:
                 decode_ms += (time.perf_counter() - t) * 1000
             return prepared[prep]
 
-        done = await forward(state.pool, state.stats, image_for, k,
-                             worker_timeout_s=config.worker_timeout_s, deadline=deadline)
+        done = await forward(state.pool, state.stats, image_for, k, worker_timeout_s=config.worker_timeout_s,
+                             deadline=deadline, request_id=request["request_id"])
         r = done.result
+        request["served_by"] = r["worker"]
         return web.json_response({
             "model": r["model"],
             "version": r["version"],
@@ -155,7 +157,7 @@ async def workers(request: web.Request) -> web.Response:
 
 
 def create_app(config: ProxyConfig) -> web.Application:
-    app = web.Application(middlewares=[http_metrics, json_errors, bearer_auth(config.auth_token)],
+    app = web.Application(middlewares=[request_log, http_metrics, json_errors, bearer_auth(config.auth_token)],
                           client_max_size=config.max_body_bytes)
 
     async def resources(app: web.Application):

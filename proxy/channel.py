@@ -44,6 +44,7 @@ class _Item:
     id: str
     image: np.ndarray
     k: int
+    request_id: str
     future: asyncio.Future
 
 
@@ -68,12 +69,12 @@ class WorkerChannel:
         self.failed: str | None = None
         self._tasks = [asyncio.create_task(c) for c in (self._send_loop(), self._recv_loop(), self._watch())]
 
-    async def submit(self, image: np.ndarray, k: int) -> dict:
+    async def submit(self, image: np.ndarray, k: int, request_id: str = "") -> dict:
         """One image's result dict from the worker ({"predictions": ...} or {"error": ...})."""
         if self.failed:
             raise ChannelFailed(self.failed)
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(f"{self._prefix}-{next(self._ids)}", image, k, future))
+        self._queue.put_nowait(_Item(f"{self._prefix}-{next(self._ids)}", image, k, request_id, future))
         return await future
 
     async def _send_loop(self) -> None:
@@ -86,6 +87,7 @@ class WorkerChannel:
             request = wire.BatchRequest(
                 batch_id, [i.id for i in batch], np.stack([i.image for i in batch]),
                 model=self.model, k=max(i.k for i in batch), token=self.token,
+                request_ids=[i.request_id for i in batch],
             )
             self._pending[batch_id] = batch
             try:

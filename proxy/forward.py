@@ -45,6 +45,7 @@ async def forward(
     *,
     worker_timeout_s: float,
     deadline: float,
+    request_id: str = "",
 ) -> Forwarded:
     """`image_for(preprocessing)` returns the image prepared for a worker's model input."""
     tried: set[str] = set()
@@ -68,7 +69,7 @@ async def forward(
         handle.outstanding += 1
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(handle.channel.submit(image, k), min(worker_timeout_s, remaining))
+            result = await asyncio.wait_for(handle.channel.submit(image, k, request_id), min(worker_timeout_s, remaining))
         except TimeoutError:
             stats.timeouts += 1
             last_error = f"{handle.id} timed out"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from discovery.registration import ConsulAddress
 from worker.auth import ENV_VAR
 from worker.batcher import BatchConfig
 from worker.config import WorkerConfig
+from worker.request_log import setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> WorkerConfig:
@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     p.add_argument("--auth-token", default=os.environ.get(ENV_VAR),
                    help=f"require this bearer token (default ${ENV_VAR}; prefer the variable, ps shows flags)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
     a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(a.log_level, a.log_format)
     return WorkerConfig(
         model_dir=a.model_dir,
         backend=a.backend,

@@ -3,7 +3,8 @@
 Request (proxy DEALER -> worker ROUTER), two frames:
     1. JSON header {"batch": str, "ids": [str, ...], "dtype": "uint8",
                     "shape": [N, H, W, C], "model": str, "version": str, "k": int,
-                    "token": str (only when the cluster uses a shared secret)}
+                    "token": str (only when the cluster uses a shared secret),
+                    "request_ids": [str, ...] (optional: the callers' request ids, for logs)}
     2. the N images as one C-contiguous uint8 tensor, raw bytes (sent zero-copy)
 
 Reply (worker -> proxy), one frame:
@@ -43,6 +44,7 @@ class BatchRequest:
     version: str = ""
     k: int = 5
     token: str = ""
+    request_ids: list[str] | None = None
 
 
 def encode_request(req: BatchRequest) -> list:
@@ -58,6 +60,8 @@ def encode_request(req: BatchRequest) -> list:
     }
     if req.token:
         header["token"] = req.token
+    if req.request_ids:
+        header["request_ids"] = req.request_ids
     return [json.dumps(header).encode(), memoryview(images).cast("B")]
 
 
@@ -91,8 +95,11 @@ def decode_request(frames: list[bytes]) -> BatchRequest:
     if len(data) != expected:
         raise WireError(f"tensor has {len(data)} bytes, shape {shape} needs {expected}", batch)
     images = np.frombuffer(data, dtype=np.uint8).reshape(shape)
+    rids = header.get("request_ids")
+    if not (isinstance(rids, list) and len(rids) == len(ids) and all(isinstance(r, str) for r in rids)):
+        rids = None
     return BatchRequest(batch, ids, images, str(header.get("model", "")), str(header.get("version", "")), k,
-                        str(header.get("token", "")))
+                        str(header.get("token", "")), rids)
 
 
 def encode_reply(reply: dict) -> list[bytes]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import zmq
 import zmq.asyncio
@@ -18,6 +19,7 @@ import zmq.asyncio
 from worker import wire
 from worker.auth import token_matches
 from worker.errors import ApiError
+from worker.request_log import access_log
 from worker.service import WorkerState, classify_image
 
 log = logging.getLogger(__name__)
@@ -81,12 +83,19 @@ class ZmqEndpoint:
             await self._reply(identity, reply)
             return
         self.state.in_flight += len(request.ids)
+        started = time.perf_counter()
         try:
             results = await asyncio.gather(
                 *(self._one(item_id, image, request.k) for item_id, image in zip(request.ids, request.images))
             )
         finally:
             self.state.in_flight -= len(request.ids)
+        ms = (time.perf_counter() - started) * 1000
+        for rid, result in zip(request.request_ids or request.ids, results):
+            status = result["error"]["status"] if "error" in result else 200
+            access_log.info("ZMQ %s %d %.1f ms request_id=%s", request.batch, status, ms, rid,
+                            extra={"request_id": rid, "batch": request.batch, "status": status,
+                                   "duration_ms": round(ms, 3), "via": "zmq"})
         model = self.state.model
         reply.update(model=model.name, version=model.version, results=results)
         await self._reply(identity, reply)

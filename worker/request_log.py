@@ -1,0 +1,62 @@
+"""Request ids and one log line per request, for the worker and the proxy.
+
+Every request gets an id: the caller's `X-Request-ID` when it is a sane token, else a new
+one. It is returned in the `X-Request-ID` response header, logged on the request's line,
+and the proxy sends it to the worker with the image (ZeroMQ header `request_ids`), whose
+own log line carries the same id. `--log-format json` writes one JSON object per line
+(python-json-logger), with the request id, status and timings as fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+
+from aiohttp import web
+from pythonjsonlogger.json import JsonFormatter
+
+HEADER = "X-Request-ID"
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: debug level
+_VALID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+access_log = logging.getLogger("access")
+
+
+def request_id(request: web.Request) -> str:
+    incoming = request.headers.get(HEADER, "")
+    return incoming if _VALID.fullmatch(incoming) else uuid.uuid4().hex[:16]
+
+
+@web.middleware
+async def request_log(request: web.Request, handler):
+    rid = request["request_id"] = request_id(request)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers[HEADER] = rid
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers[HEADER] = rid
+        raise
+    finally:
+        ms = (time.perf_counter() - started) * 1000
+        level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
+        access_log.log(level, "%s %s %d %.1f ms request_id=%s", request.method, request.path, status, ms, rid,
+                       extra={"request_id": rid, "method": request.method, "path": request.path,
+                              "status": status, "duration_ms": round(ms, 3),
+                              "worker": request.get("served_by")})
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
