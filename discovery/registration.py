@@ -106,6 +106,12 @@ class Registration:
             await asyncio.sleep(self.ttl_s / 3)
             await self._beat()
 
+    async def update_meta(self, meta: dict[str, str]) -> None:
+        """Re-register with new Meta (e.g. a new model version); Consul replaces the entry."""
+        self.instance.meta = meta
+        self._registered = False
+        await self._beat()
+
     async def drain(self) -> None:
         """Take the instance out of rotation (maintenance mode) but keep it registered."""
         self._maintenance = True

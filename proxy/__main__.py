@@ -11,7 +11,7 @@ from aiohttp import web
 
 from discovery.registration import ConsulAddress
 from proxy.app import ProxyConfig, create_app
-from proxy.policy import POLICIES
+from proxy.policy import POLICIES, VersionSplit
 from worker.auth import ENV_VAR
 from worker.request_log import setup_logging
 
@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None = None) -> ProxyConfig:
     p.add_argument("--consul-token", default=os.environ.get("CONSUL_HTTP_TOKEN"))
     p.add_argument("--service-name", default=d.service_name)
     p.add_argument("--policy", choices=sorted(POLICIES), default=d.policy)
+    p.add_argument("--split", default=d.split,
+                   help="share traffic between model versions by weight, e.g. 1=90,2=10 (A/B); ?version=N overrides")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="per-worker micro-batch")
     p.add_argument("--max-batch-delay-ms", type=float, default=d.max_delay_ms)
     p.add_argument("--worker-timeout", type=float, default=d.worker_timeout_s, help="seconds per attempt")
@@ -41,10 +43,15 @@ def parse_args(argv: list[str] | None = None) -> ProxyConfig:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
     a = p.parse_args(argv)
+    if a.split:
+        try:
+            VersionSplit.parse(a.split)
+        except ValueError as exc:
+            p.error(str(exc))
     setup_logging(a.log_level, a.log_format)
     return ProxyConfig(
         host=a.host, port=a.port, consul=ConsulAddress.parse(a.consul, a.consul_token),
-        service_name=a.service_name, policy=a.policy, max_batch_size=a.max_batch_size,
+        service_name=a.service_name, policy=a.policy, split=a.split, max_batch_size=a.max_batch_size,
         max_delay_ms=a.max_batch_delay_ms, worker_timeout_s=a.worker_timeout,
         request_timeout_s=a.request_timeout, max_body_bytes=a.max_body_bytes, max_pixels=a.max_pixels,
         read_timeout_s=a.read_timeout,

@@ -18,7 +18,7 @@ from aiohttp import web
 from discovery.registration import ConsulAddress
 from discovery.watcher import ServiceWatcher
 from proxy.forward import ForwardStats, forward
-from proxy.policy import POLICIES
+from proxy.policy import POLICIES, VersionSplit
 from proxy.pool import WorkerPool
 from worker.auth import bearer_auth
 from worker.errors import ApiError, json_errors
@@ -45,6 +45,7 @@ class ProxyConfig:
     max_in_flight: int = 1024  # accepted forward requests; beyond, a fast 503
     decode_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     auth_token: str | None = None  # required from clients and passed on to workers (worker/auth.py)
+    split: str = ""  # weights between model versions, e.g. "1=90,2=10" (proxy/policy.py VersionSplit)
 
 
 @dataclass
@@ -53,8 +54,22 @@ class ProxyState:
     pool: WorkerPool
     watcher: ServiceWatcher
     decode_pool: ThreadPoolExecutor
+    split: VersionSplit | None = None
     stats: ForwardStats = field(default_factory=ForwardStats)
     in_flight: int = 0
+
+
+def requested_version(request: web.Request) -> tuple[str | None, bool]:
+    """(version, strict): `?version=N` is strict; otherwise the configured split, if any."""
+    state = request.app[STATE]
+    asked = request.query.get("version")
+    if asked is not None:
+        if not asked.isdigit():
+            raise ApiError(422, "invalid_parameter", f"version must be a version number, got {asked!r}")
+        return asked, True
+    if state.split:
+        return state.split.pick(state.pool.versions()), False
+    return None, False
 
 
 STATE = web.AppKey("proxy_state", ProxyState)
@@ -89,8 +104,9 @@ async def classify(request: web.Request) -> web.Response:
                 decode_ms += (time.perf_counter() - t) * 1000
             return prepared[prep]
 
+        version, strict = requested_version(request)
         done = await forward(state.pool, state.stats, image_for, k, worker_timeout_s=config.worker_timeout_s,
-                             deadline=deadline, request_id=request["request_id"])
+                             deadline=deadline, request_id=request["request_id"], version=version, strict=strict)
         r = done.result
         request["served_by"] = r["worker"]
         return web.json_response({
@@ -114,9 +130,12 @@ async def classify(request: web.Request) -> web.Response:
 
 
 def _lookup(request: web.Request):
-    handle = request.app[STATE].pool.choose()
+    pool = request.app[STATE].pool
+    version, strict = requested_version(request)
+    handle = pool.choose(version=version) or (None if strict else pool.choose())
     if handle is None:
-        raise ApiError(503, "no_worker", "no live worker", {"Retry-After": "1"})
+        raise ApiError(503, "no_worker", "no live worker" + (f" serving version {version}" if strict else ""),
+                       {"Retry-After": "1"})
     return handle
 
 
@@ -146,6 +165,7 @@ async def workers(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response({
         "policy": state.pool.policy.name,
+        "split": state.split.weights if state.split else None,
         "consul_connected": state.watcher.connected,
         "live": len(state.pool.live()),
         "in_flight": state.in_flight,
@@ -167,7 +187,8 @@ def create_app(config: ProxyConfig) -> web.Application:
         watcher = ServiceWatcher(config.consul, config.service_name, pool.update)
         watcher.start()
         decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
-        app[STATE] = ProxyState(config, pool, watcher, decode_pool)
+        split = VersionSplit.parse(config.split) if config.split else None
+        app[STATE] = ProxyState(config, pool, watcher, decode_pool, split)
         yield
         await watcher.close()
         await pool.close()

@@ -121,7 +121,8 @@ class WorkerChannel:
                     continue
                 if "predictions" in result:
                     result["predictions"] = result["predictions"][: item.k]
-                result.update(worker=reply.get("worker"), model=reply.get("model"), version=reply.get("version"))
+                result.setdefault("version", reply.get("version"))  # per item: a swap can split a batch
+                result.update(worker=reply.get("worker"), model=reply.get("model"))
                 item.future.set_result(result)
 
     async def _watch(self) -> None:

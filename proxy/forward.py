@@ -46,8 +46,12 @@ async def forward(
     worker_timeout_s: float,
     deadline: float,
     request_id: str = "",
+    version: str | None = None,
+    strict: bool = False,
 ) -> Forwarded:
-    """`image_for(preprocessing)` returns the image prepared for a worker's model input."""
+    """`image_for(preprocessing)` returns the image prepared for a worker's model input.
+    `version` picks the workers serving it; unless `strict` (the caller asked for it), any
+    worker will do once none of that version is left."""
     tried: set[str] = set()
     attempts = 0
     last_error = "no live worker"
@@ -55,9 +59,12 @@ async def forward(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ApiError(504, "timeout", f"no worker answered in time ({attempts} attempts: {last_error})")
-        handle = pool.choose(exclude=tried)
+        handle = pool.choose(exclude=tried, version=version)
+        if handle is None and version is not None and not strict:
+            handle = pool.choose(exclude=tried)
         if handle is None:
-            raise ApiError(503, "no_worker", f"no live worker can take the request ({last_error})",
+            which = f"serving version {version} " if version and strict else ""
+            raise ApiError(503, "no_worker", f"no live worker {which}can take the request ({last_error})",
                            {"Retry-After": "1"})
         if k > handle.num_labels:
             raise ApiError(422, "invalid_parameter", f"k must be from 1 to {handle.num_labels}, got {k}")

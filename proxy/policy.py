@@ -38,3 +38,37 @@ class LeastOutstanding:
 
 
 POLICIES = {cls.name: cls for cls in (RoundRobin, LeastOutstanding)}
+
+
+class VersionSplit:
+    """Share traffic between model versions by weight (A/B tests), e.g. {"1": 90, "2": 10}.
+
+    Smooth weighted round-robin (as in nginx): exact shares over every cycle of
+    sum(weights) picks, and the versions interleave instead of arriving in runs. Only
+    versions that some live worker serves take part; the shares rescale among them.
+    """
+
+    def __init__(self, weights: dict[str, int]):
+        self.weights = {v: w for v, w in weights.items() if w > 0}
+        self._current = dict.fromkeys(self.weights, 0)
+
+    @classmethod
+    def parse(cls, text: str) -> "VersionSplit":
+        """'1=90,2=10' -> VersionSplit({'1': 90, '2': 10})."""
+        weights = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            version, _, weight = part.partition("=")
+            if not (version.isdigit() and weight.isdigit()):
+                raise ValueError(f"bad split entry {part!r}: expected VERSION=WEIGHT")
+            weights[version] = int(weight)
+        return cls(weights)
+
+    def pick(self, available: set[str]) -> str | None:
+        candidates = [v for v in self.weights if v in available]
+        if not candidates:
+            return None
+        for v in candidates:
+            self._current[v] += self.weights[v]
+        best = max(candidates, key=self._current.__getitem__)
+        self._current[best] -= sum(self.weights[v] for v in candidates)
+        return best

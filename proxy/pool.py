@@ -39,6 +39,10 @@ class WorkerHandle:
     def id(self) -> str:
         return self.instance.id
 
+    @property
+    def version(self) -> str:
+        return self.instance.meta.get("version", "")
+
     def describe(self) -> dict:
         i = self.instance
         return {
@@ -46,7 +50,7 @@ class WorkerHandle:
             "address": i.http_address,
             "zmq": i.zmq_endpoint,
             "model": i.meta.get("model"),
-            "version": i.meta.get("version"),
+            "version": self.version,
             "live": self.ejected is None,
             "ejected": self.ejected,
             "outstanding": self.outstanding,
@@ -109,8 +113,11 @@ class WorkerPool:
     def live(self) -> list[WorkerHandle]:
         return [h for h in self.workers.values() if h.ejected is None]
 
-    def choose(self, exclude: set[str] = frozenset()) -> WorkerHandle | None:
-        candidates = [h for h in self.live() if h.id not in exclude]
+    def versions(self) -> set[str]:
+        return {h.version for h in self.live()}
+
+    def choose(self, exclude: set[str] = frozenset(), version: str | None = None) -> WorkerHandle | None:
+        candidates = [h for h in self.live() if h.id not in exclude and version in (None, h.version)]
         return self.policy.choose(candidates) if candidates else None
 
     def eject(self, handle: WorkerHandle, reason: str) -> None:

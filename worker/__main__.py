@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads, help="TensorFlow, 0 = default")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s, help="seconds (default %(default)s)")
     p.add_argument("--heartbeat-ttl", type=float, default=d.heartbeat_ttl_s, help="Consul TTL check, seconds")
+    p.add_argument("--version-poll", type=float, default=d.version_poll_s,
+                   help="seconds between looks for a newer model version (default %(default)s)")
     p.add_argument("--auth-token", default=os.environ.get(ENV_VAR),
                    help=f"require this bearer token (default ${ENV_VAR}; prefer the variable, ps shows flags)")
     p.add_argument("--log-level", default="INFO")
@@ -72,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
         drain_timeout_s=a.drain_timeout,
         heartbeat_ttl_s=a.heartbeat_ttl,
         auth_token=a.auth_token or None,
+        version_poll_s=a.version_poll,
     )
 
 

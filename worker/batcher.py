@@ -46,6 +46,7 @@ class Prediction:
     queue_ms: float
     inference_ms: float
     batch_size: int
+    model: Model  # the model (version) that computed it; a swap may happen between batches
 
 
 @dataclass
@@ -145,9 +146,10 @@ class Batcher:
     async def _run(self, loop, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         self._running = len(batch)
+        model = self.model  # swapping `self.model` (a new version) takes effect at the next batch
         try:
             probabilities = await loop.run_in_executor(
-                self._executor, self._predict, [item.image for item in batch]
+                self._executor, self._predict, model, [item.image for item in batch]
             )
         except Exception as exc:  # a failed batch fails its requests, never the loop
             log.exception("inference failed for a batch of %d", len(batch))
@@ -170,8 +172,9 @@ class Batcher:
             metrics.QUEUE_WAIT.observe(started - item.enqueued)
             if not item.future.done():
                 item.future.set_result(
-                    Prediction(row, (started - item.enqueued) * 1000, inference_ms, len(batch))
+                    Prediction(row, (started - item.enqueued) * 1000, inference_ms, len(batch), model)
                 )
 
-    def _predict(self, images: list[np.ndarray]) -> np.ndarray:
-        return self.model.predict(np.stack(images))  # checks one row per image
+    @staticmethod
+    def _predict(model: Model, images: list[np.ndarray]) -> np.ndarray:
+        return model.predict(np.stack(images))  # checks one row per image

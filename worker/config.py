@@ -31,4 +31,5 @@ class WorkerConfig:
     drain_timeout_s: float = 30.0
     heartbeat_ttl_s: float = 5.0
     default_top_k: int = 5
+    version_poll_s: float = 2.0  # how often to look for a newer model version directory
     auth_token: str | None = None  # shared secret required on every route but health (worker/auth.py)

@@ -39,8 +39,8 @@ async def classify(request: web.Request) -> web.Response:
         total_ms = (time.perf_counter() - started) * 1000
         return web.json_response(
             {
-                "model": model.name,
-                "version": model.version,
+                "model": prediction.model.name,
+                "version": prediction.model.version,
                 "predictions": predictions,
                 "worker": state.worker_id,
                 "batch_size": prediction.batch_size,

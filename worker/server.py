@@ -25,6 +25,7 @@ from worker.config import WorkerConfig
 from worker.http_api import create_app
 from worker.model import load_model
 from worker.service import WorkerState
+from worker.versions import VersionWatcher
 from worker.zmq_endpoint import ZmqEndpoint
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ async def serve(config: WorkerConfig) -> int:
 
     registration = None
     endpoint = None
+    versions = None
     try:
         load = loop.run_in_executor(
             None,
@@ -127,6 +129,11 @@ async def serve(config: WorkerConfig) -> int:
             ttl_s=config.heartbeat_ttl_s,
         )
         await registration.start()
+        versions = VersionWatcher(
+            state, lambda model: registration.update_meta(service_meta(state, port, endpoint.port)),
+            poll_s=config.version_poll_s,
+        )
+        versions.start()
         ready = {
             "event": "ready",
             "worker_id": worker_id,
@@ -144,6 +151,8 @@ async def serve(config: WorkerConfig) -> int:
         await drain(state, registration)
         return 0
     finally:
+        if versions:
+            await versions.close()
         if registration:
             await registration.close()
         await runner.cleanup()

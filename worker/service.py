@@ -73,4 +73,4 @@ async def classify_image(state: WorkerState, image: np.ndarray, k: int) -> tuple
     except InferenceFailed as exc:
         raise ApiError(500, "inference_failed", str(exc)) from None
     state.served += 1
-    return top_k(prediction.probabilities, state.model.labels, k), prediction
+    return top_k(prediction.probabilities, prediction.model.labels, k), prediction

@@ -9,7 +9,7 @@ Request (proxy DEALER -> worker ROUTER), two frames:
 
 Reply (worker -> proxy), one frame:
     JSON {"batch": str, "worker": str, "model": str, "version": str,
-          "results": [{"id": str, "predictions": [...], "queue_ms": float,
+          "results": [{"id": str, "predictions": [...], "version": str, "queue_ms": float,
                        "inference_ms": float, "batch_size": int}
                       | {"id": str, "error": {"code": str, "message": str}}, ...]}
     A message the worker cannot parse is answered {"batch": ..., "error": {...}} when it

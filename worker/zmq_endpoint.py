@@ -118,8 +118,9 @@ class ZmqEndpoint:
             predictions, p = await classify_image(self.state, image, k)
         except ApiError as exc:
             return {"id": item_id, "error": _error(exc.code, exc.message, exc.status)}
-        return {"id": item_id, "predictions": predictions, "queue_ms": round(p.queue_ms, 3),
-                "inference_ms": round(p.inference_ms, 3), "batch_size": p.batch_size}
+        return {"id": item_id, "predictions": predictions, "version": p.model.version,
+                "queue_ms": round(p.queue_ms, 3), "inference_ms": round(p.inference_ms, 3),
+                "batch_size": p.batch_size}
 
     async def _reply(self, identity: bytes, reply: dict) -> None:
         try:
