@@ -12,6 +12,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -20,6 +21,7 @@ from discovery.watcher import ServiceWatcher
 from proxy.forward import ForwardStats, forward
 from proxy.policy import POLICIES, VersionSplit
 from proxy.pool import WorkerPool
+from proxy.recent import RecentWindow
 from worker.auth import bearer_auth
 from worker.errors import ApiError, json_errors
 from worker.imaging import ImageError, Preprocessing, preprocess
@@ -56,6 +58,7 @@ class ProxyState:
     decode_pool: ThreadPoolExecutor
     split: VersionSplit | None = None
     stats: ForwardStats = field(default_factory=ForwardStats)
+    recent: RecentWindow = field(default_factory=RecentWindow)
     in_flight: int = 0
 
 
@@ -84,8 +87,9 @@ async def classify(request: web.Request) -> web.Response:
         raise ApiError(503, "no_worker", "no live worker", {"Retry-After": "1"})
     k = parse_top_k(request, 5, 1_000_000)  # the upper bound is checked per worker
     state.in_flight += 1
+    started = time.perf_counter()
+    status = 500
     try:
-        started = time.perf_counter()
         deadline = time.monotonic() + config.request_timeout_s
         data = await read_image(request, config.max_body_bytes, config.read_timeout_s)
         loop = asyncio.get_running_loop()
@@ -109,6 +113,7 @@ async def classify(request: web.Request) -> web.Response:
                              deadline=deadline, request_id=request["request_id"], version=version, strict=strict)
         r = done.result
         request["served_by"] = r["worker"]
+        status = 200
         return web.json_response({
             "model": r["model"],
             "version": r["version"],
@@ -125,8 +130,12 @@ async def classify(request: web.Request) -> web.Response:
                 "total": round((time.perf_counter() - started) * 1000, 3),
             },
         })
+    except ApiError as exc:
+        status = exc.status
+        raise
     finally:
         state.in_flight -= 1
+        state.recent.record((time.perf_counter() - started) * 1000, status)
 
 
 def _lookup(request: web.Request):
@@ -172,8 +181,16 @@ async def workers(request: web.Request) -> web.Response:
         "retries": state.stats.retries,
         "timeouts": state.stats.timeouts,
         "ejections": state.pool.ejections,
+        "recent": state.recent.summary(),
         "workers": [h.describe() for h in sorted(state.pool.workers.values(), key=lambda h: h.id)],
     })
+
+
+STATUS_PAGE = (Path(__file__).parent / "status.html").read_text()
+
+
+async def status_page(request: web.Request) -> web.Response:
+    return web.Response(text=STATUS_PAGE, content_type="text/html")
 
 
 def create_app(config: ProxyConfig) -> web.Application:
@@ -202,6 +219,7 @@ def create_app(config: ProxyConfig) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/workers", workers)
+    app.router.add_get("/status", status_page)
     app.router.add_get("/metrics", metrics_handler)
     register_state(app, lambda: pool_metrics(app[STATE]))
     return app

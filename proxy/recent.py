@@ -1,0 +1,32 @@
+"""The proxy's recent traffic: forward requests of the last minute, for the status page."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+
+class RecentWindow:
+    def __init__(self, horizon_s: float = 60.0, max_items: int = 100_000):
+        self.horizon_s = horizon_s
+        self._items: deque[tuple[float, float, int]] = deque(maxlen=max_items)  # (time, ms, status)
+
+    def record(self, latency_ms: float, status: int) -> None:
+        self._items.append((time.monotonic(), latency_ms, status))
+
+    def summary(self, window_s: float = 10.0) -> dict:
+        now = time.monotonic()
+        while self._items and self._items[0][0] < now - self.horizon_s:
+            self._items.popleft()
+        recent = [(ms, status) for t, ms, status in self._items if t >= now - window_s]
+        ok = [ms for ms, status in recent if status == 200]
+        return {
+            "window_s": window_s,
+            "requests": len(recent),
+            "per_second": round(len(recent) / window_s, 2),
+            "errors": sum(1 for _, status in recent if status >= 400),
+            "p50_ms": round(float(np.percentile(ok, 50)), 1) if ok else None,
+            "p99_ms": round(float(np.percentile(ok, 99)), 1) if ok else None,
+        }
