@@ -82,7 +82,10 @@ class Registration:
             port=inst.port,
             tags=inst.tags,
             meta=inst.meta,
-            check={"ttl": f"{self.ttl_s:g}s", "DeregisterCriticalServiceAfter": "1m"},
+            # Registered only when ready, so the check starts passing: otherwise every
+            # re-registration (new Meta after a model swap) would flash critical and drop the
+            # instance from the passing set until the next heartbeat.
+            check={"ttl": f"{self.ttl_s:g}s", "DeregisterCriticalServiceAfter": "1m", "Status": "passing"},
         )
         if self._maintenance:
             await self._client.agent.service.maintenance(inst.service_id, True, reason="draining")

@@ -52,7 +52,9 @@ async def forward(
     """`image_for(preprocessing)` returns the image prepared for a worker's model input.
     `version` picks the workers serving it; unless `strict` (the caller asked for it), any
     worker will do once none of that version is left."""
-    tried: set[str] = set()
+    # Handles, not worker ids: when Consul changes a worker's Meta (a new model version)
+    # the pool replaces its handle, and the fresh handle of that same worker may be tried.
+    tried: set[WorkerHandle] = set()
     attempts = 0
     last_error = "no live worker"
     while True:
@@ -71,11 +73,13 @@ async def forward(
         if attempts:
             stats.retries += 1
         attempts += 1
-        tried.add(handle.id)
-        image = await image_for(handle.preprocessing)
+        tried.add(handle)
+        # Outstanding from the moment it is chosen: a handle being replaced stays open
+        # until this request is done with it (decoding included).
         handle.outstanding += 1
-        started = time.perf_counter()
         try:
+            image = await image_for(handle.preprocessing)
+            started = time.perf_counter()
             result = await asyncio.wait_for(handle.channel.submit(image, k, request_id), min(worker_timeout_s, remaining))
         except TimeoutError:
             stats.timeouts += 1

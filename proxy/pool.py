@@ -24,7 +24,7 @@ from worker.imaging import Preprocessing
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: a replaced handle is a different one
 class WorkerHandle:
     instance: Instance
     channel: WorkerChannel
@@ -116,8 +116,8 @@ class WorkerPool:
     def versions(self) -> set[str]:
         return {h.version for h in self.live()}
 
-    def choose(self, exclude: set[str] = frozenset(), version: str | None = None) -> WorkerHandle | None:
-        candidates = [h for h in self.live() if h.id not in exclude and version in (None, h.version)]
+    def choose(self, exclude: set[WorkerHandle] = frozenset(), version: str | None = None) -> WorkerHandle | None:
+        candidates = [h for h in self.live() if h not in exclude and version in (None, h.version)]
         return self.policy.choose(candidates) if candidates else None
 
     def eject(self, handle: WorkerHandle, reason: str) -> None:

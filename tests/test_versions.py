@@ -52,39 +52,43 @@ async def test_hot_swap_under_load_loses_nothing(start_worker, start_proxy, tmp_
     add_version(model_dir, 1)
     worker = start_worker("--service-name", service, "--model-dir", str(model_dir), "--version-poll", "0.2")
     proxy = start_proxy("--service-name", service).wait_live(1)
-    seen: list[tuple[str, int, str]] = []  # (mode, status, version)
+    seen: dict[str, list[int]] = {}  # loop -> versions, in the loop's (sequential) order
 
     async with aiohttp.ClientSession() as session, Client(proxy.url, session=session) as client:
         async def proxy_mode():
             status, body = await post(session, proxy.url, coffee_jpeg)
+            assert status == 200, body
             assert body["predictions"][0]["index"] == ESPRESSO
-            return status, body["version"]
+            return body["version"]
 
         async def p2p_mode():
             body = await client.classify(coffee_jpeg, mode="p2p")
             assert body["predictions"][0]["index"] == ESPRESSO
-            return 200, body["version"]
+            return body["version"]
 
-        async def loop(mode, send, n):
+        async def loop(name, send, n, deploy_at=()):
+            seen[name] = []
             for i in range(n):
-                status, version = await send()
-                seen.append((mode, status, version))
-                if mode == "proxy" and i == 20:
-                    add_version(model_dir, 2)  # deploy v2 mid-load
+                seen[name].append(int(await send()))
+                if i in deploy_at:
+                    add_version(model_dir, deploy_at.index(i) + 2)  # v2, then v3, mid-load
                 await asyncio.sleep(0.01)
 
-        await asyncio.wait_for(asyncio.gather(loop("proxy", proxy_mode, 150), loop("p2p", p2p_mode, 150),
-                                              loop("p2p", p2p_mode, 150)), timeout=120)
+        await asyncio.wait_for(asyncio.gather(loop("proxy", proxy_mode, 150, deploy_at=(20, 80)),
+                                              loop("p2p-a", p2p_mode, 150), loop("p2p-b", p2p_mode, 150)),
+                               timeout=120)
 
-    assert len(seen) == 450 and all(status == 200 for _, status, _ in seen)
-    versions = [v for _, _, v in seen]
-    assert versions[0] == "1" and versions[-1] == "2" and set(versions) == {"1", "2"}
-    # Once a request saw v2, none after it saw v1 (the swap is atomic).
-    assert "1" not in versions[versions.index("2"):]
-    # Consul Meta (and so the proxy) knows the new version.
-    wait_for(lambda: [w["version"] for w in proxy.workers()["workers"]] == ["2"], what="version 2 in Meta")
+    # Every request answered (asserted as they came), and in each sequential loop the
+    # version never goes back: each swap is atomic.
+    assert sum(map(len, seen.values())) == 450
+    for name, versions in seen.items():
+        assert versions == sorted(versions), name
+        assert versions[0] == 1 and versions[-1] == 3, name
+    assert {v for versions in seen.values() for v in versions} >= {1, 3}
+    # Consul Meta (and so the proxy) and the worker itself report the newest version.
+    wait_for(lambda: [w["version"] for w in proxy.workers()["workers"]] == ["3"], what="version 3 in Meta")
     async with aiohttp.ClientSession() as s, s.get(worker.url + "/info") as r:
-        assert (await r.json())["version"] == "2"
+        assert (await r.json())["version"] == "3"
 
 
 async def test_version_routing_and_ab_split(start_worker, start_proxy, tmp_path, coffee_jpeg):
