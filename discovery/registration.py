@@ -82,9 +82,8 @@ class Registration:
             port=inst.port,
             tags=inst.tags,
             meta=inst.meta,
-            # Registered only when ready, so the check starts passing: otherwise every
-            # re-registration (new Meta after a model swap) would flash critical and drop the
-            # instance from the passing set until the next heartbeat.
+            # Registered only when ready, so the check starts passing rather than critical
+            # until the first heartbeat reaches Consul.
             check={"ttl": f"{self.ttl_s:g}s", "DeregisterCriticalServiceAfter": "1m", "Status": "passing"},
         )
         if self._maintenance:
