@@ -45,7 +45,6 @@ class ServiceInstance:
     address: str
     port: int
     meta: dict[str, str] = field(default_factory=dict)
-    tags: list[str] = field(default_factory=list)
 
 
 async def agent_address(address: ConsulAddress) -> str:
@@ -80,7 +79,6 @@ class Registration:
             service_id=inst.service_id,
             address=inst.address,
             port=inst.port,
-            tags=inst.tags,
             meta=inst.meta,
             # Registered only when ready, so the check starts passing rather than critical
             # until the first heartbeat reaches Consul.

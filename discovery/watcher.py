@@ -68,7 +68,7 @@ class ServiceWatcher:
         self.resync_grace_s = resync_grace_s
         self.instances: dict[str, Instance] = {}
         self.connected = False
-        self.synced = asyncio.Event()  # set after the first successful answer
+        self.synced = False  # True after the first successful answer
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -98,7 +98,7 @@ class ServiceWatcher:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if self.connected or not self.synced.is_set():
+                    if self.connected or not self.synced:
                         log.warning(
                             "Consul at %s:%d unreachable (%s); keeping the last known %d instance(s)",
                             self.consul.host, self.consul.port, exc, len(self.instances),
@@ -108,7 +108,7 @@ class ServiceWatcher:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
-                if not self.connected and self.synced.is_set():
+                if not self.connected and self.synced:
                     log.info("Consul is back; watching %s again", self.service)
                     grace_until = loop.time() + self.resync_grace_s
                     in_grace = True
@@ -117,9 +117,9 @@ class ServiceWatcher:
                 instances = parse_entries(entries)
                 if in_grace:  # keep what has not re-registered yet
                     instances = {**{k: v for k, v in self.instances.items() if k not in instances}, **instances}
-                if instances != self.instances or not self.synced.is_set():
+                if instances != self.instances or not self.synced:
                     self.instances = instances
                     self.on_change(instances)
-                self.synced.set()
+                self.synced = True
         finally:
             await client.close()

@@ -25,7 +25,7 @@ from proxy.recent import RecentWindow
 from worker.auth import bearer_auth
 from worker.errors import ApiError, json_errors
 from worker.imaging import ImageError, Preprocessing, preprocess
-from worker.metrics import http_metrics, metrics_handler, register_state
+from worker.metrics import metrics_handler, register_state
 from worker.request_log import request_log
 from worker.upload import parse_top_k, read_image
 
@@ -194,7 +194,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 def create_app(config: ProxyConfig) -> web.Application:
-    app = web.Application(middlewares=[request_log, http_metrics, json_errors, bearer_auth(config.auth_token)],
+    app = web.Application(middlewares=[request_log, json_errors, bearer_auth(config.auth_token)],
                           client_max_size=config.max_body_bytes)
 
     async def resources(app: web.Application):

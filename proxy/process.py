@@ -6,20 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from discovery.consul_agent import PROJECT_ROOT, free_port
-from worker.process import stop_process
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+from worker.process import stop_process, wait_for
 
 
 class ProxyProcess:
@@ -41,7 +32,7 @@ class ProxyProcess:
         self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                                      stdout=self.stderr, stderr=self.stderr)
-        _wait_for(self._alive, timeout=30, what="proxy listening")
+        wait_for(self._alive, timeout=30, what="proxy listening")
 
     def _alive(self) -> bool:
         if self.proc.poll() is not None:
@@ -59,7 +50,7 @@ class ProxyProcess:
 
     def wait_live(self, n: int, timeout: float = 10) -> "ProxyProcess":
         """Wait until the proxy routes to `n` live workers."""
-        _wait_for(lambda: self.workers()["live"] == n, timeout=timeout, what=f"{n} live workers in the proxy")
+        wait_for(lambda: self.workers()["live"] == n, timeout=timeout, what=f"{n} live workers in the proxy")
         return self
 
     def stop(self) -> None:

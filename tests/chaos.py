@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from client import Client
+from client.load import run_load
 from discovery.consul_agent import PROJECT_ROOT, DevAgent
 from proxy.process import ProxyProcess
 from worker.process import WorkerProcess
@@ -117,7 +118,7 @@ async def run(cluster: Cluster, scenario: str, mode: str, photo: bytes, *, reque
     fault: asyncio.Task | None = None
     proxy_retries_before = cluster.proxy.workers()["retries"]
     loop = asyncio.get_running_loop()
-    budget = iter(range(requests))
+    done = 0
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session, \
             Client(cluster.proxy.url, session=session) as client:
@@ -132,21 +133,18 @@ async def run(cluster: Cluster, scenario: str, mode: str, photo: bytes, *, reque
 
         send = proxy_post if mode == "proxy" else (lambda: client.classify(photo, mode="p2p"))
 
-        async def loop_body():
-            nonlocal fault
-            for _ in budget:
-                counts.sent += 1
-                try:
-                    await send()
-                    counts.answered += 1
-                except Exception as exc:  # counted, and the first few kept for the report
-                    counts.failed += 1
-                    if len(counts.notes) < 3:
-                        counts.notes.append(f"{type(exc).__name__}: {exc}"[:120])
-                if counts.answered + counts.failed == fault_after and fault is None:
+        async def counted():
+            nonlocal done, fault
+            try:
+                await send()
+            finally:
+                done += 1
+                if done == fault_after:
                     fault = loop.create_task(asyncio.to_thread(cluster.inject, scenario))
 
-        await asyncio.wait_for(asyncio.gather(*(loop_body() for _ in range(concurrency))), timeout=300)
+        result = await run_load(counted, concurrency=concurrency, duration_s=300, max_requests=requests)
+        counts.sent, counts.answered, counts.failed = done, result.ok, len(result.errors)
+        counts.notes = [e[:120] for e in result.errors[:3]]
         if fault is not None:
             counts.notes.insert(0, await fault)
         counts.retried = client.stats["retries"]

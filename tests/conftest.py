@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from PIL import Image
 from discovery.consul_agent import PROJECT_ROOT, DevAgent
 from proxy.process import ProxyProcess
 from worker import wire
-from worker.process import WorkerProcess
+from worker.process import WorkerProcess, wait_for  # noqa: F401  (tests import wait_for from here)
 
 MODEL_DIR = PROJECT_ROOT / "models" / "efficientnet_lite0"
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
@@ -108,17 +107,6 @@ def worker(consul_agent, artifacts_dir):
 def consul_get(agent: DevAgent, path: str):
     with urllib.request.urlopen(f"http://{agent.address}{path}", timeout=5) as r:
         return json.loads(r.read())
-
-
-def wait_for(predicate, timeout: float = 15, interval: float = 0.1, what: str = "condition"):
-    """Poll until predicate() is truthy; return its value or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 async def stalled_upload(url: str, body: bytes) -> bytes:

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from client import Client
+from client.load import run_load
 from discovery.consul_agent import DevAgent
 from tests.conftest import (
     DOMESTIC_CATS,
@@ -128,54 +129,47 @@ async def test_new_worker_gets_traffic_without_proxy_restart(start_worker, start
             assert status == 200 and body["worker"] == first.worker_id
 
 
-async def _load(make_request, total: int, concurrency: int, on_progress=None):
-    """Send `total` requests with `concurrency` in flight; return the outcomes in order."""
-    outcomes: list = [None] * total
-    counter = iter(range(total))
+async def load_with_kill(send, victim, *, total: int = 120, concurrency: int = 8, kill_after: int = 30):
+    """`total` requests through `send` (which raises on a bad answer), with `victim`
+    killed (-9) once `kill_after` have finished. Returns the load result and the answers."""
+    answers, done = [], 0
 
-    async def runner():
-        for i in counter:
-            try:
-                outcomes[i] = await make_request()
-            except Exception as exc:  # counted as a failure below
-                outcomes[i] = exc
-            if on_progress:
-                await on_progress(sum(o is not None for o in outcomes))
+    async def counted():
+        nonlocal done
+        try:
+            answers.append(await send())
+        finally:
+            done += 1
+            if done == kill_after:
+                victim.signal(signal.SIGKILL)
 
-    await asyncio.wait_for(asyncio.gather(*(runner() for _ in range(concurrency))), timeout=240)
-    return outcomes
+    result = await run_load(counted, concurrency=concurrency, duration_s=240, max_requests=total)
+    return result, answers
 
 
 async def test_kill_9_under_load_loses_nothing(start_worker, start_proxy, service, coffee_jpeg):
     workers = start_workers(start_worker, service, 3)
     proxy = start_proxy("--service-name", service)
     wait_for(lambda: len(live_ids(proxy)) == 3, what="3 live workers")
-    killed: list = []
-
-    def kill_at(n_done: int, victim):
-        async def progress(done: int):
-            if done >= n_done and victim not in killed:
-                killed.append(victim)
-                victim.signal(signal.SIGKILL)
-        return progress
 
     # Proxy mode, plain HTTP with no client-side retry: the proxy alone must answer all.
     async with aiohttp.ClientSession() as s:
-        outcomes = await _load(lambda: post(s, proxy.url, coffee_jpeg), total=120, concurrency=8,
-                               on_progress=kill_at(30, workers[0]))
-    failures = [o for o in outcomes if isinstance(o, Exception) or o[0] != 200]
-    assert killed and not failures, failures[:3]
-    assert all(o[1]["predictions"][0]["index"] == ESPRESSO for o in outcomes)
-    assert workers[0].worker_id not in live_ids(proxy)
+        async def proxy_post():
+            status, body = await post(s, proxy.url, coffee_jpeg)
+            if status != 200 or body["predictions"][0]["index"] != ESPRESSO:
+                raise AssertionError(f"{status}: {body}")
+            return body
+        result, _ = await load_with_kill(proxy_post, workers[0])
+    assert result.ok == 120 and not result.errors, result.errors[:3]
+    assert workers[0].proc.poll() is not None and workers[0].worker_id not in live_ids(proxy)
     assert proxy.workers()["ejections"] >= 1
 
     # p2p through the client library: lookups, direct posts, retries on a fresh lookup.
     async with Client(proxy.url) as client:
-        outcomes = await _load(lambda: client.classify(coffee_jpeg, mode="p2p"), total=120, concurrency=8,
-                               on_progress=kill_at(30, workers[1]))
-    failures = [o for o in outcomes if isinstance(o, Exception)]
-    assert len(killed) == 2 and not failures, failures[:3]
-    assert all(o["worker"] == workers[2].worker_id for o in outcomes[-20:])
+        result, answers = await load_with_kill(lambda: client.classify(coffee_jpeg, mode="p2p"), workers[1])
+    assert result.ok == 120 and not result.errors, result.errors[:3]
+    assert workers[1].proc.poll() is not None
+    assert all(a["worker"] == workers[2].worker_id for a in answers[-20:])
 
 
 async def test_proxy_keeps_serving_while_consul_is_down(start_worker, start_proxy, service, artifacts_dir, coffee_jpeg):

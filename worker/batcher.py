@@ -11,7 +11,6 @@ batch_timeout_micros, max_enqueued_batches) and Triton's queue policy with rejec
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +61,6 @@ class BatchStats:
     images: int = 0
     failed_batches: int = 0
     max_batch_size: int = 0
-    batch_sizes: collections.Counter = field(default_factory=collections.Counter)
 
     def as_dict(self) -> dict:
         return {
@@ -71,7 +69,6 @@ class BatchStats:
             "failed_batches": self.failed_batches,
             "max_batch_size": self.max_batch_size,
             "mean_batch_size": round(self.images / self.batches, 3) if self.batches else 0.0,
-            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
         }
 
 
@@ -166,7 +163,6 @@ class Batcher:
         metrics.BATCH_SIZE.observe(len(batch))
         self.stats.batches += 1
         self.stats.images += len(batch)
-        self.stats.batch_sizes[len(batch)] += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
         for item, row in zip(batch, probabilities, strict=True):
             metrics.QUEUE_WAIT.observe(started - item.enqueued)

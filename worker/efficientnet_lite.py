@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow as tf
 
 IMAGE_SIZE = 224
-NUM_CLASSES = 1000
 BN_EPSILON = 1e-3
 # (repeats, kernel, stride, expand ratio, output channels) per MBConv stage.
 STAGES = [

@@ -10,7 +10,7 @@ from aiohttp import web
 from worker.auth import bearer_auth
 from worker.errors import ApiError, json_errors
 from worker.imaging import ImageError, preprocess
-from worker.metrics import http_metrics, metrics_handler, register_state
+from worker.metrics import metrics_handler, register_state
 from worker.request_log import request_log
 from worker.service import STATE, WorkerState, check_capacity, classify_image
 from worker.upload import parse_top_k, read_image
@@ -93,7 +93,7 @@ async def stats(request: web.Request) -> web.Response:
 
 def create_app(state: WorkerState) -> web.Application:
     # client_max_size guards aiohttp's own body readers; ours stream with the same limit.
-    app = web.Application(middlewares=[request_log, http_metrics, json_errors, bearer_auth(state.config.auth_token)],
+    app = web.Application(middlewares=[request_log, json_errors, bearer_auth(state.config.auth_token)],
                           client_max_size=state.config.max_body_bytes)
     app[STATE] = state
     app.router.add_post("/", classify)

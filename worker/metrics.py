@@ -1,6 +1,7 @@
 """Prometheus metrics (prometheus-client), shared by the worker and the proxy.
 
-Both expose `GET /metrics`. Request counts and latencies come from one middleware; the
+Both expose `GET /metrics`. Request counts and latencies come from the request-log
+middleware (worker/request_log.py), which times each request once; the
 worker's batcher observes queue wait, inference time and batch size; gauges and
 counters that mirror live state (queue depth, in-flight, live workers, per-worker
 outstanding, retries, ejections) are read at scrape time by a collector, so there is no
@@ -10,7 +11,6 @@ second copy of that state to keep in step. Names follow Prometheus conventions: 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 
 from aiohttp import web
@@ -36,23 +36,13 @@ INFERENCE = Histogram("imagecluster_inference_duration_seconds", "Model time per
 BATCH_SIZE = Histogram("imagecluster_batch_size", "Images per batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
 
-@web.middleware
-async def http_metrics(request: web.Request, handler):
-    """Count and time every request by its route pattern (not its raw path: bounded labels)."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+def observe_request(request: web.Request, status: int, seconds: float) -> None:
+    """Count and time a finished request by its route pattern (not its raw path: bounded
+    labels). Called by the request-log middleware, which already times every request."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+    HTTP_LATENCY.labels(route).observe(seconds)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

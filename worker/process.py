@@ -15,6 +15,17 @@ from pathlib import Path
 from discovery.consul_agent import PROJECT_ROOT
 
 
+def wait_for(predicate, timeout: float = 15, interval: float = 0.1, what: str = "condition"):
+    """Poll until predicate() is truthy; return its value, or raise after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
 def stop_process(proc: subprocess.Popen, log, timeout: float = 40) -> None:
     """SIGTERM (a worker drains, the proxy finishes its requests), SIGKILL after `timeout`."""
     if proc.poll() is None:

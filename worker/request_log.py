@@ -1,4 +1,4 @@
-"""Request ids and one log line per request, for the worker and the proxy.
+"""Request ids, one log line and the HTTP metrics per request, for the worker and the proxy.
 
 Every request gets an id: the caller's `X-Request-ID` when it is a sane token, else a new
 one. It is returned in the `X-Request-ID` response header, logged on the request's line,
@@ -17,6 +17,8 @@ import uuid
 
 from aiohttp import web
 from pythonjsonlogger.json import JsonFormatter
+
+from worker.metrics import observe_request
 
 HEADER = "X-Request-ID"
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: debug level
@@ -45,7 +47,9 @@ async def request_log(request: web.Request, handler):
         exc.headers[HEADER] = rid
         raise
     finally:
-        ms = (time.perf_counter() - started) * 1000
+        seconds = time.perf_counter() - started
+        observe_request(request, status, seconds)
+        ms = seconds * 1000
         level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
         access_log.log(level, "%s %s %d %.1f ms request_id=%s", request.method, request.path, status, ms, rid,
                        extra={"request_id": rid, "method": request.method, "path": request.path,
