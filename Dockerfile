@@ -12,6 +12,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY edge edge
 COPY worker worker
 COPY discovery discovery
 COPY proxy proxy

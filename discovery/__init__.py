@@ -1,1 +1,1 @@
-"""Everything that talks to Consul: registration, health, drain (and, next, watching)."""
+"""Everything that talks to Consul: registration, health, drain, and watching the live set."""

@@ -11,8 +11,10 @@ query at once, then the caller finishes its in-flight work and deregisters.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 
 import consul
@@ -33,6 +35,18 @@ class ConsulAddress:
         value = value.removeprefix("http://")
         host, _, port = value.rpartition(":") if ":" in value else (value, "", "8500")
         return cls(host or "127.0.0.1", int(port), token or None)
+
+    @staticmethod
+    def add_flags(p: argparse.ArgumentParser) -> None:
+        """--consul and --consul-token; `from_flags` makes them one ConsulAddress."""
+        p.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
+                       help="Consul agent host:port (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+        p.add_argument("--consul-token", default=os.environ.get("CONSUL_HTTP_TOKEN"),
+                       help="ACL token (default $CONSUL_HTTP_TOKEN)")
+
+    @classmethod
+    def from_flags(cls, args: argparse.Namespace) -> "ConsulAddress":
+        return cls.parse(args.consul, args.consul_token)
 
     def client(self) -> consul.aio.Consul:
         return consul.aio.Consul(host=self.host, port=self.port, token=self.token)

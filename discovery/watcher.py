@@ -37,11 +37,6 @@ class Instance:
     def http_address(self) -> str:
         return f"{self.address}:{self.port}"
 
-    @property
-    def zmq_endpoint(self) -> str | None:
-        port = self.meta.get("zmq_port")
-        return f"tcp://{self.address}:{port}" if port else None
-
 
 def parse_entries(entries: list[dict]) -> dict[str, Instance]:
     instances = {}
@@ -58,13 +53,13 @@ class ServiceWatcher:
         consul: ConsulAddress,
         service: str,
         on_change: Callable[[dict[str, Instance]], None],
-        wait: str = "30s",
+        wait_s: float = 30.0,
         resync_grace_s: float = 5.0,
     ):
         self.consul = consul
         self.service = service
         self.on_change = on_change
-        self.wait = wait
+        self.wait = f"{wait_s:g}s"  # Consul's blocking-query wait
         self.resync_grace_s = resync_grace_s
         self.instances: dict[str, Instance] = {}
         self.connected = False

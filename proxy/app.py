@@ -7,47 +7,24 @@ AppKeys.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
-from discovery.registration import ConsulAddress
 from discovery.watcher import ServiceWatcher
-from proxy.forward import ForwardStats, forward
+from edge.app import create_edge_app, decode_image
+from edge.errors import ApiError, retry_later
+from edge.imaging import Preprocessing
+from edge.metrics import register_state
+from edge.request_log import REQUEST_ID, SERVED_BY
+from edge.upload import parse_top_k, read_image
+from proxy.config import ProxyConfig
+from proxy.forward import ForwardStats, Forwarded, Route, forward
 from proxy.policy import POLICIES, VersionSplit
 from proxy.pool import WorkerPool
 from proxy.recent import RecentWindow
-from worker.auth import bearer_auth
-from worker.errors import ApiError, json_errors
-from worker.imaging import ImageError, Preprocessing, preprocess
-from worker.metrics import metrics_handler, register_state
-from worker.request_log import request_log
-from worker.upload import parse_top_k, read_image
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    host: str = "0.0.0.0"
-    port: int = 12480
-    consul: ConsulAddress = field(default_factory=ConsulAddress)
-    service_name: str = "classifier"
-    policy: str = "round-robin"
-    max_batch_size: int = 32
-    max_delay_ms: float = 2.0
-    worker_timeout_s: float = 10.0
-    request_timeout_s: float = 30.0
-    max_body_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    read_timeout_s: float = 30.0  # the whole body must arrive within this (408)
-    max_in_flight: int = 1024  # accepted forward requests; beyond, a fast 503
-    decode_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
-    auth_token: str | None = None  # required from clients and passed on to workers (worker/auth.py)
-    split: str = ""  # weights between model versions, e.g. "1=90,2=10" (proxy/policy.py VersionSplit)
 
 
 @dataclass
@@ -55,24 +32,23 @@ class ProxyState:
     config: ProxyConfig
     pool: WorkerPool
     watcher: ServiceWatcher
-    decode_pool: ThreadPoolExecutor
     split: VersionSplit | None = None
     stats: ForwardStats = field(default_factory=ForwardStats)
     recent: RecentWindow = field(default_factory=RecentWindow)
     in_flight: int = 0
 
 
-def requested_version(request: web.Request) -> tuple[str | None, bool]:
-    """(version, strict): `?version=N` is strict; otherwise the configured split, if any."""
+def requested_route(request: web.Request) -> Route:
+    """`?version=N` is strict; otherwise the configured split, if any."""
     state = request.app[STATE]
     asked = request.query.get("version")
     if asked is not None:
         if not asked.isdigit():
             raise ApiError(422, "invalid_parameter", f"version must be a version number, got {asked!r}")
-        return asked, True
+        return Route(asked, strict=True)
     if state.split:
-        return state.split.pick(state.pool.versions()), False
-    return None, False
+        return Route(state.split.pick(state.pool.versions()))
+    return Route()
 
 
 STATE = web.AppKey("proxy_state", ProxyState)
@@ -82,17 +58,16 @@ async def classify(request: web.Request) -> web.Response:
     state = request.app[STATE]
     config = state.config
     if state.in_flight >= config.max_in_flight:
-        raise ApiError(503, "overloaded", f"{state.in_flight} requests in flight", {"Retry-After": "1"})
+        raise retry_later("overloaded", f"{state.in_flight} requests in flight")
     if not state.pool.live():
-        raise ApiError(503, "no_worker", "no live worker", {"Retry-After": "1"})
+        raise retry_later("no_worker", "no live worker")
     k = parse_top_k(request, 5, 1_000_000)  # the upper bound is checked per worker
     state.in_flight += 1
     started = time.perf_counter()
     status = 500
     try:
-        deadline = time.monotonic() + config.request_timeout_s
-        data = await read_image(request, config.max_body_bytes, config.read_timeout_s)
-        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + config.request_timeout
+        data = await read_image(request, config.edge.max_body_bytes, config.edge.read_timeout)
         prepared: dict[Preprocessing, object] = {}
         decode_ms = 0.0
 
@@ -100,36 +75,15 @@ async def classify(request: web.Request) -> web.Response:
             nonlocal decode_ms
             if prep not in prepared:  # decode once per distinct model input
                 t = time.perf_counter()
-                try:
-                    prepared[prep] = await loop.run_in_executor(
-                        state.decode_pool, preprocess, data, prep, config.max_pixels)
-                except ImageError as exc:
-                    raise ApiError(exc.status, exc.code, exc.message) from None
+                prepared[prep] = await decode_image(request.app, data, prep)
                 decode_ms += (time.perf_counter() - t) * 1000
             return prepared[prep]
 
-        version, strict = requested_version(request)
-        done = await forward(state.pool, state.stats, image_for, k, worker_timeout_s=config.worker_timeout_s,
-                             deadline=deadline, request_id=request["request_id"], version=version, strict=strict)
-        r = done.result
-        request["served_by"] = r["worker"]
+        done = await forward(state.pool, state.stats, image_for, k, worker_timeout_s=config.worker_timeout,
+                             deadline=deadline, request_id=request[REQUEST_ID], route=requested_route(request))
+        request[SERVED_BY] = done.handle.id
         status = 200
-        return web.json_response({
-            "model": r["model"],
-            "version": r["version"],
-            "predictions": r["predictions"],
-            "worker": r["worker"],
-            "worker_address": done.handle.instance.http_address,
-            "batch_size": r["batch_size"],
-            "attempts": done.attempts,
-            "timings_ms": {
-                "decode": round(decode_ms, 3),
-                "queue": r["queue_ms"],
-                "inference": r["inference_ms"],
-                "forward": round(done.forward_ms, 3),
-                "total": round((time.perf_counter() - started) * 1000, 3),
-            },
-        })
+        return web.json_response(answer(done, decode_ms, started))
     except ApiError as exc:
         status = exc.status
         raise
@@ -138,13 +92,31 @@ async def classify(request: web.Request) -> web.Response:
         state.recent.record((time.perf_counter() - started) * 1000, status)
 
 
+def answer(done: Forwarded, decode_ms: float, started: float) -> dict:
+    r, h = done.result, done.handle
+    return {
+        "model": h.meta.model,
+        "version": r.version,
+        "predictions": r.predictions,
+        "worker": h.id,
+        "worker_address": h.instance.http_address,
+        "batch_size": r.batch_size,
+        "attempts": done.attempts,
+        "timings_ms": {
+            "decode": round(decode_ms, 3),
+            "queue": r.queue_ms,
+            "inference": r.inference_ms,
+            "forward": round(done.forward_ms, 3),
+            "total": round((time.perf_counter() - started) * 1000, 3),
+        },
+    }
+
+
 def _lookup(request: web.Request):
-    pool = request.app[STATE].pool
-    version, strict = requested_version(request)
-    handle = pool.choose(version=version) or (None if strict else pool.choose())
+    route = requested_route(request)
+    handle = route.choose(request.app[STATE].pool, set())
     if handle is None:
-        raise ApiError(503, "no_worker", "no live worker" + (f" serving version {version}" if strict else ""),
-                       {"Retry-After": "1"})
+        raise retry_later("no_worker", "no live worker" + (f" serving version {route.version}" if route.strict else ""))
     return handle
 
 
@@ -156,7 +128,7 @@ async def lookup_text(request: web.Request) -> web.Response:
 async def lookup_json(request: web.Request) -> web.Response:
     h = _lookup(request)
     return web.json_response({"address": h.instance.http_address, "worker": h.id,
-                              "model": h.instance.meta.get("model"), "version": h.instance.meta.get("version")})
+                              "model": h.meta.model, "version": h.meta.version})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -166,7 +138,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     live = len(request.app[STATE].pool.live())
     if not live:
-        raise ApiError(503, "no_worker", "no live worker", {"Retry-After": "1"})
+        raise retry_later("no_worker", "no live worker")
     return web.json_response({"status": "ready", "live_workers": live})
 
 
@@ -194,33 +166,26 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 def create_app(config: ProxyConfig) -> web.Application:
-    app = web.Application(middlewares=[request_log, json_errors, bearer_auth(config.auth_token)],
-                          client_max_size=config.max_body_bytes)
+    app = create_edge_app(config.edge, classify, healthz, readyz)
 
     async def resources(app: web.Application):
-        pool = WorkerPool(max_batch_size=config.max_batch_size, max_delay_ms=config.max_delay_ms,
-                          policy=POLICIES[config.policy](), token=config.auth_token or "")
+        pool = WorkerPool(max_batch_size=config.max_batch_size, max_batch_delay_ms=config.max_batch_delay_ms,
+                          probe_interval_s=config.probe_interval, retire_timeout_s=config.retire_timeout,
+                          policy=POLICIES[config.policy](), token=config.edge.auth_token or "")
         await pool.start()
-        watcher = ServiceWatcher(config.consul, config.service_name, pool.update)
+        watcher = ServiceWatcher(config.consul, config.edge.service_name, pool.update,
+                                 wait_s=config.watch_wait, resync_grace_s=config.resync_grace)
         watcher.start()
-        decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
-        split = VersionSplit.parse(config.split) if config.split else None
-        app[STATE] = ProxyState(config, pool, watcher, decode_pool, split)
+        app[STATE] = ProxyState(config, pool, watcher, VersionSplit(config.split) if config.split else None)
         yield
         await watcher.close()
         await pool.close()
-        decode_pool.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(resources)
-    app.router.add_post("/", classify)
-    app.router.add_post("/classify", classify)
     app.router.add_get("/", lookup_text)
     app.router.add_get("/lookup", lookup_json)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
     app.router.add_get("/workers", workers)
     app.router.add_get("/status", status_page)
-    app.router.add_get("/metrics", metrics_handler)
     register_state(app, lambda: pool_metrics(app[STATE]))
     return app
 

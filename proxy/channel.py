@@ -6,7 +6,7 @@ Replies are matched to requests by batch id and item id.
 
 Failure is loud, never silent: a socket monitor reports the TCP connection dropping
 (a killed worker), which fails every request waiting on this channel at once with
-ChannelFailed and tells the pool (`on_disconnect`), so the worker is ejected and its
+WorkerError and tells the pool (`on_disconnect`), so the worker is ejected and its
 requests retried elsewhere without waiting for a timeout or for Consul's TTL.
 """
 
@@ -24,19 +24,20 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
-from worker import wire
-from worker.batcher import collect_batch
+from edge.tasks import cancel, collect_batch
+from worker.protocol import BatchReply, BatchRequest, ErrorInfo, ItemResult, ProtocolError
 
 log = logging.getLogger(__name__)
 
 
-class ChannelFailed(Exception):
-    """The worker is unreachable or answered the whole batch with an error."""
+class WorkerError(Exception):
+    """A request did not get a result from this worker: the worker refused the whole batch
+    or this item (`error` says how), or it was unreachable (`error` is None). The message
+    is for logs, never for clients."""
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+    def __init__(self, message: str, error: ErrorInfo | None = None):
         super().__init__(message)
-        self.status = status
-        self.code = code
+        self.error = error
 
 
 @dataclass
@@ -69,10 +70,10 @@ class WorkerChannel:
         self.failed: str | None = None
         self._tasks = [asyncio.create_task(c) for c in (self._send_loop(), self._recv_loop(), self._watch())]
 
-    async def submit(self, image: np.ndarray, k: int, request_id: str = "") -> dict:
-        """One image's result dict from the worker ({"predictions": ...} or {"error": ...})."""
+    async def submit(self, image: np.ndarray, k: int, request_id: str = "") -> ItemResult:
+        """One image's result from the worker; WorkerError when there is none."""
         if self.failed:
-            raise ChannelFailed(self.failed)
+            raise WorkerError(self.failed)
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(f"{self._prefix}-{next(self._ids)}", image, k, request_id, future))
         return await future
@@ -84,45 +85,45 @@ class WorkerChannel:
             if not batch:
                 continue
             batch_id = f"{self._prefix}-b{next(self._ids)}"
-            request = wire.BatchRequest(
+            request = BatchRequest(
                 batch_id, [i.id for i in batch], np.stack([i.image for i in batch]),
                 model=self.model, k=max(i.k for i in batch), token=self.token,
                 request_ids=[i.request_id for i in batch],
             )
             self._pending[batch_id] = batch
             try:
-                await self._socket.send_multipart(wire.encode_request(request), copy=False)
+                await self._socket.send_multipart(request.encode(), copy=False)
                 self.batches_sent += 1
             except zmq.ZMQError as exc:
-                self._fail_batch(self._pending.pop(batch_id), ChannelFailed(f"send failed: {exc}"))
+                self._fail_batch(self._pending.pop(batch_id), WorkerError(f"send failed: {exc}"))
 
     async def _recv_loop(self) -> None:
         while True:
             frames = await self._socket.recv_multipart()
             try:
-                reply = wire.decode_reply(frames)
-            except wire.WireError as exc:
+                reply = BatchReply.decode(frames)
+            except ProtocolError as exc:
                 log.warning("%s: dropped a malformed reply: %s", self.endpoint, exc)
                 continue
-            batch = self._pending.pop(reply["batch"], None)
-            if batch is None:
-                continue  # its requests already gave up (timeout)
-            if "error" in reply:
-                err = reply["error"]
-                self._fail_batch(batch, ChannelFailed(err.get("message", "error"), err.get("status"), err.get("code")))
+            batch = self._pending.pop(reply.batch, None)
+            if batch is not None:  # None: its requests already gave up (timeout)
+                self._resolve(batch, reply)
+
+    def _resolve(self, batch: list[_Item], reply: BatchReply) -> None:
+        if reply.error:
+            self._fail_batch(batch, WorkerError(f"{reply.worker} refused the batch: {reply.error}", reply.error))
+            return
+        results = {r.id: r for r in reply.results}
+        for item in batch:
+            result = results.get(item.id)
+            if item.future.done():
                 continue
-            results = {r.get("id"): r for r in reply.get("results", [])}
-            for item in batch:
-                result = results.get(item.id)
-                if item.future.done():
-                    continue
-                if result is None:
-                    item.future.set_exception(ChannelFailed(f"reply has no result for {item.id}"))
-                    continue
-                if "predictions" in result:
-                    result["predictions"] = result["predictions"][: item.k]
-                result.setdefault("version", reply.get("version"))  # per item: a swap can split a batch
-                result.update(worker=reply.get("worker"), model=reply.get("model"))
+            if result is None:
+                item.future.set_exception(WorkerError(f"reply has no result for {item.id}"))
+            elif result.error:
+                item.future.set_exception(WorkerError(f"{reply.worker}: {result.error}", result.error))
+            else:
+                result.predictions = result.predictions[: item.k]
                 item.future.set_result(result)
 
     async def _watch(self) -> None:
@@ -138,10 +139,10 @@ class WorkerChannel:
         if not self.failed:
             self.failed = reason
         for batch in self._pending.values():
-            self._fail_batch(batch, ChannelFailed(reason))
+            self._fail_batch(batch, WorkerError(reason))
         self._pending.clear()
         while not self._queue.empty():
-            self._fail_batch([self._queue.get_nowait()], ChannelFailed(reason))
+            self._fail_batch([self._queue.get_nowait()], WorkerError(reason))
 
     @staticmethod
     def _fail_batch(batch: list[_Item], exc: Exception) -> None:
@@ -151,9 +152,7 @@ class WorkerChannel:
 
     async def close(self) -> None:
         self.fail("channel closed")
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel(*self._tasks)
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
         self._socket.close(linger=0)

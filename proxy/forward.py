@@ -1,31 +1,36 @@
-"""Forward one preprocessed image to a worker, retrying elsewhere until it is answered.
+"""Forward one image to a worker, retrying elsewhere until it is answered.
 
-Every request ends in exactly one answer: a result, the worker's own 4xx (bad input is
-not retried), 503 when no live worker is left to try, or 504 when the deadline passes.
-A worker that fails or times out is ejected at once and the request moves on.
+Every request ends in exactly one answer: a result; the worker's answer when the fault is
+the client's (a `k` the model cannot give); 502 when a worker refuses the proxy's own
+message (a token or shape mismatch: the proxy and the workers disagree on configuration,
+which is not the client's fault); 503 when no live worker is left to try; 504 when the
+deadline passes. A worker that fails or times out is ejected at once and the request
+moves on; one that is merely full is kept and the request moves on. What went wrong is
+logged with the request id; the client gets a generic message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from proxy.channel import ChannelFailed
+from edge.errors import ApiError, retry_later
+from edge.imaging import Preprocessing
+from proxy.channel import WorkerError
 from proxy.pool import WorkerHandle, WorkerPool
-from worker.errors import ApiError
-from worker.imaging import Preprocessing
+from worker.protocol import BUSY_CODES, CLIENT_CODES, ItemResult
 
-# Worker answers that mean "try another worker" rather than "your input is bad".
-RETRY_ELSEWHERE = {500, 503}
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Forwarded:
-    result: dict
+    result: ItemResult
     handle: WorkerHandle
     attempts: int
     forward_ms: float
@@ -37,6 +42,36 @@ class ForwardStats:
     timeouts: int = 0
 
 
+@dataclass
+class Route:
+    """Where a request may go: `version` picks the workers serving it; unless `strict` (the
+    caller asked for it), any worker will do once none of that version is left."""
+
+    version: str | None = None
+    strict: bool = False
+
+    def choose(self, pool: WorkerPool, tried: set[WorkerHandle]) -> WorkerHandle | None:
+        handle = pool.choose(exclude=tried, version=self.version)
+        if handle is None and self.version is not None and not self.strict:
+            handle = pool.choose(exclude=tried)
+        return handle
+
+
+def _on_worker_error(pool: WorkerPool, handle: WorkerHandle, exc: WorkerError, request_id: str) -> None:
+    """Decide what a worker's failure means: relay (the client's fault), 502 (a proxy/worker
+    mismatch), or return to try another worker (ejecting this one unless it is only full)."""
+    err = exc.error
+    if err is not None and err.code in CLIENT_CODES:
+        raise ApiError(err.status, err.code, err.message)
+    if err is not None and err.status < 500:
+        log.error("worker %s refused the proxy's message (check --auth-token and the model on both tiers): "
+                  "%s request_id=%s", handle.id, exc, request_id)
+        raise ApiError(502, "worker_rejected", "a worker refused the proxy's request: the proxy and the "
+                                               "workers are configured differently")
+    if err is None or err.code not in BUSY_CODES:
+        pool.eject(handle, str(exc))
+
+
 async def forward(
     pool: WorkerPool,
     stats: ForwardStats,
@@ -46,64 +81,43 @@ async def forward(
     worker_timeout_s: float,
     deadline: float,
     request_id: str = "",
-    version: str | None = None,
-    strict: bool = False,
+    route: Route = Route(),
 ) -> Forwarded:
-    """`image_for(preprocessing)` returns the image prepared for a worker's model input.
-    `version` picks the workers serving it; unless `strict` (the caller asked for it), any
-    worker will do once none of that version is left."""
+    """`image_for(preprocessing)` returns the image prepared for a worker's model input."""
     # Handles, not worker ids: when Consul changes a worker's Meta (a new model version)
     # the pool replaces its handle, and the fresh handle of that same worker may be tried.
     tried: set[WorkerHandle] = set()
-    attempts = 0
-    last_error = "no live worker"
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ApiError(504, "timeout", f"no worker answered in time ({attempts} attempts: {last_error})")
-        handle = pool.choose(exclude=tried, version=version)
-        if handle is None and version is not None and not strict:
-            handle = pool.choose(exclude=tried)
+            log.warning("no worker answered in time after %d attempts request_id=%s", len(tried), request_id)
+            raise ApiError(504, "timeout", f"no worker answered in time ({len(tried)} attempts)")
+        handle = route.choose(pool, tried)
         if handle is None:
-            which = f"serving version {version} " if version and strict else ""
-            raise ApiError(503, "no_worker", f"no live worker {which}can take the request ({last_error})",
-                           {"Retry-After": "1"})
-        if k > handle.num_labels:
-            raise ApiError(422, "invalid_parameter", f"k must be from 1 to {handle.num_labels}, got {k}")
-        if attempts:
+            which = f" serving version {route.version}" if route.version and route.strict else ""
+            raise retry_later("no_worker", f"no live worker{which} could take the request")
+        if k > handle.meta.num_labels:
+            raise ApiError(422, "invalid_parameter", f"k must be from 1 to {handle.meta.num_labels}, got {k}")
+        if tried:
             stats.retries += 1
-        attempts += 1
         tried.add(handle)
         # Outstanding from the moment it is chosen: a handle being replaced stays open
         # until this request is done with it (decoding included).
         handle.outstanding += 1
         try:
-            image = await image_for(handle.preprocessing)
+            image = await image_for(handle.meta.preprocessing)
             started = time.perf_counter()
-            result = await asyncio.wait_for(handle.channel.submit(image, k, request_id), min(worker_timeout_s, remaining))
+            result = await asyncio.wait_for(handle.channel.submit(image, k, request_id),
+                                            min(worker_timeout_s, remaining))
         except TimeoutError:
             stats.timeouts += 1
-            last_error = f"{handle.id} timed out"
             pool.eject(handle, "timed out")
             continue
-        except ChannelFailed as exc:
-            last_error = f"{handle.id}: {exc}"
-            if exc.status is not None and exc.status not in RETRY_ELSEWHERE:
-                raise ApiError(exc.status, exc.code or "worker_error", str(exc)) from None
-            if exc.code != "overloaded":
-                pool.eject(handle, str(exc))
+        except WorkerError as exc:
+            log.info("attempt on %s failed: %s request_id=%s", handle.id, exc, request_id)
+            _on_worker_error(pool, handle, exc, request_id)
             continue
         finally:
             handle.outstanding -= 1
-        forward_ms = (time.perf_counter() - started) * 1000
-        if "error" in result:
-            err = result["error"]
-            status = int(err.get("status", 500))
-            last_error = f"{handle.id}: {err.get('message')}"
-            if status in RETRY_ELSEWHERE:
-                if err.get("code") != "overloaded":
-                    pool.eject(handle, err.get("message", "error"))
-                continue
-            raise ApiError(status, err.get("code", "worker_error"), err.get("message", ""))
         handle.served += 1
-        return Forwarded(result, handle, attempts, forward_ms)
+        return Forwarded(result, handle, len(tried), (time.perf_counter() - started) * 1000)

@@ -40,6 +40,17 @@ class LeastOutstanding:
 POLICIES = {cls.name: cls for cls in (RoundRobin, LeastOutstanding)}
 
 
+def parse_split(text: str) -> dict[str, int]:
+    """'1=90,2=10' -> {'1': 90, '2': 10}; ValueError names a bad entry (argparse shows it)."""
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        version, _, weight = part.partition("=")
+        if not (version.isdigit() and weight.isdigit()):
+            raise ValueError(f"bad split entry {part!r}: expected VERSION=WEIGHT")
+        weights[version] = int(weight)
+    return weights
+
+
 class VersionSplit:
     """Share traffic between model versions by weight (A/B tests), e.g. {"1": 90, "2": 10}.
 
@@ -55,13 +66,7 @@ class VersionSplit:
     @classmethod
     def parse(cls, text: str) -> "VersionSplit":
         """'1=90,2=10' -> VersionSplit({'1': 90, '2': 10})."""
-        weights = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            version, _, weight = part.partition("=")
-            if not (version.isdigit() and weight.isdigit()):
-                raise ValueError(f"bad split entry {part!r}: expected VERSION=WEIGHT")
-            weights[version] = int(weight)
-        return cls(weights)
+        return cls(parse_split(text))
 
     def pick(self, available: set[str]) -> str | None:
         candidates = [v for v in self.weights if v in available]

@@ -17,9 +17,10 @@ import aiohttp
 import zmq.asyncio
 
 from discovery.watcher import Instance
+from edge.tasks import cancel
 from proxy.channel import WorkerChannel
 from proxy.policy import RoundRobin
-from worker.imaging import Preprocessing
+from worker.protocol import ProtocolError, WorkerMeta
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,8 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)  # compared and hashed by identity: a replaced handle is a different one
 class WorkerHandle:
     instance: Instance
-    channel: WorkerChannel
-    preprocessing: Preprocessing
-    num_labels: int
+    meta: WorkerMeta
+    channel: WorkerChannel | None = None
     outstanding: int = 0
     served: int = 0
     failures: int = 0
@@ -41,15 +41,19 @@ class WorkerHandle:
 
     @property
     def version(self) -> str:
-        return self.instance.meta.get("version", "")
+        return self.meta.version
+
+    @property
+    def zmq_endpoint(self) -> str:
+        return f"tcp://{self.instance.address}:{self.meta.zmq_port}"
 
     def describe(self) -> dict:
         i = self.instance
         return {
             "id": i.id,
             "address": i.http_address,
-            "zmq": i.zmq_endpoint,
-            "model": i.meta.get("model"),
+            "zmq": self.zmq_endpoint,
+            "model": self.meta.model,
             "version": self.version,
             "live": self.ejected is None,
             "ejected": self.ejected,
@@ -60,17 +64,12 @@ class WorkerHandle:
         }
 
 
-def preprocessing_from_meta(meta: dict[str, str]) -> Preprocessing:
-    size = int(meta.get("input_shape", "224x224x3").split("x")[0])
-    return Preprocessing(size, float(meta.get("crop_fraction", 0.875)), meta.get("resample", "bicubic"))
-
-
 class WorkerPool:
-    def __init__(self, *, max_batch_size: int, max_delay_ms: float, probe_interval_s: float = 0.5,
+    def __init__(self, *, max_batch_size: int, max_batch_delay_ms: float, probe_interval_s: float = 0.5,
                  retire_timeout_s: float = 30.0, policy=None, token: str = ""):
         self.policy = policy or RoundRobin()
         self.max_batch_size = max_batch_size
-        self.max_delay_ms = max_delay_ms
+        self.max_batch_delay_ms = max_batch_delay_ms
         self.probe_interval_s = probe_interval_s
         self.retire_timeout_s = retire_timeout_s
         self.token = token
@@ -85,11 +84,10 @@ class WorkerPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _handle(self, instance: Instance) -> WorkerHandle:
-        handle = WorkerHandle(instance, None, preprocessing_from_meta(instance.meta),
-                              int(instance.meta.get("num_labels", 1000)))
-        handle.channel = WorkerChannel(self._context, instance.zmq_endpoint, instance.meta.get("model", ""),
-                                       self.max_batch_size, self.max_delay_ms, self.token,
+    def _handle(self, instance: Instance, meta: WorkerMeta) -> WorkerHandle:
+        handle = WorkerHandle(instance, meta)
+        handle.channel = WorkerChannel(self._context, handle.zmq_endpoint, meta.model,
+                                       self.max_batch_size, self.max_batch_delay_ms, self.token,
                                        on_disconnect=lambda reason: self.eject(handle, reason))
         return handle
 
@@ -101,14 +99,18 @@ class WorkerPool:
                 log.info("worker %s left (Consul)", worker_id)
                 self._spawn(self._retire(handle))
         for worker_id, instance in instances.items():
-            if instance.zmq_endpoint is None:
-                continue  # not a worker that speaks ZeroMQ
             current = self.workers.get(worker_id)
-            if current is None or current.instance != instance:
-                if current is not None:
-                    self._spawn(self._retire(current))
-                self.workers[worker_id] = self._handle(instance)
-                log.info("worker %s joined at %s", worker_id, instance.http_address)
+            if current is not None and current.instance == instance:
+                continue
+            try:
+                meta = WorkerMeta.from_meta(instance.meta)
+            except ProtocolError as exc:
+                log.warning("ignoring %s: %s", worker_id, exc)
+                continue
+            if current is not None:
+                self._spawn(self._retire(self.workers.pop(worker_id)))
+            self.workers[worker_id] = self._handle(instance, meta)
+            log.info("worker %s joined at %s", worker_id, instance.http_address)
 
     def live(self) -> list[WorkerHandle]:
         return [h for h in self.workers.values() if h.ejected is None]
@@ -143,7 +145,7 @@ class WorkerPool:
                 continue
             if self.workers.get(handle.id) is handle:
                 await handle.channel.close()
-                self.workers[handle.id] = self._handle(handle.instance)
+                self.workers[handle.id] = self._handle(handle.instance, handle.meta)
                 log.info("worker %s is back (probe)", handle.id)
             return
 
@@ -157,9 +159,7 @@ class WorkerPool:
         self._session = aiohttp.ClientSession()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel(*self._tasks)
         for handle in self.workers.values():
             await handle.channel.close()
         self.workers.clear()

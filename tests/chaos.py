@@ -22,9 +22,9 @@ import aiohttp
 
 from client import Client
 from client.load import run_load
-from discovery.consul_agent import PROJECT_ROOT, DevAgent
-from proxy.process import ProxyProcess
-from worker.process import WorkerProcess
+from tests.consul_dev import PROJECT_ROOT, DevAgent
+from tests.processes import ProxyProcess
+from tests.processes import WorkerProcess
 
 MODEL_DIR = PROJECT_ROOT / "models" / "efficientnet_lite0"
 SCENARIOS = ("kill -9 worker", "SIGTERM worker", "Consul restart", "proxy restart")

@@ -14,10 +14,9 @@ import zmq
 import zmq.asyncio
 from PIL import Image
 
-from discovery.consul_agent import PROJECT_ROOT, DevAgent
-from proxy.process import ProxyProcess
-from worker import wire
-from worker.process import WorkerProcess, wait_for  # noqa: F401  (tests import wait_for from here)
+from tests.consul_dev import PROJECT_ROOT, DevAgent
+from tests.processes import ProxyProcess, WorkerProcess
+from worker.protocol import BatchReply
 
 MODEL_DIR = PROJECT_ROOT / "models" / "efficientnet_lite0"
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
@@ -26,9 +25,24 @@ ESPRESSO = 967
 DOMESTIC_CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-def pytest_sessionstart(session):
-    if not (MODEL_DIR / "1" / "saved_model.pb").exists():
-        pytest.exit(f"{MODEL_DIR}/1 is missing: run scripts/setup first", returncode=2)
+LAYERS = ("unit", "loopback", "system")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test belongs to exactly one layer (pyproject.toml describes them), so
+    `scripts/test -m unit` runs exactly the in-process tests."""
+    for item in items:
+        layers = [m.name for m in item.iter_markers() if m.name in LAYERS]
+        if len(layers) != 1:
+            raise pytest.UsageError(f"{item.nodeid}: mark it with exactly one of {LAYERS}, has {layers}")
+
+
+@pytest.fixture(scope="session")
+def built_model() -> Path:
+    """The default model's directory; fails (not skips) the tests that need it when it is missing."""
+    if not (MODEL_DIR / "1" / "model.tflite").exists():
+        pytest.fail(f"{MODEL_DIR}/1 is missing: run scripts/setup first", pytrace=False)
+    return MODEL_DIR
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +53,7 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def consul_agent(artifacts_dir):
+def consul_agent(artifacts_dir, built_model):
     agent = DevAgent(log_path=artifacts_dir / "consul-session.log").start()
     yield agent
     agent.stop()
@@ -130,7 +144,9 @@ async def roundtrip(endpoint: str, frames: list, timeout_ms: int = 20000) -> dic
     try:
         await sock.send_multipart(frames)
         assert await sock.poll(timeout_ms), "no reply"
-        return wire.decode_reply(await sock.recv_multipart())
+        frames = await sock.recv_multipart()
+        BatchReply.decode(frames)  # a well-formed reply, or ProtocolError
+        return json.loads(frames[0])  # as sent, so tests see exactly the wire fields
     finally:
         sock.close()
         ctx.term()

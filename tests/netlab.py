@@ -24,7 +24,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 
-from discovery.consul_agent import consul_binary
+from tests.consul_dev import consul_binary
 
 
 def can_create_namespaces() -> bool:

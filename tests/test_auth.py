@@ -10,8 +10,10 @@ import pytest
 
 from client import ClassifyError, Client
 from tests.conftest import ESPRESSO, consul_get, roundtrip
-from worker import wire
-from worker.imaging import Preprocessing, preprocess
+from worker.protocol import BatchRequest
+from edge.imaging import Preprocessing, preprocess
+
+pytestmark = pytest.mark.system
 
 TOKEN = "s3cret-" + uuid.uuid4().hex
 
@@ -77,8 +79,8 @@ async def test_zeromq_requires_the_token(cluster, consul_agent, coffee_jpeg):
     (entry,) = consul_get(consul_agent, f"/v1/catalog/service/{service}")
     endpoint = f"tcp://{entry['ServiceAddress']}:{entry['ServiceMeta']['zmq_port']}"
     image = preprocess(coffee_jpeg, Preprocessing(), 10**8)[None]
-    reply = await roundtrip(endpoint, wire.encode_request(wire.BatchRequest("a", ["1"], image)))
+    reply = await roundtrip(endpoint, BatchRequest("a", ["1"], image).encode())
     assert reply["error"]["code"] == "unauthorized" and reply["error"]["status"] == 401
-    reply = await roundtrip(endpoint, wire.encode_request(wire.BatchRequest("b", ["1"], image, token=TOKEN)))
+    reply = await roundtrip(endpoint, BatchRequest("b", ["1"], image, token=TOKEN).encode())
     assert reply["results"][0]["predictions"][0]["index"] == ESPRESSO
 

@@ -8,7 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from worker.batcher import BatchConfig, Batcher, InferenceFailed, Overloaded
+from worker.batcher import BatchConfig, Batcher, InferenceError, QueueFullError
+
+pytestmark = pytest.mark.unit
 
 
 class StandInModel:
@@ -36,11 +38,11 @@ def image(value: int) -> np.ndarray:
 @pytest.fixture
 async def batcher():
     model = StandInModel()
-    b = Batcher(model, BatchConfig(max_batch_size=4, max_delay_ms=20, max_queue=6))
+    b = Batcher(model, BatchConfig(max_batch_size=4, max_batch_delay_ms=20, max_queue=6))
     b.start()
     yield b, model
     model.gate.set()
-    await b.stop()
+    await b.close()
 
 
 async def test_results_match_inputs_and_batches_form(batcher):
@@ -55,7 +57,7 @@ async def test_failed_batch_fails_its_requests_and_loop_continues(batcher):
     b, model = batcher
     model.fail_next = True
     outcomes = await asyncio.gather(*(b.submit(image(i)) for i in range(3)), return_exceptions=True)
-    assert all(isinstance(o, InferenceFailed) and "boom" in str(o) for o in outcomes)
+    assert all(isinstance(o, InferenceError) and "boom" in str(o) for o in outcomes)
     assert int((await b.submit(image(9))).probabilities[0]) == 9
     assert b.stats.failed_batches == 1
 
@@ -67,7 +69,7 @@ async def test_full_queue_refuses_at_once(batcher):
     await asyncio.sleep(0.1)  # taken by the collector, now computing
     queued = [asyncio.ensure_future(b.submit(image(i))) for i in range(6)]
     await asyncio.sleep(0)
-    with pytest.raises(Overloaded):
+    with pytest.raises(QueueFullError):
         await b.submit(image(99))
     model.gate.set()
     await asyncio.gather(first, *queued)

@@ -3,7 +3,11 @@ same table): no accepted request is lost."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.chaos import TABLE_HEAD, run_all
+
+pytestmark = pytest.mark.system
 
 
 async def test_faults_under_load_lose_no_request(artifacts_dir, coffee_jpeg, capsys):

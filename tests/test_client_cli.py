@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import io
 import json
 import subprocess
@@ -11,8 +13,8 @@ import uuid
 from PIL import Image
 
 from client.images import downscale, expand_paths
-from discovery.consul_agent import PROJECT_ROOT
-from tests.conftest import wait_for
+from tests.consul_dev import PROJECT_ROOT
+from tests.processes import wait_for
 
 
 def big_coffee(coffee_jpeg: bytes) -> bytes:
@@ -23,6 +25,7 @@ def big_coffee(coffee_jpeg: bytes) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.unit
 def test_downscale_shrinks_bytes_and_honours_orientation(coffee_jpeg):
     big = big_coffee(coffee_jpeg)
     small = downscale(big, 512)
@@ -37,6 +40,7 @@ def test_downscale_shrinks_bytes_and_honours_orientation(coffee_jpeg):
     assert Image.open(io.BytesIO(downscale(out.getvalue(), 512))).size == (341, 512)
 
 
+@pytest.mark.unit
 def test_expand_paths(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     (tmp_path / "sub").mkdir()
@@ -51,6 +55,7 @@ def cli(proxy_url: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.system
 def test_cli_classify_lookup_bench(start_worker, start_proxy, coffee_jpeg, chelsea_png, tmp_path):
     service = f"classifier-{uuid.uuid4().hex[:6]}"
     worker = start_worker("--service-name", service)

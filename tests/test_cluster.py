@@ -17,14 +17,16 @@ import pytest
 
 from client import Client
 from client.load import run_load
-from discovery.consul_agent import DevAgent
+from tests.consul_dev import DevAgent
 from tests.conftest import (
     DOMESTIC_CATS,
     ESPRESSO,
     SKIMAGE_DATA,
     stalled_upload,
-    wait_for,
 )
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture

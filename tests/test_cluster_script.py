@@ -6,13 +6,17 @@ has running on the defaults.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
 import urllib.request
 from pathlib import Path
 
-from discovery.consul_agent import PROJECT_ROOT, free_port
+from tests.consul_dev import PROJECT_ROOT, free_port
+
+pytestmark = pytest.mark.system
 
 SCRIPT = PROJECT_ROOT / "scripts" / "cluster"
 

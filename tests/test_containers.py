@@ -12,14 +12,16 @@ import subprocess
 import pytest
 from ruamel.yaml import YAML
 
-from discovery.consul_agent import PROJECT_ROOT
+from tests.consul_dev import PROJECT_ROOT
 from proxy.__main__ import parse_args as proxy_args
-from proxy.app import ProxyConfig
+from proxy.config import ProxyConfig
 from proxy.app import create_app as proxy_app
 from worker.__main__ import parse_args as worker_args
 from worker.config import WorkerConfig
 from worker.http_api import create_app as worker_app
 from worker.service import WorkerState
+
+pytestmark = pytest.mark.unit
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -88,13 +90,16 @@ def test_dockerfile_runs_as_non_root_and_copies_what_exists():
             *sources, _dest = args.split()
             for src in sources:
                 assert (PROJECT_ROOT / src).exists(), src
+    copied = {args.split()[0] for op, args in instructions if op == "COPY"}
+    packages = {"edge", "worker", "discovery", "proxy", "client"}  # pyproject's [tool.setuptools.packages.find]
+    assert packages <= copied, packages - copied
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".cache", "models"} <= set(ignored)
 
 
 def test_compose_healthchecks_hit_real_routes(compose):
     proxy_routes = {r.resource.canonical for r in proxy_app(ProxyConfig()).router.routes()}
-    worker_state = WorkerState(config=WorkerConfig(), worker_id="w", decode_pool=None)
+    worker_state = WorkerState(config=WorkerConfig(), worker_id="w")
     worker_routes = {r.resource.canonical for r in worker_app(worker_state).router.routes()}
     proxy_check = compose["services"]["proxy"]["healthcheck"]["test"]
     worker_check = compose["services"]["worker"]["healthcheck"]["test"]

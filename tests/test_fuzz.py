@@ -1,6 +1,6 @@
 """Bounded fuzzing (hypothesis) of what parses untrusted bytes: image decoding, the
 ZeroMQ wire format, and the HTTP upload reader. Each may refuse its input, but only in
-its own documented way (ImageError, WireError, a 4xx JSON answer), never crash otherwise.
+its own documented way (ImageError, ProtocolError, a 4xx JSON answer), never crash otherwise.
 Example counts are fixed, so the run is bounded in CI."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from worker import wire
-from worker.errors import json_errors
-from worker.imaging import ImageError, Preprocessing, preprocess
-from worker.upload import read_image
+from worker.protocol import BatchRequest, ProtocolError
+from edge.errors import json_errors
+from edge.imaging import ImageError, Preprocessing, preprocess
+from edge.upload import read_image
 
 PREP = Preprocessing()
 # Fixed example counts and derandomized: bounded and reproducible in CI.
@@ -52,6 +52,7 @@ def mutated_image(draw) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.unit
 @FUZZ
 @given(st.one_of(mutated_image(), st.binary(max_size=512)))
 def test_decoding_fails_only_with_image_error(data):
@@ -75,10 +76,11 @@ headers = st.dictionaries(
     st.lists(st.binary(max_size=64), max_size=4),
     st.tuples(headers.map(lambda h: json.dumps(h).encode()), st.binary(max_size=2048)).map(list),
 ))
-def test_wire_decoding_fails_only_with_wire_error(frames):
+@pytest.mark.unit
+def test_protocol_decoding_fails_only_with_protocol_error(frames):
     try:
-        req = wire.decode_request(frames)
-    except wire.WireError:
+        req = BatchRequest.decode(frames)
+    except ProtocolError:
         return
     assert req.images.dtype == np.uint8 and req.images.ndim == 4 and len(req.ids) == req.images.shape[0]
 
@@ -121,6 +123,7 @@ def multipart_bodies(draw) -> tuple[bytes, str]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=multipart_bodies())
 # Found by this test: a part header cut short raised aiohttp's InvalidHeader, a 500.
+@pytest.mark.loopback
 @example(case=(b"--b0undary\r\nC", "multipart/form-data; boundary=b0undary"))
 async def test_upload_reader_answers_200_or_4xx(upload_server, case):
     server, session = upload_server

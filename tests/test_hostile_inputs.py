@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from proxy.process import ProxyProcess
+from tests.processes import ProxyProcess
 from tests.conftest import ESPRESSO, MODEL_DIR, SKIMAGE_DATA, rss_mb
-from worker.process import WorkerProcess
+from tests.processes import WorkerProcess
+
+pytestmark = pytest.mark.system
 
 LIMIT = 2 * 1024 * 1024
 

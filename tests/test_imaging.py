@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.imaging import ImageError, Preprocessing, open_image, preprocess
+from edge.imaging import ImageError, Preprocessing, open_image, preprocess
+
+pytestmark = pytest.mark.unit
 
 PREP = Preprocessing()
 
@@ -70,3 +72,12 @@ def test_animated_gif_uses_first_frame():
     frames = [Image.new("P", (64, 64), i) for i in range(3)]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
     assert preprocess(data, PREP, 10**8).shape == (224, 224, 3)
+
+
+def test_only_allow_listed_formats_are_opened():
+    """An EPS file would reach Pillow's EPS plugin (which runs Ghostscript): refused unopened."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+    assert Image.open(io.BytesIO(eps)).format == "EPS"  # what the allow-list guards against
+    with pytest.raises(ImageError) as err:
+        preprocess(eps, Preprocessing(), 10**6)
+    assert err.value.code == "not_an_image" and err.value.status == 400

@@ -3,6 +3,8 @@ parser, and checked against the traffic the test sent."""
 
 from __future__ import annotations
 
+import pytest
+
 import urllib.request
 import uuid
 
@@ -10,6 +12,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ESPRESSO
+
+pytestmark = pytest.mark.system
 
 
 def scrape(url: str) -> dict[tuple, float]:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import DOMESTIC_CATS, ESPRESSO, MODEL_DIR, SKIMAGE_DATA, jpeg_bytes
 from worker import build_model
-from worker.imaging import preprocess
+from edge.imaging import preprocess
 from worker.model import load_model
 from worker.torch_legacy import (
     MAGIC_NUMBER,
@@ -39,6 +39,7 @@ def photos(model):
     }
 
 
+@pytest.mark.unit
 def test_weights_verified_and_complete():
     state = load_state_dict(str(build_model.weights_path()))  # weights_path checks the sha256
     assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
@@ -64,6 +65,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.unit
 def test_reader_refuses_code_execution(tmp_path):
     marker = tmp_path / "pwned"
     _legacy_file(tmp_path / "evil.pth", pickle.dumps({"w": _Exploit(marker)}, protocol=2))
@@ -72,12 +74,14 @@ def test_reader_refuses_code_execution(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.unit
 def test_reader_refuses_non_torch_file(tmp_path):
     (tmp_path / "x.pth").write_bytes(pickle.dumps(123, protocol=2))
     with pytest.raises(ValueError, match="magic"):
         load_state_dict(str(tmp_path / "x.pth"))
 
 
+@pytest.mark.unit
 def test_layout_and_labels():
     for name in ("saved_model.pb", "variables", "model.tflite", "labels.txt", "serving.json"):
         assert (VERSION_DIR / name).exists(), name
@@ -88,6 +92,7 @@ def test_layout_and_labels():
     assert {i: labels[i] for i in expected} == expected
 
 
+@pytest.mark.unit
 def test_savedmodel_classifies_real_photos(model, photos):
     assert model.name == "efficientnet_lite0" and model.version == "1"
     assert model.input_shape == (224, 224, 3)
@@ -98,6 +103,7 @@ def test_savedmodel_classifies_real_photos(model, photos):
     assert probs[1].argmax() in DOMESTIC_CATS
 
 
+@pytest.mark.unit
 def test_tflite_backend_agrees_with_savedmodel(model, photos):
     lite = load_model(MODEL_DIR, backend="tflite")
     assert lite.backend == "tflite" and lite.input_shape == model.input_shape and lite.labels == model.labels
@@ -107,6 +113,7 @@ def test_tflite_backend_agrees_with_savedmodel(model, photos):
     np.testing.assert_allclose(lite_probs, full_probs, atol=2e-3)
 
 
+@pytest.mark.system
 def test_tflite_worker_never_imports_tensorflow():
     """Everything a TFLite worker imports and loads, in a fresh interpreter."""
     code = (
@@ -130,6 +137,7 @@ def _build(models_dir) -> str:
                           capture_output=True, text=True, check=True, timeout=300).stdout
 
 
+@pytest.mark.system
 def test_build_is_deterministic_and_skips_when_present(tmp_path):
     assert "built" in _build(tmp_path)
     built = tmp_path / "efficientnet_lite0" / "1"

@@ -9,12 +9,14 @@ import json
 
 import pytest
 
-from proxy.process import ProxyProcess
-from tests.conftest import MODEL_DIR, wait_for
+from tests.processes import ProxyProcess
+from tests.conftest import MODEL_DIR
+from tests.processes import wait_for
 from tests.netlab import Lab, can_create_namespaces
-from worker.process import WorkerProcess
+from tests.processes import WorkerProcess
 
-pytestmark = pytest.mark.skipif(not can_create_namespaces(), reason="needs root and iproute2 (CI runs as root)")
+
+pytestmark = [pytest.mark.system, pytest.mark.skipif(not can_create_namespaces(), reason="needs root and iproute2 (CI runs as root)")]
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ Latencies are printed for the record, never asserted."""
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import time
 import uuid
@@ -11,7 +13,10 @@ import uuid
 import aiohttp
 import numpy as np
 
-from tests.conftest import ESPRESSO, rss_mb, wait_for
+from tests.conftest import ESPRESSO, rss_mb
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.system
 
 
 async def burst(url: str, photo: bytes, n: int) -> list[tuple[int, dict, dict, float]]:

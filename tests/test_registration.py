@@ -3,6 +3,8 @@ re-registration after a Consul restart, and drain on SIGTERM."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import signal
 import socket
@@ -12,8 +14,11 @@ import urllib.error
 import urllib.request
 import uuid
 
-from discovery.consul_agent import PROJECT_ROOT, DevAgent, free_port
-from tests.conftest import ESPRESSO, consul_get, wait_for
+from tests.consul_dev import PROJECT_ROOT, DevAgent, free_port
+from tests.conftest import ESPRESSO, consul_get
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.system
 
 
 def passing(agent: DevAgent, service: str = "classifier") -> dict[str, dict]:

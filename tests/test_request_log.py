@@ -3,13 +3,17 @@ logs one line per request carrying the id (JSON lines with --log-format json).""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 import uuid
 
 import aiohttp
 
-from tests.conftest import wait_for
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.system
 
 
 def json_lines(path) -> list[dict]:

@@ -14,7 +14,8 @@ import pytest
 
 from client import Client
 from proxy.policy import VersionSplit
-from tests.conftest import ESPRESSO, MODEL_DIR, wait_for
+from tests.conftest import ESPRESSO, MODEL_DIR
+from tests.processes import wait_for
 
 SERVED_FILES = ("model.tflite", "labels.txt", "serving.json")  # all the TFLite backend reads
 
@@ -35,6 +36,7 @@ async def post(session, url: str, photo: bytes):
         return r.status, await r.json()
 
 
+@pytest.mark.unit
 def test_split_policy_is_exact_and_interleaved():
     split = VersionSplit.parse("1=90,2=10")
     picks = [split.pick({"1", "2"}) for _ in range(100)]
@@ -46,6 +48,7 @@ def test_split_policy_is_exact_and_interleaved():
         VersionSplit.parse("1=ninety")
 
 
+@pytest.mark.system
 async def test_hot_swap_under_load_loses_nothing(start_worker, start_proxy, tmp_path, coffee_jpeg):
     service = f"classifier-{uuid.uuid4().hex[:6]}"
     model_dir = tmp_path / "efficientnet_lite0"
@@ -91,6 +94,7 @@ async def test_hot_swap_under_load_loses_nothing(start_worker, start_proxy, tmp_
         assert (await r.json())["version"] == "3"
 
 
+@pytest.mark.system
 async def test_version_routing_and_ab_split(start_worker, start_proxy, tmp_path, coffee_jpeg):
     service = f"classifier-{uuid.uuid4().hex[:6]}"
     v1_dir, v2_dir = tmp_path / "a" / "efficientnet_lite0", tmp_path / "b" / "efficientnet_lite0"

@@ -14,6 +14,8 @@ from PIL import Image
 
 from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, stalled_upload
 
+pytestmark = pytest.mark.system
+
 
 async def post_file(url: str, field: str, data: bytes, filename: str = "photo.jpg", **kw):
     form = aiohttp.FormData()

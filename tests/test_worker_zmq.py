@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 import subprocess
@@ -10,10 +12,10 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from discovery.consul_agent import PROJECT_ROOT
+from tests.consul_dev import PROJECT_ROOT
 from tests.conftest import ESPRESSO, consul_get, roundtrip
-from worker import wire
-from worker.imaging import Preprocessing, preprocess
+from worker.protocol import BatchRequest
+from edge.imaging import Preprocessing, preprocess
 
 
 def zmq_endpoint(consul_agent, worker) -> str:
@@ -22,21 +24,24 @@ def zmq_endpoint(consul_agent, worker) -> str:
     return f"tcp://{entry['Service']['Address']}:{entry['Service']['Meta']['zmq_port']}"
 
 
+@pytest.mark.system
 async def test_batch_of_images_classified(consul_agent, worker, coffee_jpeg, chelsea_png):
     coffee = preprocess(coffee_jpeg, Preprocessing(), 10**8)
     chelsea = preprocess(chelsea_png, Preprocessing(), 10**8)
     images = np.stack([coffee, chelsea, coffee])
-    request = wire.BatchRequest("b1", ["a", "b", "c"], images, model="efficientnet_lite0", k=3)
-    reply = await roundtrip(zmq_endpoint(consul_agent, worker), wire.encode_request(request))
+    request = BatchRequest("b1", ["a", "b", "c"], images, model="efficientnet_lite0", k=3)
+    reply = await roundtrip(zmq_endpoint(consul_agent, worker), request.encode())
     assert reply["batch"] == "b1" and reply["worker"] == worker.worker_id
-    assert reply["model"] == "efficientnet_lite0" and reply["version"] == "1"
+    assert reply["model"] == "efficientnet_lite0"
     results = {r["id"]: r for r in reply["results"]}
+    assert all(r["version"] == "1" for r in results.values())
     assert results["a"]["predictions"][0]["index"] == ESPRESSO
     assert results["c"]["predictions"][0]["index"] == ESPRESSO
     assert results["b"]["predictions"][0]["label"] in {"tabby", "tiger cat", "Egyptian cat"}
     assert all(len(r["predictions"]) == 3 for r in results.values())
 
 
+@pytest.mark.system
 async def test_malformed_messages_answered_or_dropped_and_worker_survives(consul_agent, worker, coffee_jpeg):
     endpoint = zmq_endpoint(consul_agent, worker)
     good_header = {"batch": "x", "ids": ["1"], "dtype": "uint8", "shape": [1, 224, 224, 3]}
@@ -61,15 +66,16 @@ async def test_malformed_messages_answered_or_dropped_and_worker_survives(consul
         ctx.term()
     # Still serving over ZeroMQ and HTTP.
     image = preprocess(coffee_jpeg, Preprocessing(), 10**8)[None]
-    reply = await roundtrip(endpoint, wire.encode_request(wire.BatchRequest("ok", ["1"], image)))
+    reply = await roundtrip(endpoint, BatchRequest("ok", ["1"], image).encode())
     assert reply["results"][0]["predictions"][0]["index"] == ESPRESSO
 
 
+@pytest.mark.unit
 def test_wire_roundtrip_without_pickle():
     images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
-    frames = wire.encode_request(wire.BatchRequest("b", ["i", "j"], images, "m", "1", 7))
+    frames = BatchRequest("b", ["i", "j"], images, model="m", k=7).encode()
     assert frames[0].startswith(b"{")  # JSON, not pickle
-    decoded = wire.decode_request([bytes(f) for f in frames])
+    decoded = BatchRequest.decode([bytes(f) for f in frames])
     assert decoded.ids == ["i", "j"] and decoded.k == 7 and decoded.model == "m"
     np.testing.assert_array_equal(decoded.images, images)
 
@@ -80,16 +86,18 @@ def listening_addresses(port: int) -> set[str]:
     return {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines()}
 
 
+@pytest.mark.system
 def test_zeromq_binds_only_the_configured_interface(consul_agent, worker):
     port = int(zmq_endpoint(consul_agent, worker).rsplit(":", 1)[1])
     assert listening_addresses(port) == {"127.0.0.1"}  # the worker was started with --host 127.0.0.1
 
 
+@pytest.mark.unit
 def test_nothing_on_the_wire_path_uses_pickle():
     """pickle is imported only by worker/torch_legacy.py, the build-time weights reader,
     behind a restricted unpickler; nothing else imports it or uses pyzmq's pickle-based
     send_pyobj / recv_pyobj."""
     pattern = re.compile(r"^\s*(import|from)\s+(c?pickle|dill|marshal)\b|_pyobj\(", re.M)
-    users = sorted(str(p.relative_to(PROJECT_ROOT)) for pkg in ("worker", "proxy", "client", "discovery")
+    users = sorted(str(p.relative_to(PROJECT_ROOT)) for pkg in ("edge", "worker", "proxy", "client", "discovery")
                    for p in (PROJECT_ROOT / pkg).rglob("*.py") if pattern.search(p.read_text()))
     assert users == ["worker/torch_legacy.py"]

@@ -1,8 +1,8 @@
 """Dynamic batching: one bounded queue, one inference thread.
 
-Every entry point (HTTP now, ZeroMQ later) calls `submit()` with a preprocessed uint8
+Every entry point (HTTP and ZeroMQ) calls `submit()` with a preprocessed uint8
 image. A collector task takes the first waiting image, then whatever else arrives
-within `max_delay_ms`, up to `max_batch_size`, and runs the batch on a dedicated
+within `max_batch_delay_ms`, up to `max_batch_size`, and runs the batch on a dedicated
 thread. While one batch runs the next one accumulates, so under load batches grow by
 themselves without adding delay. The knobs mirror TF Serving's (max_batch_size,
 batch_timeout_micros, max_enqueued_batches) and Triton's queue policy with rejection.
@@ -18,24 +18,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker import metrics
+from edge.tasks import cancel, collect_batch
+from worker.metrics import BatchMetrics
 from worker.model import Model
 
 log = logging.getLogger(__name__)
 
 
-class Overloaded(Exception):
+class QueueFullError(Exception):
     """The queue is full; the caller should answer 503 with Retry-After."""
 
 
-class InferenceFailed(Exception):
+class InferenceError(Exception):
     """The batch this request was in failed; the message says why."""
 
 
 @dataclass(frozen=True)
 class BatchConfig:
     max_batch_size: int = 32
-    max_delay_ms: float = 2.0
+    max_batch_delay_ms: float = 2.0
     max_queue: int = 256
 
 
@@ -72,29 +73,13 @@ class BatchStats:
         }
 
 
-async def collect_batch(queue: asyncio.Queue, max_size: int, max_delay_ms: float) -> list:
-    """Wait for one item, then take what else arrives within `max_delay_ms`, up to `max_size`."""
-    loop = asyncio.get_running_loop()
-    batch = [await queue.get()]
-    deadline = loop.time() + max_delay_ms / 1000
-    while len(batch) < max_size:
-        if not queue.empty():
-            batch.append(queue.get_nowait())
-            continue
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
-        try:
-            batch.append(await asyncio.wait_for(queue.get(), remaining))
-        except TimeoutError:
-            break
-    return batch
-
-
 class Batcher:
-    def __init__(self, model: Model, config: BatchConfig):
+    """Owns the live model: `swap()` installs a new version, used from the next batch on."""
+
+    def __init__(self, model: Model, config: BatchConfig, metrics: BatchMetrics | None = None):
         self.model = model
         self.config = config
+        self.metrics = metrics or BatchMetrics()
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.max_queue)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -113,14 +98,16 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._collect(), name="batcher")
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    def swap(self, model: Model) -> None:
+        """Serve `model` from the next batch on; the running batch finishes on the old one."""
+        self.model = model
+
+    async def close(self) -> None:
+        await cancel(self._task)
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if not item.future.done():
-                item.future.set_exception(InferenceFailed("the worker is shutting down"))
+                item.future.set_exception(InferenceError("the worker is shutting down"))
         self._executor.shutdown(wait=True)
 
     async def submit(self, image: np.ndarray) -> Prediction:
@@ -128,13 +115,13 @@ class Batcher:
         try:
             self._queue.put_nowait(_Pending(image, future))
         except asyncio.QueueFull:
-            raise Overloaded(f"{self._queue.maxsize} requests already queued") from None
+            raise QueueFullError(f"{self._queue.maxsize} requests already queued") from None
         return await future
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await collect_batch(self._queue, self.config.max_batch_size, self.config.max_delay_ms)
+            batch = await collect_batch(self._queue, self.config.max_batch_size, self.config.max_batch_delay_ms)
             # Callers that went away (cancelled futures) need no computation.
             batch = [item for item in batch if not item.future.done()]
             if batch:
@@ -143,7 +130,7 @@ class Batcher:
     async def _run(self, loop, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         self._running = len(batch)
-        model = self.model  # swapping `self.model` (a new version) takes effect at the next batch
+        model = self.model  # a swap() now takes effect at the next batch
         try:
             probabilities = await loop.run_in_executor(
                 self._executor, self._predict, model, [item.image for item in batch]
@@ -153,19 +140,19 @@ class Batcher:
             self.stats.failed_batches += 1
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(InferenceFailed(f"inference failed: {exc}"))
+                    item.future.set_exception(InferenceError(f"inference failed: {exc}"))
             return
         finally:
             self._running = 0
         finished = time.perf_counter()
         inference_ms = (finished - started) * 1000
-        metrics.INFERENCE.observe(finished - started)
-        metrics.BATCH_SIZE.observe(len(batch))
+        self.metrics.inference.observe(finished - started)
+        self.metrics.batch_size.observe(len(batch))
         self.stats.batches += 1
         self.stats.images += len(batch)
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
         for item, row in zip(batch, probabilities, strict=True):
-            metrics.QUEUE_WAIT.observe(started - item.enqueued)
+            self.metrics.queue_wait.observe(started - item.enqueued)
             if not item.future.done():
                 item.future.set_result(
                     Prediction(row, (started - item.enqueued) * 1000, inference_ms, len(batch), model)

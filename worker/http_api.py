@@ -2,40 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from aiohttp import web
 
-from worker.auth import bearer_auth
-from worker.errors import ApiError, json_errors
-from worker.imaging import ImageError, preprocess
-from worker.metrics import metrics_handler, register_state
-from worker.request_log import request_log
-from worker.service import STATE, WorkerState, check_capacity, classify_image
-from worker.upload import parse_top_k, read_image
+from edge.app import create_edge_app, decode_image
+from edge.metrics import register_state
+from edge.request_log import SERVED_BY
+from edge.upload import parse_top_k, read_image
+from worker.service import STATE, WorkerState, classify_image
 
 
 async def classify(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.check_ready()
-    check_capacity(state)
+    state.check_capacity()
     model = state.model
     k = parse_top_k(request, state.config.default_top_k, len(model.labels))
 
     state.in_flight += 1
     try:
         started = time.perf_counter()
-        data = await read_image(request, state.config.max_body_bytes, state.config.read_timeout_s)
-        try:
-            image = await asyncio.get_running_loop().run_in_executor(
-                state.decode_pool, preprocess, data, model.preprocessing, state.config.max_pixels
-            )
-        except ImageError as exc:
-            raise ApiError(exc.status, exc.code, exc.message) from None
+        data = await read_image(request, state.config.edge.max_body_bytes, state.config.edge.read_timeout)
+        image = await decode_image(request.app, data, model.preprocessing)
         decoded = time.perf_counter()
         predictions, prediction = await classify_image(state, image, k)
-        request["served_by"] = state.worker_id
+        request[SERVED_BY] = state.worker_id
         total_ms = (time.perf_counter() - started) * 1000
         return web.json_response(
             {
@@ -92,17 +84,10 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def create_app(state: WorkerState) -> web.Application:
-    # client_max_size guards aiohttp's own body readers; ours stream with the same limit.
-    app = web.Application(middlewares=[request_log, json_errors, bearer_auth(state.config.auth_token)],
-                          client_max_size=state.config.max_body_bytes)
+    app = create_edge_app(state.config.edge, classify, healthz, readyz)
     app[STATE] = state
-    app.router.add_post("/", classify)
-    app.router.add_post("/classify", classify)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
     app.router.add_get("/info", info)
     app.router.add_get("/stats", stats)
-    app.router.add_get("/metrics", metrics_handler)
     register_state(app, lambda: [
         ("gauge", "imagecluster_queue_depth", "Images waiting or being computed",
          state.batcher.depth if state.batcher else 0, None),

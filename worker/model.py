@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.imaging import Preprocessing
+from edge.imaging import Preprocessing
 
 
 class ModelError(Exception):
@@ -139,8 +139,8 @@ def load_model(model_dir: Path, *, backend: str = "tflite", intra_op_threads: in
 
     preprocessing = Preprocessing(
         size=int(input_shape[0]),
-        crop_fraction=float(settings.get("crop_fraction", 0.875)),
-        resample=settings.get("resample", "bicubic"),
+        crop_fraction=float(settings.get("crop_fraction", Preprocessing.crop_fraction)),
+        resample=settings.get("resample", Preprocessing.resample),
     )
     # One warm-up call so the first request does not pay for graph tracing.
     probs = predict(np.zeros((1, *input_shape), dtype=np.uint8))

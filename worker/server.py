@@ -1,9 +1,13 @@
-"""Worker lifecycle: listen, load the model, register, serve, drain on SIGTERM/SIGINT.
+"""The worker's lifecycle, in named steps: start-up, serve, drain, shutdown.
 
-Order matters. HTTP listens first so /healthz answers while the model loads (/readyz
-says 503 until it is loaded). Only a ready worker registers with Consul. On a signal
-the worker leaves rotation (maintenance mode) before anything else, refuses new work
-with 503, lets accepted requests finish within the drain timeout, deregisters, exits 0.
+Start-up opens resources in an order that matters, each pushed on one AsyncExitStack so
+shutdown closes them in reverse: HTTP listens first (so /healthz answers while the model
+loads and /readyz says 503), then the model and its batcher, the ZeroMQ endpoint, the
+Consul registration (only a ready worker registers), and the version watcher. Serving
+is waiting for a signal; the signal handler only sets a flag. Drain leaves rotation
+(maintenance mode) before anything else, refuses new work with 503, and lets accepted
+requests finish within the drain timeout; shutdown then unwinds the stack (the
+registration's close deregisters) and the process exits 0.
 """
 
 from __future__ import annotations
@@ -15,17 +19,19 @@ import signal
 import socket
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 
 from aiohttp import web
 
 from discovery.registration import Registration, ServiceInstance, agent_address
+from edge.metrics import METRICS
 from worker.batcher import Batcher
 from worker.config import WorkerConfig
 from worker.http_api import create_app
-from worker.model import load_model
+from worker.metrics import BatchMetrics
+from worker.protocol import WorkerMeta
 from worker.service import WorkerState
-from worker.versions import VersionWatcher
+from worker.versions import VersionWatcher, load_configured_model
 from worker.zmq_endpoint import ZmqEndpoint
 
 log = logging.getLogger(__name__)
@@ -33,132 +39,122 @@ log = logging.getLogger(__name__)
 ANY_ADDRESS = ("", "0.0.0.0", "::")
 
 
-async def advertised_address(config: WorkerConfig) -> str:
-    if config.advertise:
-        return config.advertise
-    if config.host not in ANY_ADDRESS:
-        return config.host
-    # Bound to every interface: the local Consul agent's address is this host's.
-    return await agent_address(config.consul)
+class StartupError(Exception):
+    """Start-up cannot go on; the message says what to do."""
 
 
-def service_meta(state: WorkerState, http_port: int, zmq_port: int) -> dict[str, str]:
-    """Consul Meta: what a proxy needs to preprocess for this worker and reach it."""
-    m = state.model
-    return {
-        "worker_id": state.worker_id,
-        "model": m.name,
-        "version": m.version,
-        "backend": m.backend,
-        "input_shape": "x".join(map(str, m.input_shape)),
-        "num_labels": str(len(m.labels)),
-        "crop_fraction": str(m.preprocessing.crop_fraction),
-        "resample": m.preprocessing.resample,
-        "http_port": str(http_port),
-        "zmq_port": str(zmq_port),
-    }
+class WorkerServer:
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        worker_id = f"{config.edge.service_name}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.state = WorkerState(config=config, worker_id=worker_id)
+        self.stop = asyncio.Event()
+        self.registration: Registration | None = None
+        self.address = ""
+        self.http_port = 0
+        self.zmq_port = 0
 
+    async def run(self) -> int:
+        """The whole life; the process's exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        started = time.perf_counter()
+        async with AsyncExitStack() as resources:
+            try:
+                if not await self.startup(resources):
+                    return 0  # stopped while loading
+            except StartupError as exc:
+                log.error("%s", exc)
+                return 1
+            self.announce_ready(time.perf_counter() - started)
+            await self.stop.wait()
+            log.info("signal received: draining")
+            await self.drain()
+        log.info("stopped")
+        return 0
 
-async def drain(state: WorkerState, registration: Registration | None) -> None:
-    state.draining = True
-    if registration:
-        await registration.drain()
-    deadline = time.monotonic() + state.config.drain_timeout_s
-    while state.in_flight and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    if state.in_flight:
-        log.warning("drain timeout: %d requests still in flight", state.in_flight)
-    else:
-        log.info("drained: no request in flight")
+    async def startup(self, resources: AsyncExitStack) -> bool:
+        """Open everything, in order; False when a signal arrived before the model loaded."""
+        app = create_app(self.state)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()  # our drain already waited for in-flight work
+        resources.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, self.config.host, self.config.port).start()
+        self.http_port = runner.addresses[0][1]
+        log.info("listening on %s:%d, loading %s", self.config.host, self.http_port, self.config.model_dir)
 
+        model = await self._load_unless_stopped()
+        if model is None:
+            return False
+        batcher = Batcher(model, self.config.batch, BatchMetrics(app[METRICS].registry))
+        batcher.start()
+        resources.push_async_callback(batcher.close)
+        self.state.batcher = batcher
 
-async def serve(config: WorkerConfig) -> int:
-    started = time.perf_counter()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        endpoint = ZmqEndpoint(self.state, self.config.host, self.config.zmq_port, self.config.max_zmq_message_bytes)
+        endpoint.start()
+        resources.push_async_callback(endpoint.close)
+        self.zmq_port = endpoint.port
 
-    worker_id = f"{config.service_name}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    state = WorkerState(
-        config=config,
-        worker_id=worker_id,
-        decode_pool=ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode"),
-    )
-    # Our drain already waited for in-flight work; aiohttp need not wait again.
-    runner = web.AppRunner(create_app(state), access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    port = runner.addresses[0][1]
-    log.info("listening on %s:%d, loading %s", config.host, port, config.model_dir)
+        await self._register(resources)
+        versions = VersionWatcher(self.state, lambda _model: self.registration.update_meta(self.meta().to_meta()),
+                                  poll_s=self.config.version_poll)
+        versions.start()
+        resources.push_async_callback(versions.close)
+        return True
 
-    registration = None
-    endpoint = None
-    versions = None
-    try:
-        load = loop.run_in_executor(
-            None,
-            lambda: load_model(
-                config.model_dir,
-                backend=config.backend,
-                intra_op_threads=config.intra_op_threads,
-                inter_op_threads=config.inter_op_threads,
-            ),
-        )
-        stopped = asyncio.ensure_future(stop.wait())
+    async def _load_unless_stopped(self):
+        load = asyncio.get_running_loop().run_in_executor(None, load_configured_model, self.config)
+        stopped = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait([load, stopped], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        if stop.is_set():
-            return 0
-        state.model = load.result()
-        state.batcher = Batcher(state.model, config.batch)
-        state.batcher.start()
-        endpoint = ZmqEndpoint(state, config.host, config.zmq_port, config.max_zmq_message_bytes)
-        endpoint.start()
+        return None if self.stop.is_set() else load.result()
 
-        try:
-            address = await advertised_address(config)
+    async def _register(self, resources: AsyncExitStack) -> None:
+        self.address = await self._advertised_address()
+        instance = ServiceInstance(self.config.edge.service_name, self.state.worker_id, self.address,
+                                   self.http_port, self.meta().to_meta())
+        self.registration = Registration(self.config.consul, instance, ttl_s=self.config.heartbeat_ttl)
+        await self.registration.start()
+        resources.push_async_callback(self.registration.close)  # deregisters
+
+    async def _advertised_address(self) -> str:
+        config = self.config
+        if config.advertise:
+            return config.advertise
+        if config.host not in ANY_ADDRESS:
+            return config.host
+        try:  # bound to every interface: the local Consul agent's address is this host's
+            return await agent_address(config.consul)
         except Exception as exc:
-            log.error("cannot learn this host's address from Consul at %s:%d (%s): start Consul or pass "
-                      "--advertise ADDRESS", config.consul.host, config.consul.port, exc)
-            return 1
-        registration = Registration(
-            config.consul,
-            ServiceInstance(config.service_name, worker_id, address, port, service_meta(state, port, endpoint.port)),
-            ttl_s=config.heartbeat_ttl_s,
-        )
-        await registration.start()
-        versions = VersionWatcher(
-            state, lambda model: registration.update_meta(service_meta(state, port, endpoint.port)),
-            poll_s=config.version_poll_s,
-        )
-        versions.start()
-        ready = {
-            "event": "ready",
-            "worker_id": worker_id,
-            "url": f"http://{address}:{port}",
-            "zmq": f"tcp://{address}:{endpoint.port}",
-            "model": state.model.name,
-            "version": state.model.version,
-            "startup_seconds": round(time.perf_counter() - started, 3),
-        }
-        print(json.dumps(ready), flush=True)
-        log.info("ready in %.2f s (model load %.2f s)", ready["startup_seconds"], state.model.load_seconds)
+            raise StartupError(f"cannot learn this host's address from Consul at {config.consul.host}:"
+                               f"{config.consul.port} ({exc}): start Consul or pass --advertise ADDRESS") from None
 
-        await stop.wait()
-        log.info("signal received: draining")
-        await drain(state, registration)
-        return 0
-    finally:
-        if versions:
-            await versions.close()
-        if registration:
-            await registration.close()
-        await runner.cleanup()
-        if endpoint:
-            await endpoint.close()
-        if state.batcher:
-            await state.batcher.stop()
-        state.decode_pool.shutdown(wait=False, cancel_futures=True)
-        log.info("stopped")
+    def meta(self) -> WorkerMeta:
+        """Consul Meta: what a proxy needs to reach this worker and preprocess for it."""
+        m = self.state.model
+        return WorkerMeta(self.state.worker_id, m.name, m.version, m.backend, m.input_shape, len(m.labels),
+                          self.http_port, self.zmq_port, m.preprocessing.crop_fraction, m.preprocessing.resample)
+
+    def announce_ready(self, seconds: float) -> None:
+        """The `ready` line on stdout: what scripts and tests wait for."""
+        model = self.state.model
+        print(json.dumps({
+            "event": "ready", "worker_id": self.state.worker_id,
+            "url": f"http://{self.address}:{self.http_port}", "zmq": f"tcp://{self.address}:{self.zmq_port}",
+            "model": model.name, "version": model.version, "startup_seconds": round(seconds, 3),
+        }), flush=True)
+        log.info("ready in %.2f s (model load %.2f s)", seconds, model.load_seconds)
+
+    async def drain(self) -> None:
+        """Leave rotation, refuse new work, let accepted work finish (bounded)."""
+        self.state.draining = True
+        await self.registration.drain()
+        deadline = time.monotonic() + self.config.drain_timeout
+        while self.state.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.state.in_flight:
+            log.warning("drain timeout: %d requests still in flight", self.state.in_flight)
+        else:
+            log.info("drained: no request in flight")

@@ -6,16 +6,18 @@ HTTP (worker/http_api.py) and ZeroMQ (worker/zmq_endpoint.py) both call
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 from aiohttp import web
 
-from worker.batcher import Batcher, InferenceFailed, Overloaded, Prediction
+from edge.errors import ApiError, retry_later
+from worker.batcher import Batcher, InferenceError, QueueFullError, Prediction
 from worker.config import WorkerConfig
-from worker.errors import ApiError
 from worker.model import Model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,34 +26,32 @@ class WorkerState:
 
     config: WorkerConfig
     worker_id: str
-    decode_pool: ThreadPoolExecutor
-    model: Model | None = None
-    batcher: Batcher | None = None
+    batcher: Batcher | None = None  # set once the model is loaded; it owns the live model
     draining: bool = False
     in_flight: int = 0  # images accepted and not yet answered, over every entry point
     served: int = 0
 
     @property
-    def ready(self) -> bool:
-        return self.model is not None and not self.draining
+    def model(self) -> Model | None:
+        return self.batcher.model if self.batcher else None
 
-    def not_ready_reason(self) -> str:
-        return "draining" if self.draining else "loading the model"
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None and not self.draining
 
     def check_ready(self) -> None:
         if not self.ready:
-            raise ApiError(503, "not_ready", f"the worker is not ready: {self.not_ready_reason()}",
-                           {"Retry-After": "1"})
+            reason = "draining" if self.draining else "loading the model"
+            raise retry_later("not_ready", f"the worker is not ready: {reason}")
+
+    def check_capacity(self) -> None:
+        """Refuse before reading and decoding a body that the full queue could not take."""
+        if self.batcher.full:
+            raise overloaded(f"{self.config.batch.max_queue} requests already queued")
 
 
 def overloaded(reason: str) -> ApiError:
-    return ApiError(503, "overloaded", f"the worker is at capacity: {reason}", {"Retry-After": "1"})
-
-
-def check_capacity(state: WorkerState) -> None:
-    """Refuse before reading and decoding a body that the full queue could not take."""
-    if state.batcher.full:
-        raise overloaded(f"{state.config.batch.max_queue} requests already queued")
+    return retry_later("overloaded", f"the worker is at capacity: {reason}")
 
 
 STATE = web.AppKey("state", WorkerState)
@@ -68,9 +68,9 @@ async def classify_image(state: WorkerState, image: np.ndarray, k: int) -> tuple
     """Queue one preprocessed image; return its top-k and timings. Raises ApiError."""
     try:
         prediction = await state.batcher.submit(image)
-    except Overloaded as exc:
+    except QueueFullError as exc:
         raise overloaded(str(exc)) from None
-    except InferenceFailed as exc:
-        raise ApiError(500, "inference_failed", str(exc)) from None
+    except InferenceError:  # logged by the batcher with its cause
+        raise ApiError(500, "inference_failed", "the model failed on the batch this image was in") from None
     state.served += 1
     return top_k(prediction.probabilities, prediction.model.labels, k), prediction

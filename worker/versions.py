@@ -16,9 +16,17 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from edge.tasks import cancel
+from worker.config import WorkerConfig
 from worker.model import Model, ModelError, load_model, newest_version
 
 log = logging.getLogger(__name__)
+
+
+def load_configured_model(config: WorkerConfig) -> Model:
+    """The newest version in the configured model directory, on the configured backend."""
+    return load_model(config.model_dir, backend=config.backend, intra_op_threads=config.intra_op_threads,
+                      inter_op_threads=config.inter_op_threads)
 
 
 class VersionWatcher:
@@ -33,9 +41,7 @@ class VersionWatcher:
         self._task = asyncio.create_task(self._watch(), name="version-watcher")
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel(self._task)
 
     async def _watch(self) -> None:
         while True:
@@ -55,10 +61,7 @@ class VersionWatcher:
             return
         log.info("found version %s (serving %s): loading it in the background", newest, current.version)
         try:
-            model = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: load_model(config.model_dir, backend=config.backend,
-                                         intra_op_threads=config.intra_op_threads,
-                                         inter_op_threads=config.inter_op_threads))
+            model = await asyncio.get_running_loop().run_in_executor(None, load_configured_model, config)
         except Exception as exc:
             self._refused.add(newest)
             log.error("version %s failed to load, still serving %s: %s", newest, current.version, exc)
@@ -68,6 +71,6 @@ class VersionWatcher:
             log.error("version %s takes %s, not %s: a hot swap needs the same input shape; restart to serve it",
                       model.version, model.input_shape, current.input_shape)
             return
-        self.state.model = self.state.batcher.model = model  # the next batch uses it
+        self.state.batcher.swap(model)  # the next batch uses it
         log.info("now serving version %s (loaded in %.2f s)", model.version, model.load_seconds)
         await self.on_swap(model)

@@ -16,17 +16,18 @@ import time
 import zmq
 import zmq.asyncio
 
-from worker import wire
-from worker.auth import token_matches
-from worker.errors import ApiError
-from worker.request_log import access_log
+from edge.auth import token_matches
+from edge.errors import ApiError
+from edge.request_log import access_log
+from edge.tasks import cancel
+from worker.protocol import BatchReply, BatchRequest, ErrorInfo, ItemResult, ProtocolError
 from worker.service import WorkerState, classify_image
 
 log = logging.getLogger(__name__)
 
 
-def _error(code: str, message: str, status: int) -> dict:
-    return {"code": code, "message": message, "status": status}
+def _error(exc: ApiError) -> ErrorInfo:
+    return ErrorInfo(exc.status, exc.code, exc.message)
 
 
 class ZmqEndpoint:
@@ -50,9 +51,7 @@ class ZmqEndpoint:
         self._task = asyncio.create_task(self._receive(), name="zmq-endpoint")
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel(self._task)
         self._socket.close(linger=0)
         self._context.term()
 
@@ -65,22 +64,20 @@ class ZmqEndpoint:
 
     async def _handle(self, frames: list[zmq.Frame]) -> None:
         identity, payload = frames[0].bytes, frames[1:]
+        worker = self.state.worker_id
         try:
             parts = [payload[0].bytes, *(f.buffer for f in payload[1:])] if payload else []
-            request = wire.decode_request(parts)
-        except wire.WireError as exc:
+            request = BatchRequest.decode(parts)
+        except ProtocolError as exc:
             if exc.batch is None:
                 log.warning("dropped a malformed ZeroMQ message: %s", exc)
                 return
-            await self._reply(identity, {"batch": exc.batch, "worker": self.state.worker_id,
-                                         "error": _error("bad_message", str(exc), 400)})
+            await self._reply(identity, BatchReply(exc.batch, worker, error=ErrorInfo(400, "bad_message", str(exc))))
             return
-        reply = {"batch": request.batch, "worker": self.state.worker_id}
         try:
             self._check(request)
         except ApiError as exc:
-            reply["error"] = _error(exc.code, exc.message, exc.status)
-            await self._reply(identity, reply)
+            await self._reply(identity, BatchReply(request.batch, worker, error=_error(exc)))
             return
         self.state.in_flight += len(request.ids)
         started = time.perf_counter()
@@ -90,18 +87,19 @@ class ZmqEndpoint:
             )
         finally:
             self.state.in_flight -= len(request.ids)
-        ms = (time.perf_counter() - started) * 1000
+        self._log(request, results, (time.perf_counter() - started) * 1000)
+        await self._reply(identity, BatchReply(request.batch, worker, self.state.model.name, results))
+
+    @staticmethod
+    def _log(request: BatchRequest, results: list[ItemResult], ms: float) -> None:
         for rid, result in zip(request.request_ids or request.ids, results):
-            status = result["error"]["status"] if "error" in result else 200
+            status = result.error.status if result.error else 200
             access_log.info("ZMQ %s %d %.1f ms request_id=%s", request.batch, status, ms, rid,
                             extra={"request_id": rid, "batch": request.batch, "status": status,
                                    "duration_ms": round(ms, 3), "via": "zmq"})
-        model = self.state.model
-        reply.update(model=model.name, version=model.version, results=results)
-        await self._reply(identity, reply)
 
-    def _check(self, request: wire.BatchRequest) -> None:
-        token = self.state.config.auth_token
+    def _check(self, request: BatchRequest) -> None:
+        token = self.state.config.edge.auth_token
         if token and not token_matches(request.token, token):
             raise ApiError(401, "unauthorized", "a valid token is required")
         self.state.check_ready()
@@ -113,17 +111,16 @@ class ZmqEndpoint:
         if not 1 <= request.k <= len(model.labels):
             raise ApiError(422, "invalid_parameter", f"k must be from 1 to {len(model.labels)}")
 
-    async def _one(self, item_id: str, image, k: int) -> dict:
+    async def _one(self, item_id: str, image, k: int) -> ItemResult:
         try:
             predictions, p = await classify_image(self.state, image, k)
         except ApiError as exc:
-            return {"id": item_id, "error": _error(exc.code, exc.message, exc.status)}
-        return {"id": item_id, "predictions": predictions, "version": p.model.version,
-                "queue_ms": round(p.queue_ms, 3), "inference_ms": round(p.inference_ms, 3),
-                "batch_size": p.batch_size}
+            return ItemResult(item_id, error=_error(exc))
+        return ItemResult(item_id, predictions, p.model.version, round(p.queue_ms, 3),
+                          round(p.inference_ms, 3), p.batch_size)
 
-    async def _reply(self, identity: bytes, reply: dict) -> None:
+    async def _reply(self, identity: bytes, reply: BatchReply) -> None:
         try:
-            await self._socket.send_multipart([identity, *wire.encode_reply(reply)])
+            await self._socket.send_multipart([identity, *reply.encode()])
         except zmq.ZMQError as exc:  # the peer went away; nothing to answer
             log.warning("could not send a ZeroMQ reply: %s", exc)

@@ -29,9 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from proxy.process import ProxyProcess  # noqa: E402
 from tests.netlab import Lab, can_create_namespaces  # noqa: E402
-from worker.process import WorkerProcess  # noqa: E402
+from tests.processes import ProxyProcess, WorkerProcess  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 

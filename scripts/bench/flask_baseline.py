@@ -16,12 +16,13 @@ sys.path.insert(0, str(ROOT))
 
 from flask import Flask, jsonify, request  # noqa: E402
 
-from worker.imaging import ImageError, preprocess  # noqa: E402
+from edge.imaging import ImageError, configure_decoding, preprocess  # noqa: E402
 from worker.model import load_model  # noqa: E402
 from worker.service import top_k  # noqa: E402
 
 
 def create_app(model_dir: Path, backend: str) -> Flask:
+    configure_decoding()  # as the worker's decode pool does
     model = load_model(model_dir, backend=backend)
     app = Flask(__name__)
 

@@ -24,9 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from discovery.consul_agent import DevAgent  # noqa: E402
-from proxy.process import ProxyProcess  # noqa: E402
-from worker.process import WorkerProcess  # noqa: E402
+from tests.consul_dev import DevAgent  # noqa: E402
+from tests.processes import ProxyProcess, WorkerProcess  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 BOUNDARY = "wrkboundary7MA4YWxkTrZu0gW"

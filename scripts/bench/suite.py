@@ -41,9 +41,8 @@ import proxy_rate  # noqa: E402  (beside this file)
 
 from client import Client  # noqa: E402
 from client.load import run_load  # noqa: E402
-from discovery.consul_agent import DevAgent, free_port  # noqa: E402
-from proxy.process import ProxyProcess  # noqa: E402
-from worker.process import WorkerProcess, stop_process  # noqa: E402
+from tests.consul_dev import DevAgent, free_port  # noqa: E402
+from tests.processes import ProxyProcess, WorkerProcess, stop_process  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
@@ -53,9 +52,10 @@ def ceiling(photo: bytes, seconds: float, batch: int = 32) -> dict:
     """img/s of decode+preprocess (2 threads) pipelined with batched inference, in process."""
     import numpy as np
 
-    from worker.imaging import preprocess
+    from edge.imaging import configure_decoding, preprocess
     from worker.model import load_model
 
+    configure_decoding()  # as the worker's decode pool does
     model = load_model(MODEL_DIR)
     prep = model.preprocessing
     with ThreadPoolExecutor(2) as pool:

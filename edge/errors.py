@@ -1,10 +1,18 @@
-"""JSON errors: every failure leaves as {"error": {"code": ..., "message": ...}}."""
+"""JSON errors: every failure leaves as {"error": {"code": ..., "message": ...}}.
+
+`ApiError` is the one error type a handler raises: it carries its HTTP status, a stable
+code and a message written for the client. Anything else that escapes a handler is
+logged with its request id and answered with a generic 500: exception text never
+reaches a client.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from aiohttp import web
+
+from edge.request_log import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +24,11 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+
+def retry_later(code: str, message: str, seconds: int = 1, status: int = 503) -> ApiError:
+    """A refusal the client should retry after `seconds` (overloaded, not ready, no worker)."""
+    return ApiError(status, code, message, {"Retry-After": str(seconds)})
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -36,5 +49,6 @@ async def json_errors(request: web.Request, handler):
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}", headers)
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s request_id=%s", request.method, request.path,
+                      request.get(REQUEST_ID))
         return error_response(500, "internal_error", "the server failed to handle this request")

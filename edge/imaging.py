@@ -1,31 +1,38 @@
 """Decode image bytes and turn them into the model's uint8 input.
 
 Pillow reads only the header on open, so the pixel-count limit is enforced before any
-pixel is decoded. JPEGs are decoded in draft mode straight to the smallest power-of-two
-reduction that still covers the crop, which is most of the decode cost saved on photos.
-The crop is resized with OpenCV: profiling a no-op-model worker showed Pillow's bicubic
-resize at 35% of all CPU samples (0.95 ms for 196 -> 224 px); OpenCV's takes ~0.1 ms.
+pixel is decoded, and only an allow-list of formats is ever opened (an EPS upload must
+not reach Pillow's EPS plugin, which runs Ghostscript). JPEGs are decoded in draft mode
+straight to the smallest power-of-two reduction that still covers the crop, which is
+most of the decode cost saved on photos. The crop is resized with OpenCV: profiling a
+no-op-model worker showed Pillow's bicubic resize at 35% of all CPU samples (0.95 ms
+for 196 -> 224 px); OpenCV's takes ~0.1 ms.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
+import logging
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# We enforce our own pixel limit (a 4xx, not a warning or a crash).
-Image.MAX_IMAGE_PIXELS = None
+log = logging.getLogger(__name__)
 
-# Signatures of the common formats: matching one but failing to open means corrupt.
+# The formats we decode; Pillow's plugin names.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Signatures of those formats: matching one but failing to open means corrupt.
 KNOWN_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 RESAMPLE = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
-# Our decode pools already use every core; OpenCV's own threads would only contend.
-cv2.setNumThreads(1)
+
+
+def configure_decoding() -> None:
+    """Process-wide decode settings, applied by each front when it opens its decode pool:
+    the pool already uses every core, and OpenCV's own threads would only contend."""
+    cv2.setNumThreads(1)
 
 
 class ImageError(Exception):
@@ -44,7 +51,8 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a model wants its input: square side, centre-crop fraction, resampling."""
+    """How a model wants its input: square side, centre-crop fraction, resampling.
+    The one place the defaults live (the worker protocol's Meta schema uses them too)."""
 
     size: int = 224
     crop_fraction: float = 0.875
@@ -56,15 +64,16 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageError("empty_image", "the image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         if data.startswith(KNOWN_SIGNATURES) or data[8:12] == b"WEBP":
             raise ImageError("corrupt_image", "the image is corrupt: its header could not be read") from None
-        raise ImageError("not_an_image", "the data is not an image in a format we can read") from None
+        raise ImageError("not_an_image", f"the data is not an image in a format we read ({', '.join(FORMATS)})") from None
+    except Image.DecompressionBombError:  # Pillow's own limit, above any sane --max-pixels
+        raise ImageError("image_too_large", f"the image is over the limit of {max_pixels} pixels") from None
     except Exception as exc:  # Pillow raises many types on hostile headers
-        raise ImageError("corrupt_image", f"the image header could not be read: {exc}") from None
+        log.info("unreadable image header: %r", exc)
+        raise ImageError("corrupt_image", "the image header could not be read") from None
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageError("corrupt_image", "the image has no pixels")
@@ -106,7 +115,8 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
     except ImageError:
         raise
     except Exception as exc:  # truncated or corrupt pixel data
-        raise ImageError("corrupt_image", f"the image could not be decoded: {exc}") from None
+        log.info("undecodable image: %r", exc)
+        raise ImageError("corrupt_image", "the image could not be decoded") from None
     if array.shape != (prep.size, prep.size, 3):
         raise ImageError("corrupt_image", f"decoded to unexpected shape {array.shape}")
     return array

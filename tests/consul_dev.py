@@ -1,4 +1,4 @@
-"""Find the Consul binary and run a throw-away dev agent (tests, scripts, demos).
+"""Test harness: find the Consul binary and run a throw-away dev agent (tests, benchmarks).
 
 The binary is `consul` on PATH, else the one scripts/install-consul unpacked into
 .cache/consul/. A dev agent keeps everything in memory: a restart forgets all

@@ -13,7 +13,7 @@ import hmac
 
 from aiohttp import web
 
-from worker.errors import ApiError
+from edge.errors import ApiError
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 ENV_VAR = "IMAGE_CLUSTER_TOKEN"

@@ -18,11 +18,14 @@ import uuid
 from aiohttp import web
 from pythonjsonlogger.json import JsonFormatter
 
-from worker.metrics import observe_request
+from edge.metrics import METRICS
 
 HEADER = "X-Request-ID"
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: debug level
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# Per-request values handlers read or set.
+REQUEST_ID = web.RequestKey("request_id", str)
+SERVED_BY = web.RequestKey("served_by", str)  # the worker that answered, for the log line
 
 access_log = logging.getLogger("access")
 
@@ -34,7 +37,7 @@ def request_id(request: web.Request) -> str:
 
 @web.middleware
 async def request_log(request: web.Request, handler):
-    rid = request["request_id"] = request_id(request)
+    rid = request[REQUEST_ID] = request_id(request)
     started = time.perf_counter()
     status = 500
     try:
@@ -48,13 +51,13 @@ async def request_log(request: web.Request, handler):
         raise
     finally:
         seconds = time.perf_counter() - started
-        observe_request(request, status, seconds)
+        request.app[METRICS].observe(request, status, seconds)
         ms = seconds * 1000
         level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
         access_log.log(level, "%s %s %d %.1f ms request_id=%s", request.method, request.path, status, ms, rid,
                        extra={"request_id": rid, "method": request.method, "path": request.path,
                               "status": status, "duration_ms": round(ms, 3),
-                              "worker": request.get("served_by")})
+                              "worker": request.get(SERVED_BY)})
 
 
 def setup_logging(level: str, fmt: str) -> None:

@@ -10,15 +10,18 @@ body is refused as soon as it passes the limit.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from worker.errors import ApiError
+from edge.errors import ApiError
 
 IMAGE_FIELDS = ("data", "image", "file")
 RAW_TYPES = ("application/octet-stream",)
 CHUNK = 64 * 1024
+
+log = logging.getLogger(__name__)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -76,7 +79,8 @@ async def _read_multipart(request: web.Request, limit: int) -> bytes:
     except ApiError:
         raise
     except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:  # malformed multipart
-        raise ApiError(400, "bad_multipart", f"the multipart body could not be parsed: {exc}") from None
+        log.info("bad multipart body: %r", exc)
+        raise ApiError(400, "bad_multipart", "the multipart body could not be parsed") from None
     raise ApiError(
         400,
         "missing_image_field",

@@ -1,0 +1,72 @@
+"""Settings both HTTP fronts share, their flags, and the one way a config is filled.
+
+Each process has one config dataclass (worker/config.py, proxy/config.py) whose fields
+are named like its flags (`--read-timeout` fills `read_timeout`); the settings both
+tiers share live once, in `EdgeConfig`, nested in both. `from_args` fills a config from
+parsed flags by field name, recursing into nested dataclasses, so a flag and its field
+cannot drift apart (tests/test_config.py checks every flag has its field and back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+
+from edge.auth import ENV_VAR
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    service_name: str = "classifier"  # the workers' Consul service
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000  # ~ a 7700x5200 photo; bigger is refused before decoding
+    read_timeout: float = 30.0  # seconds for the whole body to arrive (else 408)
+    decode_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    auth_token: str | None = None  # shared secret required on every route but health (edge/auth.py)
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+
+def add_edge_flags(p: argparse.ArgumentParser) -> None:
+    d = EdgeConfig()
+    p.add_argument("--service-name", default=d.service_name, help="the workers' Consul service (default %(default)s)")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="bigger images are refused before decoding")
+    p.add_argument("--read-timeout", type=float, default=d.read_timeout,
+                   help="seconds for the whole request body to arrive, else 408 (default %(default)s)")
+    p.add_argument("--decode-threads", type=int, default=d.decode_threads)
+    p.add_argument("--auth-token", default=os.environ.get(ENV_VAR) or None,
+                   help=f"require this bearer token (default ${ENV_VAR}; prefer the variable, ps shows flags)")
+    p.add_argument("--log-level", default=d.log_level)
+    p.add_argument("--log-format", choices=["text", "json"], default=d.log_format,
+                   help="json: one JSON object per line")
+
+
+T = typing.TypeVar("T")
+
+
+def parse_config(cls: type[T], parser: argparse.ArgumentParser, argv: list[str] | None,
+                 **folds: typing.Callable[[argparse.Namespace], object]) -> T:
+    """Parse `argv` into a `cls`; `folds` turn several flags into one field's value first
+    (e.g. consul=ConsulAddress.from_flags for --consul and --consul-token)."""
+    args = parser.parse_args(argv)
+    for name, fold in folds.items():
+        setattr(args, name, fold(args))
+    return from_args(cls, args)
+
+
+def from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """A `cls` whose fields are the flags of the same name; a nested dataclass field with
+    no flag of its name is filled the same way from the same flags. Fields without a flag
+    keep their default."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = from_args(hints[f.name], args)
+    return cls(**values)

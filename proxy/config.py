@@ -1,0 +1,28 @@
+"""The proxy's settings: one dataclass, its fields named like the flags that fill them
+(proxy/__main__.py); what both tiers share is in `edge` (edge/config.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from discovery.registration import ConsulAddress
+from edge.config import EdgeConfig
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    host: str = "0.0.0.0"
+    port: int = 12480
+    consul: ConsulAddress = field(default_factory=ConsulAddress)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    policy: str = "round-robin"
+    split: dict[str, int] = field(default_factory=dict)  # version -> weight, e.g. {"1": 90, "2": 10}
+    max_batch_size: int = 32  # per-worker micro-batch
+    max_batch_delay_ms: float = 2.0
+    worker_timeout: float = 10.0  # seconds per attempt; then eject and retry elsewhere
+    request_timeout: float = 30.0  # seconds in all (504)
+    max_in_flight: int = 1024  # accepted forward requests; beyond, a fast 503
+    probe_interval: float = 0.5  # seconds between /readyz probes of an ejected worker
+    retire_timeout: float = 30.0  # seconds a departed worker's channel waits for its outstanding requests
+    watch_wait: float = 30.0  # seconds a Consul blocking query waits for a change
+    resync_grace: float = 5.0  # seconds to keep instances after Consul comes back (edge: dev agents forget)

@@ -1,0 +1,85 @@
+"""Configs and flags: one dataclass per process, each flag fills the field of its name."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+
+import pytest
+
+from proxy.__main__ import build_parser as proxy_parser
+from proxy.__main__ import parse_args as proxy_args
+from proxy.config import ProxyConfig
+from tests.consul_dev import PROJECT_ROOT
+from worker.__main__ import build_parser as worker_parser
+from worker.__main__ import parse_args as worker_args
+from worker.config import WorkerConfig
+
+pytestmark = pytest.mark.unit
+
+FOLDED = {"consul_token"}  # --consul-token becomes part of the `consul` field (a ConsulAddress)
+
+
+def leaves(cls: type, flags: set[str]) -> set[str]:
+    """Field names as from_args fills them: a nested config without a flag of its name
+    contributes its own fields."""
+    hints = typing.get_type_hints(cls)
+    names = set()
+    for f in dataclasses.fields(cls):
+        nested = dataclasses.is_dataclass(hints[f.name]) and f.name not in flags
+        names |= leaves(hints[f.name], flags) if nested else {f.name}
+    return names
+
+
+@pytest.mark.parametrize("parser, config", [(worker_parser, WorkerConfig), (proxy_parser, ProxyConfig)])
+def test_every_flag_has_its_field_and_every_field_its_flag(parser, config):
+    flags = {a.dest for a in parser()._actions if a.dest != "help"}
+    assert flags - FOLDED == leaves(config, flags)
+
+
+def test_flags_reach_nested_and_shared_settings():
+    w = worker_args(["--read-timeout", "3", "--max-batch-delay-ms", "0.5", "--consul", "h:1", "--consul-token", "t",
+                     "--drain-timeout", "7", "--service-name", "s"])
+    assert (w.edge.read_timeout, w.batch.max_batch_delay_ms, w.drain_timeout, w.edge.service_name) == (3, 0.5, 7, "s")
+    assert (w.consul.host, w.consul.port, w.consul.token) == ("h", 1, "t")
+    p = proxy_args(["--split", "1=90,2=10", "--watch-wait", "4", "--max-pixels", "9"])
+    assert p.split == {"1": 90, "2": 10} and p.watch_wait == 4 and p.edge.max_pixels == 9
+    with pytest.raises(SystemExit):
+        proxy_args(["--split", "1=ninety"])
+
+
+def test_proxy_imports_only_the_worker_protocol():
+    imported = set()
+    for path in (PROJECT_ROOT / "proxy").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+    assert {m for m in imported if m == "worker" or m.startswith("worker.")} == {"worker.protocol"}
+
+
+def test_servers_and_client_stay_in_their_lanes():
+    """edge imports neither tier; the client and discovery import no server package."""
+    rules = {"edge": ("worker", "proxy", "client"), "client": ("worker", "proxy", "edge", "discovery"),
+             "discovery": ("worker", "proxy", "client", "edge"), "worker": ("proxy", "client")}
+    for package, forbidden in rules.items():
+        for path in (PROJECT_ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                for name in names:
+                    assert name.split(".")[0] not in forbidden, f"{path}: imports {name}"
+
+
+def test_no_product_function_is_over_60_lines():
+    long = []
+    for package in ("edge", "worker", "proxy", "discovery", "client"):
+        for path in (PROJECT_ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > 60:
+                        long.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {node.name} ({length})")
+    assert not long

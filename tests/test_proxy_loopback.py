@@ -1,0 +1,178 @@
+"""The proxy app in process (aiohttp TestServer) forwarding to ZeroMQ ROUTER sockets on
+127.0.0.1 that speak the worker protocol from a script: the pool, channels and forward()
+decisions (retry, eject, relay, 502) without worker processes or Consul.
+
+The proxy's watcher points at a port where no Consul listens, so it keeps its (empty)
+last known set; the tests feed the pool the instances Consul would have listed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+import numpy as np
+import pytest
+import zmq
+import zmq.asyncio
+from aiohttp.test_utils import TestServer
+
+from discovery.registration import ConsulAddress
+from discovery.watcher import Instance
+from proxy.app import STATE, create_app
+from proxy.config import ProxyConfig
+from tests.consul_dev import free_port
+from worker.protocol import BatchReply, BatchRequest, ErrorInfo, ItemResult, WorkerMeta
+
+pytestmark = pytest.mark.loopback
+
+WORKER_ONLY_FAMILIES = ("imagecluster_queue_wait_seconds", "imagecluster_inference_duration_seconds",
+                        "imagecluster_batch_size")
+
+
+def ok(request: BatchRequest) -> BatchReply:
+    results = [ItemResult(i, [{"label": "espresso", "index": 967, "score": 0.9}] * request.k, "1", 0.1, 1.0,
+                          len(request.ids)) for i in request.ids]
+    return BatchReply(request.batch, "", "m", results)
+
+
+def item_error(status: int, code: str) -> Callable[[BatchRequest], BatchReply]:
+    def answer(request: BatchRequest) -> BatchReply:
+        err = ErrorInfo(status, code, f"secret detail {code}")
+        return BatchReply(request.batch, "", "m", [ItemResult(i, error=err) for i in request.ids])
+    return answer
+
+
+def batch_error(status: int, code: str) -> Callable[[BatchRequest], BatchReply]:
+    return lambda request: BatchReply(request.batch, "", error=ErrorInfo(status, code, f"secret detail {code}"))
+
+
+class ScriptedWorker:
+    """A ROUTER socket on 127.0.0.1 answering each batch with `answer(request)`."""
+
+    def __init__(self, name: str, answer: Callable[[BatchRequest], BatchReply]):
+        self.name, self.answer = name, answer
+        self.requests: list[BatchRequest] = []
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self.port = self._sock.bind_to_random_port("tcp://127.0.0.1")
+        self._task = asyncio.create_task(self._serve())
+
+    async def _serve(self):
+        while True:
+            identity, *frames = await self._sock.recv_multipart()
+            request = BatchRequest.decode(frames)
+            self.requests.append(request)
+            reply = self.answer(request)
+            reply.worker = self.name
+            await self._sock.send_multipart([identity, *reply.encode()])
+
+    def instance(self) -> Instance:
+        meta = WorkerMeta(self.name, "m", "1", "tflite", (224, 224, 3), 1000, free_port(), self.port)
+        return Instance(self.name, "127.0.0.1", meta.http_port, meta.to_meta())
+
+    async def close(self):
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+
+@pytest.fixture
+async def proxy():
+    """(post, app, add_workers): the proxy app on a loopback TestServer."""
+    config = ProxyConfig(host="127.0.0.1", consul=ConsulAddress("127.0.0.1", free_port()), probe_interval=30)
+    app = create_app(config)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    workers: list[ScriptedWorker] = []
+
+    def add_workers(*scripted: tuple[str, Callable]):
+        workers.extend(ScriptedWorker(name, answer) for name, answer in scripted)
+        app[STATE].pool.update({w.name: w.instance() for w in workers})
+        return workers
+
+    async with aiohttp.ClientSession() as session:
+        async def post(body: bytes, path: str = "/"):
+            async with session.post(server.make_url(path), data=body, headers={"Content-Type": "image/jpeg"}) as r:
+                return r.status, await r.json(), r.headers
+
+        async def get(path: str):
+            async with session.get(server.make_url(path)) as r:
+                return r.status, await r.text()
+
+        yield post, get, add_workers, app
+    await server.close()
+    for w in workers:
+        await w.close()
+
+
+async def test_forwards_micro_batches_of_preprocessed_uint8(proxy, coffee_jpeg):
+    post, _, add_workers, _ = proxy
+    (w,) = add_workers(("w1", ok))
+    answers = await asyncio.gather(*(post(coffee_jpeg) for _ in range(6)))
+    assert all(status == 200 and body["worker"] == "w1" for status, body, _ in answers)
+    assert answers[0][1]["predictions"][0] == {"label": "espresso", "index": 967, "score": 0.9}
+    assert sum(len(r.ids) for r in w.requests) == 6 and len(w.requests) < 6  # batched
+    images = np.concatenate([r.images for r in w.requests])
+    assert images.shape == (6, 224, 224, 3) and images.dtype == np.uint8 and images.std() > 0
+
+
+async def test_full_worker_is_passed_over_not_ejected(proxy, coffee_jpeg):
+    post, get, add_workers, app = proxy
+    add_workers(("busy", item_error(503, "overloaded")), ("free", ok))
+    for _ in range(4):
+        status, body, _ = await post(coffee_jpeg)
+        assert status == 200 and body["worker"] == "free"
+    assert len(app[STATE].pool.live()) == 2
+
+
+async def test_failing_worker_is_ejected_and_the_request_retried(proxy, coffee_jpeg):
+    post, get, add_workers, app = proxy
+    add_workers(("broken", item_error(500, "inference_failed")), ("good", ok))
+    answers = [await post(coffee_jpeg) for _ in range(4)]
+    assert all(status == 200 and body["worker"] == "good" for status, body, _ in answers)
+    assert [h.id for h in app[STATE].pool.live()] == ["good"]
+    assert app[STATE].pool.ejections == 1
+
+
+async def test_worker_refusing_the_proxys_message_is_a_502_without_detail(proxy, coffee_jpeg):
+    post, _, add_workers, _ = proxy
+    add_workers(("strict", batch_error(401, "unauthorized")))
+    status, body, _ = await post(coffee_jpeg)
+    assert status == 502 and body["error"]["code"] == "worker_rejected"
+    assert "secret" not in body["error"]["message"]
+
+
+async def test_client_fault_is_relayed(proxy, coffee_jpeg):
+    post, _, add_workers, _ = proxy
+    add_workers(("w", item_error(422, "invalid_parameter")))
+    status, body, _ = await post(coffee_jpeg)
+    assert status == 422 and body["error"]["code"] == "invalid_parameter"
+
+
+async def test_no_worker_is_a_503_with_retry_after(proxy, coffee_jpeg):
+    post, get, _, _ = proxy
+    status, body, headers = await post(coffee_jpeg)
+    assert status == 503 and body["error"]["code"] == "no_worker" and headers["Retry-After"] == "1"
+    assert (await get("/readyz"))[0] == 503
+
+
+async def test_bad_image_is_a_400_and_no_worker_sees_it(proxy):
+    post, _, add_workers, _ = proxy
+    (w,) = add_workers(("w", ok))
+    status, body, _ = await post(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
+    assert status == 400 and body["error"]["code"] == "not_an_image"
+    assert not w.requests
+
+
+async def test_proxy_exports_only_its_own_metrics(proxy, coffee_jpeg):
+    post, get, add_workers, _ = proxy
+    add_workers(("w", ok))
+    assert (await post(coffee_jpeg))[0] == 200
+    status, text = await get("/metrics")
+    assert status == 200
+    assert 'imagecluster_http_requests_total{method="POST",route="/",status="200"} 1.0' in text
+    assert "imagecluster_live_workers 1.0" in text
+    assert not [f for f in WORKER_ONLY_FAMILIES if f in text]

@@ -1,0 +1,61 @@
+"""The worker's HTTP app in process (aiohttp TestServer) over the real default model:
+the batcher, the shared edge and the app's own metrics, without Consul or ZeroMQ."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge.app import DECODE_POOL
+from edge.metrics import METRICS
+from tests.conftest import ESPRESSO
+from worker.batcher import Batcher
+from worker.config import WorkerConfig
+from worker.http_api import create_app
+from worker.metrics import BatchMetrics
+from worker.model import load_model
+from worker.service import WorkerState
+
+pytestmark = pytest.mark.loopback
+
+
+@pytest.fixture
+async def worker_app(built_model):
+    state = WorkerState(WorkerConfig(model_dir=built_model), worker_id="w-loop")
+    app = create_app(state)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    state.batcher = Batcher(load_model(built_model), state.config.batch, BatchMetrics(app[METRICS].registry))
+    state.batcher.start()
+    async with aiohttp.ClientSession() as session:
+        yield session, server, state, app
+    await state.batcher.close()
+    await server.close()
+
+
+async def test_classify_and_own_metrics(worker_app, coffee_jpeg):
+    session, server, state, app = worker_app
+    assert app[DECODE_POOL]._max_workers == state.config.edge.decode_threads
+    async with session.post(server.make_url("/?k=3"), data={"data": coffee_jpeg}) as r:
+        body = await r.json()
+        assert r.status == 200 and r.headers["X-Request-ID"]
+    assert body["predictions"][0]["index"] == ESPRESSO and len(body["predictions"]) == 3
+    async with session.get(server.make_url("/metrics")) as r:
+        families = {f.name: f for f in text_string_to_metric_families(await r.text())}
+    assert families["imagecluster_batch_size"].samples and families["imagecluster_queue_wait_seconds"].samples
+    (count,) = [s.value for s in families["imagecluster_inference_duration_seconds"].samples
+                if s.name.endswith("_count")]
+    assert count == 1
+    assert "imagecluster_live_workers" not in families  # a proxy metric
+
+
+async def test_draining_worker_refuses_with_retry_after(worker_app, coffee_jpeg):
+    session, server, state, _ = worker_app
+    state.draining = True
+    async with session.post(server.make_url("/"), data={"data": coffee_jpeg}) as r:
+        assert r.status == 503 and r.headers["Retry-After"] == "1"
+        assert (await r.json())["error"]["code"] == "not_ready"
+    async with session.get(server.make_url("/readyz")) as r:
+        assert r.status == 503

@@ -1,0 +1,222 @@
+"""The worker protocol: the one contract between the proxy tier and the worker tier.
+
+Two halves, both here and nowhere else:
+
+1. The ZeroMQ messages. No pickle: JSON headers, raw tensor bytes.
+   Request (proxy DEALER -> worker ROUTER), two frames:
+       1. JSON header {"batch": str, "ids": [str, ...], "dtype": "uint8",
+                       "shape": [N, H, W, C], "model": str, "k": int,
+                       "token": str (only when the cluster uses a shared secret),
+                       "request_ids": [str, ...] (optional: the callers' request ids, for logs)}
+       2. the N images as one C-contiguous uint8 tensor, raw bytes (sent zero-copy)
+   Reply (worker -> proxy), one frame, JSON:
+       {"batch": str, "worker": str, "model": str,
+        "results": [{"id", "predictions": [...], "version", "queue_ms", "inference_ms",
+                     "batch_size"} | {"id", "error": {"status", "code", "message"}}, ...]}
+       or, when the whole message is refused: {"batch", "worker", "error": {...}}.
+   A message the worker cannot parse is answered with an error when it has a batch id,
+   and dropped with a log line when it has not.
+
+2. The Consul Meta a worker registers with (`WorkerMeta`): what a proxy needs to reach
+   a worker and to preprocess images for its model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from edge.imaging import Preprocessing
+
+DTYPE = "uint8"
+MAX_HEADER_BYTES = 64 * 1024
+
+# Error codes a worker answers with, by who is at fault.
+CLIENT_CODES = frozenset({"invalid_parameter"})  # the caller's request (relay it)
+BUSY_CODES = frozenset({"overloaded"})  # the worker is fine but full: try another, keep it
+
+
+class ProtocolError(Exception):
+    """A malformed message; `batch` is its batch id when that much could be read."""
+
+    def __init__(self, message: str, batch: str | None = None):
+        super().__init__(message)
+        self.batch = batch
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    status: int
+    code: str
+    message: str
+
+    @classmethod
+    def from_dict(cls, d: object) -> "ErrorInfo":
+        if not isinstance(d, dict):
+            return cls(500, "bad_reply", "the worker's error was not an object")
+        return cls(int(d.get("status", 500)), str(d.get("code", "worker_error")), str(d.get("message", "")))
+
+
+@dataclass
+class BatchRequest:
+    batch: str
+    ids: list[str]
+    images: np.ndarray  # uint8 (N, H, W, C)
+    model: str = ""
+    k: int = 5
+    token: str = ""
+    request_ids: list[str] | None = None
+
+    def encode(self) -> list:
+        images = np.ascontiguousarray(self.images, dtype=np.uint8)
+        header = {"batch": self.batch, "ids": self.ids, "dtype": DTYPE, "shape": list(images.shape),
+                  "model": self.model, "k": self.k}
+        if self.token:
+            header["token"] = self.token
+        if self.request_ids:
+            header["request_ids"] = self.request_ids
+        return [json.dumps(header).encode(), memoryview(images).cast("B")]
+
+    @classmethod
+    def decode(cls, frames: list) -> "BatchRequest":
+        if len(frames) != 2:
+            raise ProtocolError(f"expected 2 frames (header, tensor), got {len(frames)}")
+        header = _json_object(frames[0], "header")
+        batch = header.get("batch") if isinstance(header.get("batch"), str) else None
+        try:
+            ids, shape, k = header["ids"], header["shape"], int(header.get("k", 5))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad header: {exc!r}", batch) from None
+        _check_header(header, ids, shape, batch)
+        expected = int(np.prod(shape))
+        if len(frames[1]) != expected:
+            raise ProtocolError(f"tensor has {len(frames[1])} bytes, shape {shape} needs {expected}", batch)
+        images = np.frombuffer(frames[1], dtype=np.uint8).reshape(shape)
+        rids = header.get("request_ids")
+        if not (isinstance(rids, list) and len(rids) == len(ids) and all(isinstance(r, str) for r in rids)):
+            rids = None
+        return cls(batch, ids, images, str(header.get("model", "")), k, str(header.get("token", "")), rids)
+
+
+def _json_object(raw: bytes, what: str, max_bytes: int | None = MAX_HEADER_BYTES) -> dict:
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise ProtocolError(f"{what} too large")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ProtocolError(f"{what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} is not a JSON object")
+    return value
+
+
+def _check_header(header: dict, ids, shape, batch: str | None) -> None:
+    if header.get("dtype") != DTYPE:
+        raise ProtocolError(f"dtype must be {DTYPE}", batch)
+    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape)):
+        raise ProtocolError(f"shape must be 4 positive integers, got {shape!r}", batch)
+    if not (isinstance(ids, list) and len(ids) == shape[0] and all(isinstance(i, str) for i in ids)):
+        raise ProtocolError("ids must be one string per image", batch)
+    if batch is None:
+        raise ProtocolError("missing batch id")
+
+
+@dataclass
+class ItemResult:
+    """One image's answer: predictions, or an error."""
+
+    id: str
+    predictions: list[dict] | None = None
+    version: str = ""
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    batch_size: int = 0
+    error: ErrorInfo | None = None
+
+    def to_dict(self) -> dict:
+        if self.error:
+            return {"id": self.id, "error": asdict(self.error)}
+        return {k: v for k, v in asdict(self).items() if k != "error"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ItemResult":
+        if "error" in d:
+            return cls(str(d.get("id")), error=ErrorInfo.from_dict(d["error"]))
+        return cls(str(d.get("id")), list(d.get("predictions") or []), str(d.get("version", "")),
+                   float(d.get("queue_ms", 0)), float(d.get("inference_ms", 0)), int(d.get("batch_size", 0)))
+
+
+@dataclass
+class BatchReply:
+    batch: str
+    worker: str
+    model: str = ""
+    results: list[ItemResult] = field(default_factory=list)
+    error: ErrorInfo | None = None  # the whole message was refused
+
+    def encode(self) -> list[bytes]:
+        body = {"batch": self.batch, "worker": self.worker}
+        if self.error:
+            body["error"] = asdict(self.error)
+        else:
+            body.update(model=self.model, results=[r.to_dict() for r in self.results])
+        return [json.dumps(body).encode()]
+
+    @classmethod
+    def decode(cls, frames: list[bytes]) -> "BatchReply":
+        if len(frames) != 1:
+            raise ProtocolError(f"expected 1 reply frame, got {len(frames)}")
+        body = _json_object(frames[0], "reply", max_bytes=None)  # replies grow with batch size and k
+        if not isinstance(body.get("batch"), str):
+            raise ProtocolError("reply has no batch id")
+        worker = str(body.get("worker", ""))
+        if "error" in body:
+            return cls(body["batch"], worker, error=ErrorInfo.from_dict(body["error"]))
+        try:
+            results = [ItemResult.from_dict(r) for r in body.get("results", [])]
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"bad results: {exc!r}", body["batch"]) from None
+        return cls(body["batch"], worker, str(body.get("model", "")), results)
+
+
+@dataclass(frozen=True)
+class WorkerMeta:
+    """A worker's Consul service Meta (all values strings there)."""
+
+    worker_id: str
+    model: str
+    version: str
+    backend: str
+    input_shape: tuple[int, int, int]  # H, W, C of one image
+    num_labels: int
+    http_port: int
+    zmq_port: int
+    crop_fraction: float = Preprocessing.crop_fraction
+    resample: str = Preprocessing.resample
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.input_shape[0], self.crop_fraction, self.resample)
+
+    def to_meta(self) -> dict[str, str]:
+        meta = {k: str(v) for k, v in asdict(self).items()}
+        meta["input_shape"] = "x".join(map(str, self.input_shape))
+        return meta
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, str]) -> "WorkerMeta":
+        """Raises ProtocolError when the Meta is not a worker's (missing or bad fields)."""
+        try:
+            return cls(
+                worker_id=meta["worker_id"], model=meta["model"], version=meta["version"],
+                backend=meta.get("backend", ""),
+                input_shape=tuple(int(d) for d in meta["input_shape"].split("x")),
+                num_labels=int(meta["num_labels"]), http_port=int(meta["http_port"]),
+                zmq_port=int(meta["zmq_port"]),
+                crop_fraction=float(meta.get("crop_fraction", Preprocessing.crop_fraction)),
+                resample=meta.get("resample", Preprocessing.resample),
+            )
+        except (KeyError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"not a worker's Meta: {exc!r}") from None
