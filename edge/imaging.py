@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from edge.resize import resize_bicubic, tf_centre_crop
+
 log = logging.getLogger(__name__)
 
 # The formats we decode; Pillow's plugin names.
@@ -27,6 +29,16 @@ FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 KNOWN_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 RESAMPLE = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
+
+# How pixels become the model's input. "exact" is the model's reference (TensorFlow's
+# eval path: full decode, its centre crop, its bicubic without antialiasing; see
+# edge/resize.py); the others are faster approximations, measured against it by
+# scripts/bench/fidelity.py (README, "Preprocessing fidelity").
+#   opencv: full decode, the reference's crop, OpenCV's cubic (Keys a = -0.75, fixed point)
+#   draft:  JPEG DCT-domain downscaling to just above the crop, then as opencv
+#   pillow: full decode, the reference's crop, Pillow's antialiased bicubic
+PATHS = ("exact", "opencv", "draft", "pillow")
+DEFAULT_PATH = "exact"
 
 
 def configure_decoding() -> None:
@@ -51,12 +63,14 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a model wants its input: square side, centre-crop fraction, resampling.
-    The one place the defaults live (the worker protocol's Meta schema uses them too)."""
+    """How a model wants its input: square side, centre-crop fraction, resampling, and
+    which path computes it. The one place the defaults live (the worker protocol's Meta
+    schema uses them too)."""
 
     size: int = 224
     crop_fraction: float = 0.875
     resample: str = "bicubic"
+    path: str = DEFAULT_PATH
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -89,29 +103,10 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
     """Bytes -> uint8 array of shape (size, size, 3), RGB, centre-cropped and resized."""
     img = open_image(data, max_pixels)
     try:
-        # Ask the JPEG decoder for a reduced size that still covers the crop.
-        need = int(np.ceil(prep.size / prep.crop_fraction))
-        img.draft("RGB", (need, need))
-        ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
-        if img.mode.startswith("I"):
-            # 16/32-bit samples: Pillow's convert would clip everything above 255 to white.
-            wide = np.asarray(img).astype(np.uint32)
-            img = Image.fromarray((wide >> 8 if wide.max() > 255 else wide).astype(np.uint8))
-        if img.mode != "RGB":
-            # Palette/alpha/CMYK/grayscale all go through RGBA or straight to RGB.
-            img = img.convert("RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB")
-            if img.mode == "RGBA":
-                background = Image.new("RGB", img.size, (255, 255, 255))
-                background.paste(img, mask=img.getchannel("A"))
-                img = background
-        pixels = np.asarray(img, dtype=np.uint8)
-        height, width = pixels.shape[:2]
-        side = max(1, round(prep.crop_fraction * min(width, height)))
-        top, left = (height - side) // 2, (width - side) // 2
-        crop = pixels[top:top + side, left:left + side]
-        # Cubic aliases when shrinking a lot (a big PNG has no draft mode): average instead.
-        interpolation = cv2.INTER_AREA if side > 2 * prep.size else RESAMPLE[prep.resample]
-        array = cv2.resize(crop, (prep.size, prep.size), interpolation=interpolation)
+        if prep.path == "draft":  # ask the JPEG decoder for a reduced size that still covers the crop
+            need = int(np.ceil(prep.size / prep.crop_fraction))
+            img.draft("RGB", (need, need))
+        array = RESIZERS[prep.path](rgb_pixels(img), prep)
     except ImageError:
         raise
     except Exception as exc:  # truncated or corrupt pixel data
@@ -120,3 +115,43 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
     if array.shape != (prep.size, prep.size, 3):
         raise ImageError("corrupt_image", f"decoded to unexpected shape {array.shape}")
     return array
+
+
+def rgb_pixels(img: Image.Image) -> np.ndarray:
+    """The decoded image upright (EXIF orientation) as uint8 RGB; alpha over white."""
+    ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
+    if img.mode.startswith("I"):
+        # 16/32-bit samples: Pillow's convert would clip everything above 255 to white.
+        wide = np.asarray(img).astype(np.uint32)
+        img = Image.fromarray((wide >> 8 if wide.max() > 255 else wide).astype(np.uint8))
+    if img.mode != "RGB":
+        # Palette/alpha/CMYK/grayscale all go through RGBA or straight to RGB.
+        img = img.convert("RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB")
+        if img.mode == "RGBA":
+            background = Image.new("RGB", img.size, (255, 255, 255))
+            background.paste(img, mask=img.getchannel("A"))
+            img = background
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _reference_crop(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    # One pixel of offset moves top-5 probabilities by up to 0.2 (scripts/bench/fidelity.py).
+    top, left, side = tf_centre_crop(*pixels.shape[:2], prep.size, prep.crop_fraction)
+    return pixels[top:top + side, left:left + side]
+
+
+def _exact(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    resized = resize_bicubic(_reference_crop(pixels, prep), prep.size, prep.size)
+    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
+def _opencv(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    return cv2.resize(_reference_crop(pixels, prep), (prep.size, prep.size), interpolation=RESAMPLE[prep.resample])
+
+
+def _pillow(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    crop = Image.fromarray(np.ascontiguousarray(_reference_crop(pixels, prep)))
+    return np.asarray(crop.resize((prep.size, prep.size), Image.Resampling.BICUBIC))
+
+
+RESIZERS = {"exact": _exact, "opencv": _opencv, "draft": _opencv, "pillow": _pillow}

@@ -55,6 +55,7 @@ def test_registered_with_address_port_meta_and_passing_check(worker, consul_agen
         "num_labels": "1000",
         "crop_fraction": "0.875",
         "resample": "bicubic",
+        "preprocessing_path": "exact",
         "http_port": str(worker.port),
     }
     checks = {c["CheckID"]: c["Status"] for c in entry["Checks"]}

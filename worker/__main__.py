@@ -9,6 +9,7 @@ from pathlib import Path
 
 from discovery.registration import ConsulAddress
 from edge.config import add_edge_flags, parse_config
+from edge.imaging import PATHS
 from edge.request_log import setup_logging
 from worker.batcher import BatchConfig
 from worker.config import WorkerConfig
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads, help="TensorFlow, 0 = default")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds (default %(default)s)")
     p.add_argument("--heartbeat-ttl", type=float, default=d.heartbeat_ttl, help="Consul TTL check, seconds")
+    p.add_argument("--preprocessing", choices=PATHS, default=d.preprocessing,
+                   help="exact: the model's reference preprocessing (TensorFlow's eval path); the others are "
+                        "faster approximations measured by scripts/bench/fidelity.py (default %(default)s)")
     p.add_argument("--default-top-k", type=int, default=d.default_top_k, help="predictions when ?k= is absent")
     p.add_argument("--version-poll", type=float, default=d.version_poll,
                    help="seconds between looks for a newer model version (default %(default)s)")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from discovery.registration import ConsulAddress
 from edge.config import EdgeConfig
+from edge.imaging import DEFAULT_PATH
 from worker.batcher import BatchConfig
 
 
@@ -28,4 +29,5 @@ class WorkerConfig:
     drain_timeout: float = 30.0  # seconds to finish accepted work after a signal
     heartbeat_ttl: float = 5.0  # seconds: Consul TTL check
     default_top_k: int = 5
+    preprocessing: str = DEFAULT_PATH  # how images become the model's input (edge.imaging.PATHS)
     version_poll: float = 2.0  # seconds between looks for a newer model version directory

@@ -70,6 +70,7 @@ async def info(request: web.Request) -> web.Response:
             input_shape=list(m.input_shape),
             num_labels=len(m.labels),
             load_seconds=round(m.load_seconds, 3),
+            preprocessing=m.preprocessing.path,
         )
     return web.json_response(body)
 

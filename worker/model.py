@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.imaging import Preprocessing
+from edge.imaging import DEFAULT_PATH, PATHS, Preprocessing
+
+# Reference preprocessings a serving.json may declare (what the model was validated with).
+REFERENCES = {"tf_eval": "TensorFlow's eval path: centre crop, tf.image.resize bicubic, no antialias"}
 
 
 class ModelError(Exception):
@@ -114,9 +117,24 @@ def _noop_predictor(version_dir: Path, threads: int):
 BACKENDS = ("tflite", "savedmodel", "noop")
 
 
+def serving_settings(version_dir: Path, preprocessing: str) -> dict:
+    """serving.json (optional), checked; errors name the file and the field."""
+    path = version_dir / "serving.json"
+    settings = json.loads(path.read_text()) if path.exists() else {}
+    reference = settings.get("reference", "tf_eval")
+    if reference not in REFERENCES:
+        raise ModelError(f"{path}: field 'reference' is {reference!r}; supported: {sorted(REFERENCES)}")
+    if preprocessing not in PATHS:
+        raise ModelError(f"preprocessing path {preprocessing!r} is not one of {PATHS}")
+    if preprocessing == "exact" and settings.get("resample", "bicubic") != "bicubic":
+        raise ModelError(f"{path}: field 'resample' must be 'bicubic' for the exact path")
+    return settings
+
+
 def load_model(model_dir: Path, *, backend: str = "tflite", intra_op_threads: int = 0,
-               inter_op_threads: int = 0) -> Model:
-    """`intra_op_threads` is TensorFlow's intra-op pool or the TFLite interpreter's threads."""
+               inter_op_threads: int = 0, preprocessing: str = DEFAULT_PATH) -> Model:
+    """`intra_op_threads` is TensorFlow's intra-op pool or the TFLite interpreter's threads;
+    `preprocessing` the path that computes the model's input (edge.imaging.PATHS)."""
     start = time.perf_counter()
     model_dir = Path(model_dir)
     version_dir = newest_version(model_dir)
@@ -131,9 +149,7 @@ def load_model(model_dir: Path, *, backend: str = "tflite", intra_op_threads: in
     if None in input_shape or input_shape[0] != input_shape[1] or input_shape[2] != 3:
         raise ModelError(f"model input must be square RGB, got {input_shape}")
 
-    settings = {}
-    if (version_dir / "serving.json").exists():
-        settings = json.loads((version_dir / "serving.json").read_text())
+    settings = serving_settings(version_dir, preprocessing)
     labels_file = version_dir / settings.get("labels", "labels.txt")
     labels = labels_file.read_text().splitlines() if labels_file.exists() else []
 
@@ -141,6 +157,7 @@ def load_model(model_dir: Path, *, backend: str = "tflite", intra_op_threads: in
         size=int(input_shape[0]),
         crop_fraction=float(settings.get("crop_fraction", Preprocessing.crop_fraction)),
         resample=settings.get("resample", Preprocessing.resample),
+        path=preprocessing,
     )
     # One warm-up call so the first request does not pay for graph tracing.
     probs = predict(np.zeros((1, *input_shape), dtype=np.uint8))

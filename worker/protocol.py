@@ -195,10 +195,11 @@ class WorkerMeta:
     zmq_port: int
     crop_fraction: float = Preprocessing.crop_fraction
     resample: str = Preprocessing.resample
+    preprocessing_path: str = Preprocessing.path  # so forwarded and direct answers are the same
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.input_shape[0], self.crop_fraction, self.resample)
+        return Preprocessing(self.input_shape[0], self.crop_fraction, self.resample, self.preprocessing_path)
 
     def to_meta(self) -> dict[str, str]:
         meta = {k: str(v) for k, v in asdict(self).items()}
@@ -217,6 +218,7 @@ class WorkerMeta:
                 zmq_port=int(meta["zmq_port"]),
                 crop_fraction=float(meta.get("crop_fraction", Preprocessing.crop_fraction)),
                 resample=meta.get("resample", Preprocessing.resample),
+                preprocessing_path=meta.get("preprocessing_path", Preprocessing.path),
             )
         except (KeyError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"not a worker's Meta: {exc!r}") from None

@@ -134,8 +134,9 @@ class WorkerServer:
     def meta(self) -> WorkerMeta:
         """Consul Meta: what a proxy needs to reach this worker and preprocess for it."""
         m = self.state.model
+        p = m.preprocessing
         return WorkerMeta(self.state.worker_id, m.name, m.version, m.backend, m.input_shape, len(m.labels),
-                          self.http_port, self.zmq_port, m.preprocessing.crop_fraction, m.preprocessing.resample)
+                          self.http_port, self.zmq_port, p.crop_fraction, p.resample, p.path)
 
     def announce_ready(self, seconds: float) -> None:
         """The `ready` line on stdout: what scripts and tests wait for."""

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def load_configured_model(config: WorkerConfig) -> Model:
     """The newest version in the configured model directory, on the configured backend."""
     return load_model(config.model_dir, backend=config.backend, intra_op_threads=config.intra_op_threads,
-                      inter_op_threads=config.inter_op_threads)
+                      inter_op_threads=config.inter_op_threads, preprocessing=config.preprocessing)
 
 
 class VersionWatcher:

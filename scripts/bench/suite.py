@@ -6,6 +6,8 @@
   at a time, `-F data=@`);
 - direct-savedmodel: a worker with the SavedModel backend, POST straight to it;
 - direct: a worker with the default TFLite backend, POST straight to it;
+- direct-opencv: the same with --preprocessing opencv (the faster approximation of the
+  exact reference preprocessing; the ratio of the two is printed);
 - proxy: POST to the proxy, which forwards to that worker over ZeroMQ;
 - p2p: the client library's lookup on the proxy, then POST to the worker;
 
@@ -133,6 +135,23 @@ def poster(session: aiohttp.ClientSession, photo: bytes):
     return post
 
 
+async def direct_worker(name: str, agent, args, post, *flags: str) -> list[dict]:
+    """One worker started with `flags`, measured with direct POSTs."""
+    w = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), *flags,
+                      log_path=args.out / f"worker-{name}.log").wait_ready()
+    try:
+        return await measure(name, lambda: post(w.url), args.concurrency, args.duration, lambda: [w.proc.pid])
+    finally:
+        w.stop()
+
+
+def preprocessing_cost(rows: list[dict]) -> str:
+    """What the exact (default) preprocessing costs against OpenCV's approximation, per concurrency."""
+    by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
+    return "; ".join(f"c={c}: {by[('direct', c)] / by[('direct-opencv', c)]:.2f}"
+                     for _, c in sorted(k for k in by if k[0] == "direct-opencv"))
+
+
 async def run_all(args, photo: bytes) -> list[dict]:
     rows: list[dict] = []
     timeout = aiohttp.ClientTimeout(total=120)
@@ -143,13 +162,8 @@ async def run_all(args, photo: bytes) -> list[dict]:
 
         agent = DevAgent(log_path=args.out / "consul.log").start()
         try:
-            w = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), "--backend", "savedmodel",
-                              log_path=args.out / "worker-savedmodel.log").wait_ready()
-            try:
-                rows += await measure("direct-savedmodel", lambda: post(w.url), args.concurrency, args.duration,
-                                      lambda: [w.proc.pid])
-            finally:
-                w.stop()
+            rows += await direct_worker("direct-savedmodel", agent, args, post, "--backend", "savedmodel")
+            rows += await direct_worker("direct-opencv", agent, args, post, "--preprocessing", "opencv")
 
             w = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR),
                               log_path=args.out / "worker.log").wait_ready()
@@ -240,6 +254,8 @@ def main() -> int:
     written = plots(ceiling_row, rows, args.out)
     print()
     print(table(ceiling_row, rows))
+    print(f"\nimg/s with the exact preprocessing (direct) over OpenCV's approximation (direct-opencv): "
+          f"{preprocessing_cost(rows)}")
     if noop_rows:
         print()
         print(proxy_rate.table(noop_rows))
