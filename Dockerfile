@@ -29,7 +29,8 @@ RUN scripts/lib/fetch-deb bookworm darknet /tmp/darknet \
 RUN useradd --system --uid 10001 --no-create-home app
 USER app
 
-EXPOSE 8601 8602 12480
+EXPOSE 8601 8602 8603 12480 12481
 # The worker by default; the proxy's service overrides the command.
 CMD ["python", "-m", "worker", "--model-dir", "/app/models/efficientnet_lite0", \
-     "--host", "0.0.0.0", "--port", "8601", "--zmq-port", "8602", "--consul", "consul:8500"]
+     "--host", "0.0.0.0", "--port", "8601", "--zmq-port", "8602", "--grpc-port", "8603", \
+     "--consul", "consul:8500"]

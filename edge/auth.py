@@ -15,7 +15,7 @@ from aiohttp import web
 
 from edge.errors import ApiError
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 ENV_VAR = "IMAGE_CLUSTER_TOKEN"
 
 

@@ -28,6 +28,7 @@ class EdgeConfig:
     auth_token: str | None = None  # shared secret required on every route but health (edge/auth.py)
     log_level: str = "INFO"
     log_format: str = "text"
+    version_labels: dict[str, str] = field(default_factory=dict)  # TF Serving labels, e.g. {"stable": "1"}
 
 
 def add_edge_flags(p: argparse.ArgumentParser) -> None:
@@ -40,9 +41,22 @@ def add_edge_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-threads", type=int, default=d.decode_threads)
     p.add_argument("--auth-token", default=os.environ.get(ENV_VAR) or None,
                    help=f"require this bearer token (default ${ENV_VAR}; prefer the variable, ps shows flags)")
+    p.add_argument("--version-labels", type=labels_flag, default={},
+                   help="TF Serving version labels, e.g. stable=1,canary=2 (/v1/models/M/labels/stable)")
     p.add_argument("--log-level", default=d.log_level)
     p.add_argument("--log-format", choices=["text", "json"], default=d.log_format,
                    help="json: one JSON object per line")
+
+
+def labels_flag(text: str) -> dict[str, str]:
+    """'stable=1,canary=2' -> {'stable': '1', 'canary': '2'}."""
+    labels = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        label, _, version = part.partition("=")
+        if not (label and version.isdigit()):
+            raise argparse.ArgumentTypeError(f"bad label {part!r}: expected LABEL=VERSION")
+        labels[label] = version
+    return labels
 
 
 T = typing.TypeVar("T")

@@ -31,7 +31,15 @@ def retry_later(code: str, message: str, seconds: int = 1, status: int = 503) ->
     return ApiError(status, code, message, {"Retry-After": str(seconds)})
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   path: str = "/") -> web.Response:
+    """Our own format, or the standard protocols' where the path is theirs: the Open
+    Inference Protocol (/v2) and TF Serving (/v1/models) answer {"error": "..."}, and TF
+    Serving says 429 (resource exhausted) where we say 503 overloaded."""
+    if path.startswith("/v2"):
+        return web.json_response({"error": message}, status=status, headers=headers)
+    if path.startswith("/v1/"):
+        return web.json_response({"error": message}, status=429 if code == "overloaded" else status, headers=headers)
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
@@ -41,14 +49,14 @@ async def json_errors(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.headers, request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}", headers)
+        return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}", headers, request.path)
     except Exception:
         log.exception("unhandled error on %s %s request_id=%s", request.method, request.path,
                       request.get(REQUEST_ID))
-        return error_response(500, "internal_error", "the server failed to handle this request")
+        return error_response(500, "internal_error", "the server failed to handle this request", path=request.path)

@@ -23,6 +23,12 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+def protocol_of(path: str) -> str:
+    if path == "/v2" or path.startswith("/v2/"):
+        return "v2"
+    return "tfserving" if path.startswith("/v1/models") else "native"
+
+
 class HttpMetrics:
     """Requests by route pattern (bounded labels, not raw paths), method and status."""
 
@@ -31,15 +37,16 @@ class HttpMetrics:
         # The process_* and python_gc_* families the default registry would have shown.
         ProcessCollector(registry=registry)
         GCCollector(registry=registry)
-        self.requests = Counter("imagecluster_http_requests_total", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=registry)
+        self.requests = Counter("imagecluster_http_requests_total",
+                                "HTTP requests by protocol (native, v2, tfserving), route, method and status",
+                                ["protocol", "route", "method", "status"], registry=registry)
         self.latency = Histogram("imagecluster_http_request_duration_seconds", "End-to-end HTTP request latency",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=registry)
 
     def observe(self, request: web.Request, status: int, seconds: float) -> None:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        self.requests.labels(route, request.method, str(status)).inc()
+        self.requests.labels(protocol_of(request.path), route, request.method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
 

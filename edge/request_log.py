@@ -30,9 +30,13 @@ SERVED_BY = web.RequestKey("served_by", str)  # the worker that answered, for th
 access_log = logging.getLogger("access")
 
 
-def request_id(request: web.Request) -> str:
-    incoming = request.headers.get(HEADER, "")
+def sane_request_id(incoming: str) -> str:
+    """The caller's id when it is a sane token, else a new one."""
     return incoming if _VALID.fullmatch(incoming) else uuid.uuid4().hex[:16]
+
+
+def request_id(request: web.Request) -> str:
+    return sane_request_id(request.headers.get(HEADER, ""))
 
 
 @web.middleware

@@ -50,6 +50,18 @@ async def read_image(request: web.Request, limit: int, timeout_s: float) -> byte
         raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s") from None
 
 
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, whatever its content type (the standard protocols' JSON and binary
+    tensors); 413 over `limit`, 408 past `timeout_s`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_limited(request.content.read, limit)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s") from None
+
+
 async def _read_body(request: web.Request, limit: int) -> bytes:
     ctype = request.content_type
     if ctype == "multipart/form-data":

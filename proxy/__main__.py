@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m proxy", description="Forwarding and lookup proxy.")
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port, help="(default %(default)s)")
+    p.add_argument("--grpc-port", type=int, default=d.grpc_port,
+                   help="Open Inference Protocol over gRPC (default %(default)s; 0: any free port)")
     ConsulAddress.add_flags(p)
     add_edge_flags(p)
     p.add_argument("--policy", choices=sorted(POLICIES), default=d.policy)

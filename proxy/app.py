@@ -8,64 +8,39 @@ AppKeys.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from discovery.watcher import ServiceWatcher
 from edge.app import create_edge_app, decode_image
-from edge.errors import ApiError, retry_later
+from edge.errors import retry_later
 from edge.imaging import Preprocessing
-from edge.metrics import register_state
+from edge.metrics import METRICS, register_state
 from edge.request_log import REQUEST_ID, SERVED_BY
+from edge.tfserving import add_tfserving_routes
 from edge.upload import parse_top_k, read_image
+from edge.v2_grpc import start_grpc
+from edge.v2_rest import SERVICE, add_v2_routes
 from proxy.config import ProxyConfig
-from proxy.forward import ForwardStats, Forwarded, Route, forward
+from proxy.forward import Forwarded, Route, forward
+from proxy.inference import ProxyInference
 from proxy.policy import POLICIES, VersionSplit
 from proxy.pool import WorkerPool
-from proxy.recent import RecentWindow
-
-
-@dataclass
-class ProxyState:
-    config: ProxyConfig
-    pool: WorkerPool
-    watcher: ServiceWatcher
-    split: VersionSplit | None = None
-    stats: ForwardStats = field(default_factory=ForwardStats)
-    recent: RecentWindow = field(default_factory=RecentWindow)
-    in_flight: int = 0
+from proxy.state import STATE, ProxyState, admitted, route_for
 
 
 def requested_route(request: web.Request) -> Route:
     """`?version=N` is strict; otherwise the configured split, if any."""
-    state = request.app[STATE]
-    asked = request.query.get("version")
-    if asked is not None:
-        if not asked.isdigit():
-            raise ApiError(422, "invalid_parameter", f"version must be a version number, got {asked!r}")
-        return Route(asked, strict=True)
-    if state.split:
-        return Route(state.split.pick(state.pool.versions()))
-    return Route()
-
-
-STATE = web.AppKey("proxy_state", ProxyState)
+    return route_for(request.app[STATE], request.query.get("version"))
 
 
 async def classify(request: web.Request) -> web.Response:
     state = request.app[STATE]
     config = state.config
-    if state.in_flight >= config.max_in_flight:
-        raise retry_later("overloaded", f"{state.in_flight} requests in flight")
-    if not state.pool.live():
-        raise retry_later("no_worker", "no live worker")
-    k = parse_top_k(request, 5, 1_000_000)  # the upper bound is checked per worker
-    state.in_flight += 1
     started = time.perf_counter()
-    status = 500
-    try:
+    async with admitted(state):
+        k = parse_top_k(request, 5, 1_000_000)  # the upper bound is checked per worker
         deadline = time.monotonic() + config.request_timeout
         data = await read_image(request, config.edge.max_body_bytes, config.edge.read_timeout)
         prepared: dict[Preprocessing, object] = {}
@@ -82,14 +57,7 @@ async def classify(request: web.Request) -> web.Response:
         done = await forward(state.pool, state.stats, image_for, k, worker_timeout_s=config.worker_timeout,
                              deadline=deadline, request_id=request[REQUEST_ID], route=requested_route(request))
         request[SERVED_BY] = done.handle.id
-        status = 200
         return web.json_response(answer(done, decode_ms, started))
-    except ApiError as exc:
-        status = exc.status
-        raise
-    finally:
-        state.in_flight -= 1
-        state.recent.record((time.perf_counter() - started) * 1000, status)
 
 
 def answer(done: Forwarded, decode_ms: float, started: float) -> dict:
@@ -127,8 +95,8 @@ async def lookup_text(request: web.Request) -> web.Response:
 
 async def lookup_json(request: web.Request) -> web.Response:
     h = _lookup(request)
-    return web.json_response({"address": h.instance.http_address, "worker": h.id,
-                              "model": h.meta.model, "version": h.meta.version})
+    return web.json_response({"address": h.instance.http_address, "worker": h.id, "model": h.meta.model,
+                              "version": h.meta.version, "grpc_address": f"{h.instance.address}:{h.meta.grpc_port}"})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -176,8 +144,12 @@ def create_app(config: ProxyConfig) -> web.Application:
         watcher = ServiceWatcher(config.consul, config.edge.service_name, pool.update,
                                  wait_s=config.watch_wait, resync_grace_s=config.resync_grace)
         watcher.start()
-        app[STATE] = ProxyState(config, pool, watcher, VersionSplit(config.split) if config.split else None)
+        app[STATE] = state = ProxyState(config, pool, watcher, VersionSplit(config.split) if config.split else None)
+        app[SERVICE] = ProxyInference(state, app)
+        grpc_server, _ = await start_grpc(app[SERVICE], config.edge, config.host, config.grpc_port,
+                                          app[METRICS].registry)
         yield
+        await grpc_server.stop(1.0)
         await watcher.close()
         await pool.close()
 
@@ -186,6 +158,8 @@ def create_app(config: ProxyConfig) -> web.Application:
     app.router.add_get("/lookup", lookup_json)
     app.router.add_get("/workers", workers)
     app.router.add_get("/status", status_page)
+    add_v2_routes(app)
+    add_tfserving_routes(app, config.edge.version_labels)
     register_state(app, lambda: pool_metrics(app[STATE]))
     return app
 

@@ -46,6 +46,7 @@ class _Item:
     image: np.ndarray
     k: int
     request_id: str
+    probabilities: bool
     future: asyncio.Future
 
 
@@ -70,12 +71,14 @@ class WorkerChannel:
         self.failed: str | None = None
         self._tasks = [asyncio.create_task(c) for c in (self._send_loop(), self._recv_loop(), self._watch())]
 
-    async def submit(self, image: np.ndarray, k: int, request_id: str = "") -> ItemResult:
-        """One image's result from the worker; WorkerError when there is none."""
+    async def submit(self, image: np.ndarray, k: int, request_id: str = "", probabilities: bool = False) -> ItemResult:
+        """One image's result from the worker (with every class's probability when asked);
+        WorkerError when there is none."""
         if self.failed:
             raise WorkerError(self.failed)
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(f"{self._prefix}-{next(self._ids)}", image, k, request_id, future))
+        self._queue.put_nowait(_Item(f"{self._prefix}-{next(self._ids)}", image, k, request_id, probabilities,
+                                     future))
         return await future
 
     async def _send_loop(self) -> None:
@@ -88,7 +91,7 @@ class WorkerChannel:
             request = BatchRequest(
                 batch_id, [i.id for i in batch], np.stack([i.image for i in batch]),
                 model=self.model, k=max(i.k for i in batch), token=self.token,
-                request_ids=[i.request_id for i in batch],
+                request_ids=[i.request_id for i in batch], probabilities=any(i.probabilities for i in batch),
             )
             self._pending[batch_id] = batch
             try:

@@ -13,6 +13,7 @@ from edge.config import EdgeConfig
 class ProxyConfig:
     host: str = "0.0.0.0"
     port: int = 12480
+    grpc_port: int = 12481  # the Open Inference Protocol over gRPC; 0: any free port
     consul: ConsulAddress = field(default_factory=ConsulAddress)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     policy: str = "round-robin"

@@ -49,11 +49,12 @@ class Route:
 
     version: str | None = None
     strict: bool = False
+    model: str | None = None  # only workers serving this model (None: any)
 
     def choose(self, pool: WorkerPool, tried: set[WorkerHandle]) -> WorkerHandle | None:
-        handle = pool.choose(exclude=tried, version=self.version)
+        handle = pool.choose(exclude=tried, version=self.version, model=self.model)
         if handle is None and self.version is not None and not self.strict:
-            handle = pool.choose(exclude=tried)
+            handle = pool.choose(exclude=tried, model=self.model)
         return handle
 
 
@@ -82,6 +83,7 @@ async def forward(
     deadline: float,
     request_id: str = "",
     route: Route = Route(),
+    probabilities: bool = False,
 ) -> Forwarded:
     """`image_for(preprocessing)` returns the image prepared for a worker's model input."""
     # Handles, not worker ids: when Consul changes a worker's Meta (a new model version)
@@ -107,7 +109,7 @@ async def forward(
         try:
             image = await image_for(handle.meta.preprocessing)
             started = time.perf_counter()
-            result = await asyncio.wait_for(handle.channel.submit(image, k, request_id),
+            result = await asyncio.wait_for(handle.channel.submit(image, k, request_id, probabilities),
                                             min(worker_timeout_s, remaining))
         except TimeoutError:
             stats.timeouts += 1

@@ -118,8 +118,10 @@ class WorkerPool:
     def versions(self) -> set[str]:
         return {h.version for h in self.live()}
 
-    def choose(self, exclude: set[WorkerHandle] = frozenset(), version: str | None = None) -> WorkerHandle | None:
-        candidates = [h for h in self.live() if h not in exclude and version in (None, h.version)]
+    def choose(self, exclude: set[WorkerHandle] = frozenset(), version: str | None = None,
+               model: str | None = None) -> WorkerHandle | None:
+        candidates = [h for h in self.live() if h not in exclude and version in (None, h.version)
+                      and model in (None, h.meta.model)]
         return self.policy.choose(candidates) if candidates else None
 
     def eject(self, handle: WorkerHandle, reason: str) -> None:

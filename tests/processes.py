@@ -83,6 +83,11 @@ class WorkerProcess:
         return self.ready["url"]
 
     @property
+    def grpc(self) -> str:
+        """host:port of its Open Inference Protocol gRPC server."""
+        return self.ready["grpc"]
+
+    @property
     def worker_id(self) -> str:
         return self.ready["worker_id"]
 
@@ -112,9 +117,12 @@ class ProxyProcess:
                  port: int | None = None, reach_at: str | None = None, wrapper: tuple[str, ...] = (),
                  token: str | None = None):
         self.port = port or free_port()
+        self.grpc_port = free_port()
         self.token = token
         self.url = f"http://{reach_at or host}:{self.port}"
+        self.grpc = f"{reach_at or host}:{self.grpc_port}"
         args = [*wrapper, sys.executable, "-m", "proxy", "--host", host, "--port", str(self.port),
+                "--grpc-port", str(self.grpc_port),
                 "--consul", consul, *extra, *(["--auth-token", token] if token else [])]
         self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),

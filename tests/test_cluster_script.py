@@ -37,7 +37,7 @@ def alive(pid: int) -> bool:
 def test_up_add_remove_status_down(tmp_path, coffee_jpeg):
     run = tmp_path / "run"
     proxy_port = free_port()
-    env = dict(os.environ, CLUSTER_RUN_DIR=str(run), PROXY_PORT=str(proxy_port),
+    env = dict(os.environ, CLUSTER_RUN_DIR=str(run), PROXY_PORT=str(proxy_port), PROXY_GRPC_PORT=str(free_port()),
                CONSUL_HTTP_ADDR=f"127.0.0.1:{free_port()}")
 
     def cluster(*args: str) -> str:

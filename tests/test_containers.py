@@ -52,7 +52,7 @@ def test_compose_topology(compose):
     assert set(services) == {"consul", "proxy", "worker"}
     assert services["consul"]["image"].startswith("hashicorp/consul:")
     assert "-dev" in services["consul"]["command"]
-    assert services["proxy"]["ports"] == ["12480:12480"]
+    assert services["proxy"]["ports"][0] == "12480:12480"
     worker = services["worker"]
     # Scalable: no fixed name, no host port to collide between replicas.
     assert "container_name" not in worker and "ports" not in worker
@@ -66,17 +66,19 @@ def test_commands_use_real_flags(compose):
     assert argv[:4] == ["exec", "python", "-m", "worker"]
     config = worker_args(argv[4:])
     assert config.advertise == "172.18.0.5"  # each replica advertises its own address
-    assert (config.host, config.port, config.zmq_port) == ("0.0.0.0", 8601, 8602)
+    assert (config.host, config.port, config.zmq_port, config.grpc_port) == ("0.0.0.0", 8601, 8602, 8603)
     assert (config.consul.host, config.consul.port) == ("consul", 8500)
 
     proxy_cmd = compose["services"]["proxy"]["command"]
     assert proxy_cmd[:3] == ["python", "-m", "proxy"]
     p = proxy_args(proxy_cmd[3:])
-    assert p.port == 12480 and p.consul.host == "consul"
+    assert (p.port, p.grpc_port) == (12480, 12481) and p.consul.host == "consul"
+    assert compose["services"]["proxy"]["ports"] == ["12480:12480", "12481:12481"]
 
     argv = json.loads(dict(dockerfile_instructions())["CMD"])
     assert argv[:3] == ["python", "-m", "worker"]
     assert worker_args(argv[3:]).model_dir.as_posix() == "/app/models/efficientnet_lite0"
+    assert worker_args(argv[3:]).grpc_port == 8603
 
 
 def test_dockerfile_runs_as_non_root_and_copies_what_exists():

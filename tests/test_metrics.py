@@ -49,8 +49,8 @@ async def test_worker_and_proxy_metrics(start_worker, start_proxy, coffee_jpeg):
     assert (await post(proxy.url, coffee_jpeg, "/?k=0"))[0] == 422
 
     w = scrape(worker.url)
-    assert value(w, "imagecluster_http_requests_total", route="/", method="POST", status="200") == 5
-    assert value(w, "imagecluster_http_requests_total", route="/", method="POST", status="400") == 1
+    assert value(w, "imagecluster_http_requests_total", protocol="native", route="/", method="POST", status="200") == 5
+    assert value(w, "imagecluster_http_requests_total", protocol="native", route="/", method="POST", status="400") == 1
     assert value(w, "imagecluster_http_request_duration_seconds_count", route="/") == 6
     # 5 direct + 3 forwarded images, each through the batcher once.
     assert value(w, "imagecluster_queue_wait_seconds_count") == 8
@@ -61,8 +61,8 @@ async def test_worker_and_proxy_metrics(start_worker, start_proxy, coffee_jpeg):
     assert value(w, "imagecluster_ready") == 1
 
     p = scrape(proxy.url)
-    assert value(p, "imagecluster_http_requests_total", route="/", method="POST", status="200") == 3
-    assert value(p, "imagecluster_http_requests_total", route="/", method="POST", status="422") == 1
+    assert value(p, "imagecluster_http_requests_total", protocol="native", route="/", method="POST", status="200") == 3
+    assert value(p, "imagecluster_http_requests_total", protocol="native", route="/", method="POST", status="422") == 1
     assert value(p, "imagecluster_live_workers") == 1
     assert value(p, "imagecluster_worker_outstanding", worker=worker.worker_id) == 0
     assert value(p, "imagecluster_worker_served_total", worker=worker.worker_id) == 3

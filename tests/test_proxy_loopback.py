@@ -173,6 +173,6 @@ async def test_proxy_exports_only_its_own_metrics(proxy, coffee_jpeg):
     assert (await post(coffee_jpeg))[0] == 200
     status, text = await get("/metrics")
     assert status == 200
-    assert 'imagecluster_http_requests_total{method="POST",route="/",status="200"} 1.0' in text
+    assert 'imagecluster_http_requests_total{method="POST",protocol="native",route="/",status="200"} 1.0' in text
     assert "imagecluster_live_workers 1.0" in text
     assert not [f for f in WORKER_ONLY_FAMILIES if f in text]

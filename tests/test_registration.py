@@ -45,7 +45,7 @@ def test_registered_with_address_port_meta_and_passing_check(worker, consul_agen
     assert service["Service"] == "classifier"
     assert service["Address"] == "127.0.0.1" and service["Port"] == worker.port
     meta = service["Meta"]
-    assert int(meta.pop("zmq_port")) > 0
+    assert int(meta.pop("zmq_port")) > 0 and int(meta.pop("grpc_port")) > 0
     assert meta == {
         "worker_id": worker.worker_id,
         "model": "efficientnet_lite0",

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=d.host, help="interface to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="HTTP port, 0 for any free one (default %(default)s)")
     p.add_argument("--zmq-port", type=int, default=d.zmq_port, help="ZeroMQ port for proxies, 0 for any")
+    p.add_argument("--grpc-port", type=int, default=d.grpc_port,
+                   help="Open Inference Protocol over gRPC, 0 for any free port (published in Consul Meta)")
     p.add_argument("--max-zmq-message-bytes", type=int, default=d.max_zmq_message_bytes,
                    help="a proxy that sends more is disconnected (default %(default)s)")
     p.add_argument("--advertise", default=None, help="address registered in Consul (default: the Consul agent's)")

@@ -19,6 +19,7 @@ class WorkerConfig:
     host: str = "0.0.0.0"
     port: int = 0  # 0: any free port
     zmq_port: int = 0  # the ZeroMQ endpoint for proxies; 0: any free port
+    grpc_port: int = 0  # the Open Inference Protocol over gRPC; 0: any free port
     max_zmq_message_bytes: int = 64 * 1024 * 1024
     advertise: str | None = None  # address other hosts reach us at; default: Consul agent's
     consul: ConsulAddress = field(default_factory=ConsulAddress)

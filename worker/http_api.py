@@ -10,6 +10,9 @@ from edge.app import create_edge_app, decode_image
 from edge.metrics import register_state
 from edge.request_log import SERVED_BY
 from edge.upload import parse_top_k, read_image
+from edge.tfserving import add_tfserving_routes
+from edge.v2_rest import SERVICE, add_v2_routes
+from worker.inference import WorkerInference
 from worker.service import STATE, WorkerState, classify_image
 
 
@@ -87,6 +90,9 @@ async def stats(request: web.Request) -> web.Response:
 def create_app(state: WorkerState) -> web.Application:
     app = create_edge_app(state.config.edge, classify, healthz, readyz)
     app[STATE] = state
+    app[SERVICE] = WorkerInference(state, app)
+    add_v2_routes(app)
+    add_tfserving_routes(app, state.config.edge.version_labels)
     app.router.add_get("/info", info)
     app.router.add_get("/stats", stats)
     register_state(app, lambda: [

@@ -7,12 +7,16 @@ Two halves, both here and nowhere else:
        1. JSON header {"batch": str, "ids": [str, ...], "dtype": "uint8",
                        "shape": [N, H, W, C], "model": str, "k": int,
                        "token": str (only when the cluster uses a shared secret),
-                       "request_ids": [str, ...] (optional: the callers' request ids, for logs)}
+                       "request_ids": [str, ...] (optional: the callers' request ids, for logs),
+                       "probabilities": true (optional: send every class's probability too)}
        2. the N images as one C-contiguous uint8 tensor, raw bytes (sent zero-copy)
-   Reply (worker -> proxy), one frame, JSON:
+   Reply (worker -> proxy), one frame, JSON, or two when probabilities were asked for:
        {"batch": str, "worker": str, "model": str,
         "results": [{"id", "predictions": [...], "version", "queue_ms", "inference_ms",
-                     "batch_size"} | {"id", "error": {"status", "code", "message"}}, ...]}
+                     "batch_size", "row": int (with probabilities)}
+                    | {"id", "error": {"status", "code", "message"}}, ...],
+        "probabilities_shape": [R, C] (with probabilities)}
+       then the R probability rows as one float32 little-endian tensor, raw bytes;
        or, when the whole message is refused: {"batch", "worker", "error": {...}}.
    A message the worker cannot parse is answered with an error when it has a batch id,
    and dropped with a log line when it has not.
@@ -68,11 +72,14 @@ class BatchRequest:
     k: int = 5
     token: str = ""
     request_ids: list[str] | None = None
+    probabilities: bool = False
 
     def encode(self) -> list:
         images = np.ascontiguousarray(self.images, dtype=np.uint8)
         header = {"batch": self.batch, "ids": self.ids, "dtype": DTYPE, "shape": list(images.shape),
                   "model": self.model, "k": self.k}
+        if self.probabilities:
+            header["probabilities"] = True
         if self.token:
             header["token"] = self.token
         if self.request_ids:
@@ -97,7 +104,8 @@ class BatchRequest:
         rids = header.get("request_ids")
         if not (isinstance(rids, list) and len(rids) == len(ids) and all(isinstance(r, str) for r in rids)):
             rids = None
-        return cls(batch, ids, images, str(header.get("model", "")), k, str(header.get("token", "")), rids)
+        return cls(batch, ids, images, str(header.get("model", "")), k, str(header.get("token", "")), rids,
+                   header.get("probabilities") is True)
 
 
 def _json_object(raw: bytes, what: str, max_bytes: int | None = MAX_HEADER_BYTES) -> dict:
@@ -134,11 +142,13 @@ class ItemResult:
     inference_ms: float = 0.0
     batch_size: int = 0
     error: ErrorInfo | None = None
+    probabilities: np.ndarray | None = None  # float32 [classes], travels in the reply's tensor frame
 
     def to_dict(self) -> dict:
         if self.error:
             return {"id": self.id, "error": asdict(self.error)}
-        return {k: v for k, v in asdict(self).items() if k != "error"}
+        return {"id": self.id, "predictions": self.predictions, "version": self.version, "queue_ms": self.queue_ms,
+                "inference_ms": self.inference_ms, "batch_size": self.batch_size}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ItemResult":
@@ -160,14 +170,25 @@ class BatchReply:
         body = {"batch": self.batch, "worker": self.worker}
         if self.error:
             body["error"] = asdict(self.error)
-        else:
-            body.update(model=self.model, results=[r.to_dict() for r in self.results])
-        return [json.dumps(body).encode()]
+            return [json.dumps(body).encode()]
+        items, rows = [], []
+        for result in self.results:
+            item = result.to_dict()
+            if result.probabilities is not None and not result.error:
+                item["row"] = len(rows)
+                rows.append(result.probabilities)
+            items.append(item)
+        body.update(model=self.model, results=items)
+        if not rows:
+            return [json.dumps(body).encode()]
+        tensor = np.ascontiguousarray(np.stack(rows), dtype="<f4")
+        body["probabilities_shape"] = list(tensor.shape)
+        return [json.dumps(body).encode(), tensor.tobytes()]
 
     @classmethod
     def decode(cls, frames: list[bytes]) -> "BatchReply":
-        if len(frames) != 1:
-            raise ProtocolError(f"expected 1 reply frame, got {len(frames)}")
+        if len(frames) not in (1, 2):
+            raise ProtocolError(f"expected 1 or 2 reply frames, got {len(frames)}")
         body = _json_object(frames[0], "reply", max_bytes=None)  # replies grow with batch size and k
         if not isinstance(body.get("batch"), str):
             raise ProtocolError("reply has no batch id")
@@ -176,9 +197,23 @@ class BatchReply:
             return cls(body["batch"], worker, error=ErrorInfo.from_dict(body["error"]))
         try:
             results = [ItemResult.from_dict(r) for r in body.get("results", [])]
-        except (TypeError, ValueError, AttributeError) as exc:
+            if len(frames) == 2:
+                _attach_probabilities(results, body, frames[1])
+        except (TypeError, ValueError, AttributeError, IndexError) as exc:
             raise ProtocolError(f"bad results: {exc!r}", body["batch"]) from None
         return cls(body["batch"], worker, str(body.get("model", "")), results)
+
+
+def _attach_probabilities(results: list[ItemResult], body: dict, frame: bytes) -> None:
+    rows, classes = (int(d) for d in body["probabilities_shape"])
+    if rows < 0 or classes < 0 or rows * classes * 4 != len(frame):
+        raise ValueError(f"probability frame of {len(frame)} bytes for shape {[rows, classes]}")
+    tensor = np.frombuffer(frame, dtype="<f4").reshape(rows, classes)
+    for result, raw in zip(results, body.get("results", [])):
+        if "row" in raw:
+            if not 0 <= int(raw["row"]) < rows:
+                raise ValueError(f"row {raw['row']} outside the probability frame")
+            result.probabilities = tensor[int(raw["row"])]
 
 
 @dataclass(frozen=True)
@@ -193,6 +228,7 @@ class WorkerMeta:
     num_labels: int
     http_port: int
     zmq_port: int
+    grpc_port: int = 0  # the Open Inference Protocol over gRPC
     crop_fraction: float = Preprocessing.crop_fraction
     resample: str = Preprocessing.resample
     preprocessing_path: str = Preprocessing.path  # so forwarded and direct answers are the same
@@ -215,7 +251,7 @@ class WorkerMeta:
                 backend=meta.get("backend", ""),
                 input_shape=tuple(int(d) for d in meta["input_shape"].split("x")),
                 num_labels=int(meta["num_labels"]), http_port=int(meta["http_port"]),
-                zmq_port=int(meta["zmq_port"]),
+                zmq_port=int(meta["zmq_port"]), grpc_port=int(meta.get("grpc_port", 0)),
                 crop_fraction=float(meta.get("crop_fraction", Preprocessing.crop_fraction)),
                 resample=meta.get("resample", Preprocessing.resample),
                 preprocessing_path=meta.get("preprocessing_path", Preprocessing.path),

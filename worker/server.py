@@ -25,6 +25,8 @@ from aiohttp import web
 
 from discovery.registration import Registration, ServiceInstance, agent_address
 from edge.metrics import METRICS
+from edge.v2_grpc import start_grpc
+from edge.v2_rest import SERVICE
 from worker.batcher import Batcher
 from worker.config import WorkerConfig
 from worker.http_api import create_app
@@ -53,6 +55,7 @@ class WorkerServer:
         self.address = ""
         self.http_port = 0
         self.zmq_port = 0
+        self.grpc_port = 0
 
     async def run(self) -> int:
         """The whole life; the process's exit status."""
@@ -82,7 +85,11 @@ class WorkerServer:
         resources.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, self.config.host, self.config.port).start()
         self.http_port = runner.addresses[0][1]
-        log.info("listening on %s:%d, loading %s", self.config.host, self.http_port, self.config.model_dir)
+        grpc_server, self.grpc_port = await start_grpc(app[SERVICE], self.config.edge, self.config.host,
+                                                       self.config.grpc_port, app[METRICS].registry)
+        resources.push_async_callback(grpc_server.stop, 1.0)
+        log.info("listening on %s:%d (gRPC %d), loading %s", self.config.host, self.http_port, self.grpc_port,
+                 self.config.model_dir)
 
         model = await self._load_unless_stopped()
         if model is None:
@@ -136,7 +143,7 @@ class WorkerServer:
         m = self.state.model
         p = m.preprocessing
         return WorkerMeta(self.state.worker_id, m.name, m.version, m.backend, m.input_shape, len(m.labels),
-                          self.http_port, self.zmq_port, p.crop_fraction, p.resample, p.path)
+                          self.http_port, self.zmq_port, self.grpc_port, p.crop_fraction, p.resample, p.path)
 
     def announce_ready(self, seconds: float) -> None:
         """The `ready` line on stdout: what scripts and tests wait for."""
@@ -144,6 +151,7 @@ class WorkerServer:
         print(json.dumps({
             "event": "ready", "worker_id": self.state.worker_id,
             "url": f"http://{self.address}:{self.http_port}", "zmq": f"tcp://{self.address}:{self.zmq_port}",
+            "grpc": f"{self.address}:{self.grpc_port}",
             "model": model.name, "version": model.version, "startup_seconds": round(seconds, 3),
         }), flush=True)
         log.info("ready in %.2f s (model load %.2f s)", seconds, model.load_seconds)

@@ -82,9 +82,8 @@ class ZmqEndpoint:
         self.state.in_flight += len(request.ids)
         started = time.perf_counter()
         try:
-            results = await asyncio.gather(
-                *(self._one(item_id, image, request.k) for item_id, image in zip(request.ids, request.images))
-            )
+            results = await asyncio.gather(*(self._one(item_id, image, request.k, request.probabilities)
+                                             for item_id, image in zip(request.ids, request.images)))
         finally:
             self.state.in_flight -= len(request.ids)
         self._log(request, results, (time.perf_counter() - started) * 1000)
@@ -111,13 +110,13 @@ class ZmqEndpoint:
         if not 1 <= request.k <= len(model.labels):
             raise ApiError(422, "invalid_parameter", f"k must be from 1 to {len(model.labels)}")
 
-    async def _one(self, item_id: str, image, k: int) -> ItemResult:
+    async def _one(self, item_id: str, image, k: int, probabilities: bool) -> ItemResult:
         try:
             predictions, p = await classify_image(self.state, image, k)
         except ApiError as exc:
             return ItemResult(item_id, error=_error(exc))
-        return ItemResult(item_id, predictions, p.model.version, round(p.queue_ms, 3),
-                          round(p.inference_ms, 3), p.batch_size)
+        return ItemResult(item_id, predictions, p.model.version, round(p.queue_ms, 3), round(p.inference_ms, 3),
+                          p.batch_size, probabilities=p.probabilities if probabilities else None)
 
     async def _reply(self, identity: bytes, reply: BatchReply) -> None:
         try:

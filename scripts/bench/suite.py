@@ -8,6 +8,8 @@
 - direct: a worker with the default TFLite backend, POST straight to it;
 - direct-opencv: the same with --preprocessing opencv (the faster approximation of the
   exact reference preprocessing; the ratio of the two is printed);
+- v2-rest-binary, v2-grpc, tfserving-rest: the same worker through each standard
+  protocol (the request its usual client sends), at the highest concurrency only;
 - proxy: POST to the proxy, which forwards to that worker over ZeroMQ;
 - p2p: the client library's lookup on the proxy, then POST to the worker;
 
@@ -145,6 +147,40 @@ async def direct_worker(name: str, agent, args, post, *flags: str) -> list[dict]
         w.stop()
 
 
+def protocol_senders(session: aiohttp.ClientSession, worker, photo: bytes) -> dict:
+    """One request per standard protocol, as their clients send it, to a worker."""
+    import base64
+
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    from edge.tensors import serialize_bytes
+
+    raw = serialize_bytes([photo])
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    tfs = json.dumps({"instances": [{"b64": base64.b64encode(photo).decode()}]}).encode()
+    model = MODEL_DIR.name
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.aio.insecure_channel(worker.grpc))
+    rpc = pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="image", datatype="BYTES", shape=[1])], raw_input_contents=[raw])
+
+    async def post(path: str, body: bytes, headers: dict | None = None):
+        async with session.post(worker.url + path, data=body, headers=headers) as r:
+            await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"{r.status} from {path}")
+
+    return {
+        "v2-rest-binary": lambda: post(f"/v2/models/{model}/infer", header + raw,
+                                       {"Inference-Header-Content-Length": str(len(header))}),
+        "v2-grpc": lambda: stub.ModelInfer(rpc),
+        "tfserving-rest": lambda: post(f"/v1/models/{model}:predict", tfs),
+    }
+
+
 def preprocessing_cost(rows: list[dict]) -> str:
     """What the exact (default) preprocessing costs against OpenCV's approximation, per concurrency."""
     by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
@@ -173,6 +209,8 @@ async def run_all(args, photo: bytes) -> list[dict]:
                 both = lambda: [w.proc.pid, proxy.proc.pid]  # noqa: E731
                 rows += await measure("direct", lambda: post(w.url), args.concurrency, args.duration,
                                       lambda: [w.proc.pid])
+                for name, send in protocol_senders(s, w, photo).items():  # at the highest concurrency only
+                    rows += await measure(name, send, args.concurrency[-1:], args.duration, lambda: [w.proc.pid])
                 rows += await measure("proxy", lambda: post(proxy.url), args.concurrency, args.duration, both)
                 async with Client(proxy.url, session=s) as client:
                     rows += await measure("p2p", lambda: client.classify(photo, mode="p2p"), args.concurrency,

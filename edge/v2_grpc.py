@@ -1,0 +1,147 @@
+"""The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`), on either tier.
+
+ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer (with
+the classification extension), served by grpcio's asyncio server on the tier's own gRPC
+port. The generated stubs are the ones `tritonclient[grpc]` ships (service_pb2,
+service_pb2_grpc), so the server speaks exactly what Triton's client speaks. Admission
+matches the HTTP fronts: the bearer token in the `authorization` metadata (health calls
+are open), the request id from `x-request-id`, the body limit as the largest message,
+and the tier's overload refusals; errors map to gRPC status codes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from edge.auth import token_matches
+from edge.config import EdgeConfig
+from edge.errors import ApiError
+from edge.inference import INPUT_NAME, OUTPUT_NAME, SERVER_NAME, SERVER_VERSION, InferRequest, InferenceService
+from edge.metrics import LATENCY_BUCKETS
+from edge.request_log import sane_request_id
+from edge.tensors import bad, output_spec, output_tensor, read_images, serialize_bytes, wanted
+from edge.v2_rest import EXTENSIONS, model_metadata
+
+CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+         404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
+         413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.INVALID_ARGUMENT,
+         429: grpc.StatusCode.RESOURCE_EXHAUSTED, 502: grpc.StatusCode.UNAVAILABLE,
+         503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
+
+
+class RpcMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.requests = Counter("imagecluster_grpc_requests_total", "gRPC calls by method and status code",
+                                ["method", "code"], registry=registry)
+        self.latency = Histogram("imagecluster_grpc_request_duration_seconds", "gRPC call latency", ["method"],
+                                 buckets=LATENCY_BUCKETS, registry=registry)
+
+
+def _image_input(request: pb.ModelInferRequest) -> tuple[str, list[int], bytes]:
+    """(datatype, shape, raw bytes) of the one image input, from raw contents or typed ones."""
+    if len(request.inputs) != 1:
+        raise bad(f"the model takes exactly one input, {INPUT_NAME!r}")
+    tensor = request.inputs[0]
+    if tensor.name != INPUT_NAME:
+        raise bad(f"unknown input {tensor.name!r}: the model's input is {INPUT_NAME!r}")
+    if request.raw_input_contents:
+        return tensor.datatype, list(tensor.shape), request.raw_input_contents[0]
+    if tensor.datatype == "BYTES":
+        return tensor.datatype, list(tensor.shape), serialize_bytes(list(tensor.contents.bytes_contents))
+    values = np.array(tensor.contents.uint_contents, dtype=np.uint32)
+    if tensor.datatype == "UINT8" and values.size and values.max() > 255:
+        raise bad("UINT8 data must be integers from 0 to 255")
+    return tensor.datatype, list(tensor.shape), values.astype(np.uint8).tobytes()
+
+
+def _tensors(specs: list[dict]) -> list:
+    return [pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+            for t in specs]
+
+
+class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService, config: EdgeConfig, metrics: RpcMetrics):
+        self.service, self.config, self.metrics = service, config, metrics
+
+    async def _call(self, method: str, context, answer: Callable[[str], object]):
+        """Admit the call, answer it (`answer(request_id)`, maybe a coroutine), count it."""
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            metadata = dict(context.invocation_metadata() or ())
+            token = self.config.auth_token
+            if token and method not in OPEN_METHODS:
+                scheme, _, value = metadata.get("authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not token_matches(value.strip(), token):
+                    raise ApiError(401, "unauthorized", "a valid bearer token is required")
+            result = answer(sane_request_id(metadata.get("x-request-id", "")))
+            return await result if inspect.isawaitable(result) else result
+        except ApiError as exc:
+            code = CODES.get(exc.status, grpc.StatusCode.INTERNAL)
+            await context.abort(code, exc.message)
+        finally:
+            self.metrics.requests.labels(method, code.name).inc()
+            self.metrics.latency.labels(method).observe(time.perf_counter() - started)
+
+    async def ServerLive(self, request, context):
+        return await self._call("ServerLive", context, lambda rid: pb.ServerLiveResponse(live=True))
+
+    async def ServerReady(self, request, context):
+        return await self._call("ServerReady", context, lambda rid: pb.ServerReadyResponse(ready=self.service.ready()))
+
+    async def ModelReady(self, request, context):
+        def answer(rid):
+            self.service.model(request.name, request.version or None)
+            return pb.ModelReadyResponse(ready=self.service.ready())
+        return await self._call("ModelReady", context, answer)
+
+    async def ServerMetadata(self, request, context):
+        return await self._call("ServerMetadata", context, lambda rid: pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS))
+
+    async def ModelMetadata(self, request, context):
+        def answer(rid):
+            meta = model_metadata(self.service.model(request.name, request.version or None))
+            return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                                            inputs=_tensors(meta["inputs"]), outputs=_tensors(meta["outputs"]))
+        return await self._call("ModelMetadata", context, answer)
+
+    async def ModelInfer(self, request, context):
+        return await self._call("ModelInfer", context, lambda rid: self._infer(request, rid))
+
+    async def _infer(self, request: pb.ModelInferRequest, request_id: str) -> pb.ModelInferResponse:
+        info = self.service.model(request.model_name, request.model_version or None)
+        datatype, shape, raw = _image_input(request)
+        inference = InferRequest(info.name, request.model_version or None, request_id=request_id)
+        read_images(inference, datatype, shape, raw, None, info, self.config.max_body_bytes)
+        outputs = request.outputs or [pb.ModelInferRequest.InferRequestedOutputTensor(name=OUTPUT_NAME)]
+        specs = [output_spec(o.name, o.parameters["classification"].int64_param if "classification" in o.parameters
+                             else 0, True, info.num_classes) for o in outputs]
+        wanted(inference, specs)
+        results = await self.service.infer(inference)
+        tensors = [output_tensor(spec, results) for spec in specs]
+        return pb.ModelInferResponse(
+            model_name=info.name, model_version=results[0].version, id=request.id,
+            outputs=[pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype=t.datatype, shape=t.shape)
+                     for t in tensors],
+            raw_output_contents=[t.raw() for t in tensors])
+
+
+async def start_grpc(service: InferenceService, config: EdgeConfig, host: str, port: int,
+                     registry: CollectorRegistry) -> tuple[grpc.aio.Server, int]:
+    """A started gRPC server and the port it listens on (`port` 0: any free one)."""
+    limit = config.max_body_bytes
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", limit)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(service, config, RpcMetrics(registry)), server)
+    bound = server.add_insecure_port(f"{host or '0.0.0.0'}:{port}")
+    await server.start()
+    return server, bound

@@ -1,0 +1,66 @@
+"""The proxy's InferenceService (edge/inference.py): what the standard protocols run on
+the proxy. Each image is decoded once per model input (or taken as a tensor at the
+model's input size) and forwarded over ZeroMQ like any other request, so it is batched
+with them, retried, and admitted the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from aiohttp import web
+
+from edge.app import decode_image
+from edge.errors import ApiError, retry_later
+from edge.imaging import Preprocessing
+from edge.inference import Inference, InferRequest, ModelInfo, not_found
+from proxy.forward import forward
+from proxy.state import ProxyState, admitted, route_for
+
+
+class ProxyInference:
+    def __init__(self, state: ProxyState, app: web.Application):
+        self.state = state
+        self.app = app
+
+    def ready(self) -> bool:
+        return bool(self.state.pool.live())
+
+    def model(self, name: str, version: str | None = None) -> ModelInfo:
+        live = self.state.pool.live()
+        if not live:
+            raise retry_later("no_worker", "no live worker")
+        serving = [h for h in live if h.meta.model == name]
+        versions = sorted({h.version for h in serving}, key=lambda v: int(v) if v.isdigit() else 0)
+        if not serving or version not in (None, *versions):
+            raise not_found(name, version)
+        meta = serving[0].meta
+        return ModelInfo(name, tuple(versions), meta.backend, meta.input_shape, meta.num_labels)
+
+    async def infer(self, request: InferRequest) -> list[Inference]:
+        state = self.state
+        async with admitted(state):
+            info = self.model(request.model, request.version)
+            route = route_for(state, request.version, info.name)
+            deadline = time.monotonic() + state.config.request_timeout
+            return await asyncio.gather(*(self._one(request, i, route, deadline) for i in range(len(request))))
+
+    async def _one(self, request: InferRequest, i: int, route, deadline: float) -> Inference:
+        prepared: dict[Preprocessing, np.ndarray] = {}
+
+        async def image_for(prep: Preprocessing) -> np.ndarray:
+            if request.tensor is not None:
+                image = request.tensor[i]
+                if image.shape != (prep.size, prep.size, 3):
+                    raise ApiError(400, "wrong_shape", f"the worker's model takes {prep.size}x{prep.size}x3 images")
+                return image
+            if prep not in prepared:  # decode once per distinct model input
+                prepared[prep] = await decode_image(self.app, request.encoded[i], prep)
+            return prepared[prep]
+
+        done = await forward(self.state.pool, self.state.stats, image_for, max(request.top_k, 1),
+                             worker_timeout_s=self.state.config.worker_timeout, deadline=deadline,
+                             request_id=request.request_id, route=route, probabilities=request.probabilities)
+        r = done.result
+        return Inference(r.version, r.predictions[:request.top_k], r.probabilities)

@@ -1,0 +1,65 @@
+"""What the proxy's fronts share: its state, admission of a request, and where a request
+may go (version routing and the A/B split)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from discovery.watcher import ServiceWatcher
+from edge.errors import ApiError, retry_later
+from proxy.config import ProxyConfig
+from proxy.forward import ForwardStats, Route
+from proxy.policy import VersionSplit
+from proxy.pool import WorkerPool
+from proxy.recent import RecentWindow
+
+
+@dataclass
+class ProxyState:
+    config: ProxyConfig
+    pool: WorkerPool
+    watcher: ServiceWatcher
+    split: VersionSplit | None = None
+    stats: ForwardStats = field(default_factory=ForwardStats)
+    recent: RecentWindow = field(default_factory=RecentWindow)
+    in_flight: int = 0
+
+
+STATE = web.AppKey("proxy_state", ProxyState)
+
+
+@contextlib.asynccontextmanager
+async def admitted(state: ProxyState) -> AsyncIterator[None]:
+    """One accepted request, whatever its protocol: refused at once beyond --max-in-flight
+    or with no live worker; counted in flight and in the recent traffic (status page)."""
+    if state.in_flight >= state.config.max_in_flight:
+        raise retry_later("overloaded", f"{state.in_flight} requests in flight")
+    if not state.pool.live():
+        raise retry_later("no_worker", "no live worker")
+    state.in_flight += 1
+    started, status = time.perf_counter(), 500
+    try:
+        yield
+        status = 200
+    except ApiError as exc:
+        status = exc.status
+        raise
+    finally:
+        state.in_flight -= 1
+        state.recent.record((time.perf_counter() - started) * 1000, status)
+
+
+def route_for(state: ProxyState, version: str | None, model: str | None = None) -> Route:
+    """An asked-for version is strict; otherwise the configured split, if any."""
+    if version is not None:
+        if not version.isdigit():
+            raise ApiError(422, "invalid_parameter", f"version must be a version number, got {version!r}")
+        return Route(version, strict=True, model=model)
+    if state.split:
+        return Route(state.split.pick(state.pool.versions()), model=model)
+    return Route(model=model)

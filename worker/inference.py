@@ -1,0 +1,51 @@
+"""The worker's InferenceService (edge/inference.py): what the standard protocols run on
+a worker. Images are decoded by the shared path (or taken as a tensor at the model's
+input size) and queued in the same batcher as every other request."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from edge.app import decode_image
+from edge.errors import retry_later
+from edge.inference import Inference, InferRequest, ModelInfo, check_tensor, not_found
+from worker.service import WorkerState, classify_image
+
+
+class WorkerInference:
+    def __init__(self, state: WorkerState, app: web.Application):
+        self.state = state
+        self.app = app
+
+    def ready(self) -> bool:
+        return self.state.ready
+
+    def model(self, name: str, version: str | None = None) -> ModelInfo:
+        m = self.state.model
+        if m is None:
+            raise retry_later("not_ready", "the worker is loading its model")
+        if name != m.name or version not in (None, m.version):
+            raise not_found(name, version)
+        return ModelInfo(m.name, (m.version,), m.backend, m.input_shape, len(m.labels))
+
+    async def infer(self, request: InferRequest) -> list[Inference]:
+        state = self.state
+        state.check_ready()
+        state.check_capacity()
+        info = self.model(request.model, request.version)
+        state.in_flight += len(request)
+        try:
+            if request.tensor is not None:
+                check_tensor(request.tensor, info)
+                images = list(request.tensor)
+            else:
+                prep = state.model.preprocessing
+                images = await asyncio.gather(*(decode_image(self.app, data, prep) for data in request.encoded))
+            k = max(request.top_k, 1)
+            answers = await asyncio.gather(*(classify_image(state, image, k) for image in images))
+        finally:
+            state.in_flight -= len(request)
+        return [Inference(p.model.version, top[:request.top_k], p.probabilities if request.probabilities else None)
+                for top, p in answers]
