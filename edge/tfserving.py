@@ -20,7 +20,7 @@ from edge.app import EDGE_CONFIG
 from edge.errors import ApiError
 from edge.inference import INPUT_NAME, OUTPUT_NAME, InferRequest, ModelInfo, check_tensor
 from edge.request_log import REQUEST_ID
-from edge.tensors import from_base64, bad
+from edge.tensors import bad, from_base64
 from edge.upload import read_body
 from edge.v2_rest import SERVICE
 

@@ -24,7 +24,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from edge.auth import token_matches
 from edge.config import EdgeConfig
 from edge.errors import ApiError
-from edge.inference import INPUT_NAME, OUTPUT_NAME, SERVER_NAME, SERVER_VERSION, InferRequest, InferenceService
+from edge.inference import INPUT_NAME, OUTPUT_NAME, SERVER_NAME, SERVER_VERSION, InferenceService, InferRequest
 from edge.metrics import LATENCY_BUCKETS
 from edge.request_log import sane_request_id
 from edge.tensors import bad, output_spec, output_tensor, read_images, serialize_bytes, wanted

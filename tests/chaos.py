@@ -23,8 +23,7 @@ import aiohttp
 from client import Client
 from client.load import run_load
 from tests.consul_dev import PROJECT_ROOT, DevAgent
-from tests.processes import ProxyProcess
-from tests.processes import WorkerProcess
+from tests.processes import ProxyProcess, WorkerProcess
 
 MODEL_DIR = PROJECT_ROOT / "models" / "efficientnet_lite0"
 SCENARIOS = ("kill -9 worker", "SIGTERM worker", "Consul restart", "proxy restart")

@@ -40,18 +40,12 @@ def stop_process(proc: subprocess.Popen, log, timeout: float = 40) -> None:
         log.close()
 
 
-class WorkerProcess:
-    """`python -m worker` as a real subprocess, on a free port, registered in Consul.
+class ReadyLineProcess:
+    """A real subprocess that prints a JSON `{"event": "ready", ...}` line on stdout once
+    it is ready (the worker, the autoscaler)."""
 
-    `consul` is the agent's host:port; `host` the interface to bind; `wrapper` a command
-    prefix (e.g. `ip netns exec NS` to run it on a simulated host).
-    """
-
-    def __init__(self, consul: str, *extra: str, log_path: Path | None = None, host: str = "127.0.0.1",
-                 wrapper: tuple[str, ...] = ()):
+    def __init__(self, args: list[str], log_path: Path | None = None):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-        args = [*wrapper, sys.executable, "-m", "worker", "--host", host, "--port", "0",
-                "--consul", consul, *extra]
         self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=self.stderr)
@@ -69,18 +63,40 @@ class WorkerProcess:
                 self.ready = event
                 self._ready_event.set()
 
-    def wait_ready(self, timeout: float = 90) -> "WorkerProcess":
+    def wait_ready(self, timeout: float = 90):
         deadline = time.monotonic() + timeout
         while not self._ready_event.wait(0.2):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode} before it was ready")
+                raise RuntimeError(f"{self.proc.args[:4]} exited with {self.proc.returncode} before it was ready")
             if time.monotonic() > deadline:
-                raise TimeoutError("worker not ready in time")
+                raise TimeoutError("not ready in time")
         return self
 
     @property
     def url(self) -> str:
         return self.ready["url"]
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        stop_process(self.proc, self.stderr)
+
+
+class WorkerProcess(ReadyLineProcess):
+    """`python -m worker` as a real subprocess, on a free port, registered in Consul.
+
+    `consul` is the agent's host:port; `host` the interface to bind; `wrapper` a command
+    prefix (e.g. `ip netns exec NS` to run it on a simulated host).
+    """
+
+    def __init__(self, consul: str, *extra: str, log_path: Path | None = None, host: str = "127.0.0.1",
+                 wrapper: tuple[str, ...] = ()):
+        super().__init__([*wrapper, sys.executable, "-m", "worker", "--host", host, "--port", "0",
+                          "--consul", consul, *extra], log_path)
 
     @property
     def grpc(self) -> str:
@@ -95,14 +111,12 @@ class WorkerProcess:
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
 
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
 
-    def wait(self, timeout: float = 60) -> int:
-        return self.proc.wait(timeout)
+class AutoscalerProcess(ReadyLineProcess):
+    """`python -m autoscaler` as a real subprocess, its /metrics on a free port."""
 
-    def stop(self) -> None:
-        stop_process(self.proc, self.stderr)
+    def __init__(self, consul: str, *extra: str, log_path: Path | None = None):
+        super().__init__([sys.executable, "-m", "autoscaler", "--consul", consul, "--port", "0", *extra], log_path)
 
 
 class ProxyProcess:

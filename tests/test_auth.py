@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 
 from client import ClassifyError, Client
+from edge.imaging import Preprocessing, preprocess
 from tests.conftest import ESPRESSO, consul_get, roundtrip
 from worker.protocol import BatchRequest
-from edge.imaging import Preprocessing, preprocess
 
 pytestmark = pytest.mark.system
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
 import io
 import json
 import subprocess
 import sys
 import uuid
 
+import pytest
 from PIL import Image
 
 from client.images import downscale, expand_paths

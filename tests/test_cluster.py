@@ -17,13 +17,13 @@ import pytest
 
 from client import Client
 from client.load import run_load
-from tests.consul_dev import DevAgent
 from tests.conftest import (
     DOMESTIC_CATS,
     ESPRESSO,
     SKIMAGE_DATA,
     stalled_upload,
 )
+from tests.consul_dev import DevAgent
 from tests.processes import wait_for
 
 pytestmark = pytest.mark.system

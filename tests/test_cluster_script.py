@@ -6,15 +6,17 @@ has running on the defaults.
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
+import re
 import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.consul_dev import PROJECT_ROOT, free_port
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.system
 
@@ -34,7 +36,7 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-def test_up_add_remove_status_down(tmp_path, coffee_jpeg):
+def test_up_add_remove_autoscale_status_down(tmp_path, coffee_jpeg):
     run = tmp_path / "run"
     proxy_port = free_port()
     env = dict(os.environ, CLUSTER_RUN_DIR=str(run), PROXY_PORT=str(proxy_port), PROXY_GRPC_PORT=str(free_port()),
@@ -67,6 +69,12 @@ def test_up_add_remove_status_down(tmp_path, coffee_jpeg):
         removed = cluster("remove-worker")
         assert "draining worker 2" in removed
         assert live_workers() == 1
+
+        scaled = cluster("autoscale", "--min", "2", "--max", "2", "--port", "0", "--interval", "0.2")
+        assert "/decisions" in scaled
+        wait_for(lambda: live_workers() == 2, timeout=30, what="the autoscaler's minimum of 2")
+        started = pids(run) + [int(pid) for pid in re.findall(r"started worker process (\d+)",
+                                                              (run / "autoscaler.log").read_text())]
     finally:
         started = sorted(set(started) | set(pids(run)))
         down = cluster("down")

@@ -8,6 +8,8 @@ import typing
 
 import pytest
 
+from autoscaler.__main__ import build_parser as autoscaler_parser
+from autoscaler.config import AutoscalerConfig
 from proxy.__main__ import build_parser as proxy_parser
 from proxy.__main__ import parse_args as proxy_args
 from proxy.config import ProxyConfig
@@ -32,7 +34,8 @@ def leaves(cls: type, flags: set[str]) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("parser, config", [(worker_parser, WorkerConfig), (proxy_parser, ProxyConfig)])
+@pytest.mark.parametrize("parser, config", [(worker_parser, WorkerConfig), (proxy_parser, ProxyConfig),
+                                            (autoscaler_parser, AutoscalerConfig)])
 def test_every_flag_has_its_field_and_every_field_its_flag(parser, config):
     flags = {a.dest for a in parser()._actions if a.dest != "help"}
     assert flags - FOLDED == leaves(config, flags)
@@ -49,9 +52,10 @@ def test_flags_reach_nested_and_shared_settings():
         proxy_args(["--split", "1=ninety"])
 
 
-def test_proxy_imports_only_the_worker_protocol():
+@pytest.mark.parametrize("package", ["proxy", "autoscaler"])
+def test_other_tiers_import_only_the_worker_protocol(package):
     imported = set()
-    for path in (PROJECT_ROOT / "proxy").rglob("*.py"):
+    for path in (PROJECT_ROOT / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module)
@@ -62,8 +66,11 @@ def test_proxy_imports_only_the_worker_protocol():
 
 def test_servers_and_client_stay_in_their_lanes():
     """edge imports neither tier; the client and discovery import no server package."""
-    rules = {"edge": ("worker", "proxy", "client"), "client": ("worker", "proxy", "edge", "discovery"),
-             "discovery": ("worker", "proxy", "client", "edge"), "worker": ("proxy", "client")}
+    rules = {"edge": ("worker", "proxy", "client", "autoscaler"),
+             "client": ("worker", "proxy", "edge", "discovery", "autoscaler"),
+             "discovery": ("worker", "proxy", "client", "edge", "autoscaler"),
+             "worker": ("proxy", "client", "autoscaler"), "proxy": ("client", "autoscaler"),
+             "autoscaler": ("proxy", "client")}
     for package, forbidden in rules.items():
         for path in (PROJECT_ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
@@ -75,7 +82,7 @@ def test_servers_and_client_stay_in_their_lanes():
 
 def test_no_product_function_is_over_60_lines():
     long = []
-    for package in ("edge", "worker", "proxy", "discovery", "client"):
+    for package in ("edge", "worker", "proxy", "discovery", "client", "autoscaler"):
         for path in (PROJECT_ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -12,10 +12,10 @@ import subprocess
 import pytest
 from ruamel.yaml import YAML
 
-from tests.consul_dev import PROJECT_ROOT
 from proxy.__main__ import parse_args as proxy_args
-from proxy.config import ProxyConfig
 from proxy.app import create_app as proxy_app
+from proxy.config import ProxyConfig
+from tests.consul_dev import PROJECT_ROOT
 from worker.__main__ import parse_args as worker_args
 from worker.config import WorkerConfig
 from worker.http_api import create_app as worker_app

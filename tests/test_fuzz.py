@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from worker.protocol import BatchRequest, ProtocolError
 from edge.errors import json_errors
 from edge.imaging import ImageError, Preprocessing, preprocess
 from edge.upload import read_image
+from worker.protocol import BatchRequest, ProtocolError
 
 PREP = Preprocessing()
 # Fixed example counts and derandomized: bounded and reproducible in CI.

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.processes import ProxyProcess
 from tests.conftest import ESPRESSO, MODEL_DIR, SKIMAGE_DATA, rss_mb
-from tests.processes import WorkerProcess
+from tests.processes import ProxyProcess, WorkerProcess
 
 pytestmark = pytest.mark.system
 

@@ -3,12 +3,11 @@ parser, and checked against the traffic the test sent."""
 
 from __future__ import annotations
 
-import pytest
-
 import urllib.request
 import uuid
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ESPRESSO

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
+from edge.imaging import preprocess
 from tests.conftest import DOMESTIC_CATS, ESPRESSO, MODEL_DIR, SKIMAGE_DATA, jpeg_bytes
 from worker import build_model
-from edge.imaging import preprocess
 from worker.model import load_model
 from worker.torch_legacy import (
     MAGIC_NUMBER,

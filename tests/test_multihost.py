@@ -9,12 +9,9 @@ import json
 
 import pytest
 
-from tests.processes import ProxyProcess
 from tests.conftest import MODEL_DIR
-from tests.processes import wait_for
 from tests.netlab import Lab, can_create_namespaces
-from tests.processes import WorkerProcess
-
+from tests.processes import ProxyProcess, WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.skipif(not can_create_namespaces(), reason="needs root and iproute2 (CI runs as root)")]
 

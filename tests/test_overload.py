@@ -4,14 +4,13 @@ Latencies are printed for the record, never asserted."""
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 import time
 import uuid
 
 import aiohttp
 import numpy as np
+import pytest
 
 from tests.conftest import ESPRESSO, rss_mb
 from tests.processes import wait_for

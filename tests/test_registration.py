@@ -3,8 +3,6 @@ re-registration after a Consul restart, and drain on SIGTERM."""
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import signal
 import socket
@@ -14,8 +12,10 @@ import urllib.error
 import urllib.request
 import uuid
 
-from tests.consul_dev import PROJECT_ROOT, DevAgent, free_port
+import pytest
+
 from tests.conftest import ESPRESSO, consul_get
+from tests.consul_dev import PROJECT_ROOT, DevAgent, free_port
 from tests.processes import wait_for
 
 pytestmark = pytest.mark.system

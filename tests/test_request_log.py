@@ -3,13 +3,12 @@ logs one line per request carrying the id (JSON lines with --log-format json).""
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import re
 import uuid
 
 import aiohttp
+import pytest
 
 from tests.processes import wait_for
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import re
 import subprocess
 
 import numpy as np
+import pytest
 import zmq
 import zmq.asyncio
 
-from tests.consul_dev import PROJECT_ROOT
-from tests.conftest import ESPRESSO, consul_get, roundtrip
-from worker.protocol import BatchRequest
 from edge.imaging import Preprocessing, preprocess
+from tests.conftest import ESPRESSO, consul_get, roundtrip
+from tests.consul_dev import PROJECT_ROOT
+from worker.protocol import BatchRequest
 
 
 def zmq_endpoint(consul_agent, worker) -> str:

@@ -9,8 +9,8 @@ from aiohttp import web
 from edge.app import create_edge_app, decode_image
 from edge.metrics import register_state
 from edge.request_log import SERVED_BY
-from edge.upload import parse_top_k, read_image
 from edge.tfserving import add_tfserving_routes
+from edge.upload import parse_top_k, read_image
 from edge.v2_rest import SERVICE, add_v2_routes
 from worker.inference import WorkerInference
 from worker.service import STATE, WorkerState, classify_image

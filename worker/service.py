@@ -13,7 +13,7 @@ import numpy as np
 from aiohttp import web
 
 from edge.errors import ApiError, retry_later
-from worker.batcher import Batcher, InferenceError, QueueFullError, Prediction
+from worker.batcher import Batcher, InferenceError, Prediction, QueueFullError
 from worker.config import WorkerConfig
 from worker.model import Model
 
