@@ -2,6 +2,7 @@
 
     python -m client classify PHOTO_OR_DIR... [--mode p2p|proxy] [--top-k 5] [--json] [--max-side 512]
     python -m client lookup
+    (global: --proxy URL[,URL...] | --consul HOST:PORT | --dns HOST:PORT, --token T)
     python -m client bench PHOTO [--mode p2p|proxy] [--concurrency 8] [--duration 10 | --count N] [--json]
 """
 
@@ -19,9 +20,15 @@ from client.images import downscale, expand_paths
 from client.load import run_load
 
 
+def make_client(args, **kw) -> Client:
+    """--proxy takes several URLs, comma-separated; --consul finds the proxies in Consul;
+    --dns looks workers up in Consul's DNS (no proxy needed for p2p)."""
+    return Client(args.proxy.split(","), token=args.token, consul=args.consul, dns=args.dns, **kw)
+
+
 async def classify(args) -> int:
     failed = 0
-    async with Client(args.proxy, retries=args.retries, max_side=args.max_side, token=args.token) as client:
+    async with make_client(args, retries=args.retries, max_side=args.max_side) as client:
         for path in expand_paths(args.photos):
             try:
                 result = await client.classify(path, mode=args.mode, k=args.top_k)
@@ -39,7 +46,7 @@ async def classify(args) -> int:
 
 
 async def lookup(args) -> int:
-    async with Client(args.proxy, token=args.token) as client:
+    async with make_client(args) as client:
         print(await client.lookup())
     return 0
 
@@ -51,7 +58,7 @@ async def bench(args) -> int:
     duration = args.duration if args.count is None else 24 * 3600.0
     count = args.count or 1_000_000
 
-    async with Client(args.proxy, retries=args.retries, token=args.token) as client:
+    async with make_client(args, retries=args.retries) as client:
         send = lambda: client.classify(photo, mode=args.mode)  # noqa: E731
         progress = None
         if not args.json:
@@ -84,7 +91,11 @@ async def bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m client")
     p.add_argument("--proxy", default=os.environ.get("PROXY_URL", "http://127.0.0.1:12480"),
-                   help="proxy URL (default $PROXY_URL or %(default)s)")
+                   help="proxy URL(s), comma-separated: the next is used when one fails (default $PROXY_URL "
+                        "or %(default)s)")
+    p.add_argument("--consul", default=None, help="find the proxies in this Consul agent (host:port) instead")
+    p.add_argument("--dns", default=None,
+                   help="look workers up in Consul's DNS at host:port (e.g. 127.0.0.1:8600): p2p with no proxy")
     p.add_argument("--token", default=os.environ.get("IMAGE_CLUSTER_TOKEN"),
                    help="bearer token when the cluster requires one (default $IMAGE_CLUSTER_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)

@@ -4,6 +4,12 @@
         result = await c.classify("photo.jpg")                # p2p: lookup, then POST to the worker
         result = await c.classify(image_bytes, mode="proxy")  # forward through the proxy
 
+Several proxies: `Client(["http://a:12480", "http://b:12480"])`, or `Client(consul=
+"127.0.0.1:8500")` to find the passing `classifier-proxy` instances in Consul; a proxy
+that cannot be reached is skipped for the next one. No proxy at all: `Client(dns=
+"127.0.0.1:8600")` looks workers up in Consul's DNS (SRV records of
+`classifier.service.consul`) for p2p.
+
 In p2p mode a connection failure or a 5xx from the worker means a fresh lookup and
 another try (bounded by `retries`, with exponential backoff); addresses that just failed
 are avoided for the rest of that request. When the proxy itself cannot be reached (it is
@@ -14,6 +20,8 @@ traffic rides through a proxy restart. A 4xx is the caller's problem and raised 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +29,7 @@ import aiohttp
 from client.images import downscale
 
 RETRYABLE_STATUS = {500, 502, 503, 504}
+UNREACHABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
 
 
 class ClassifyError(Exception):
@@ -33,10 +42,13 @@ class ClassifyError(Exception):
 
 
 class Client:
-    def __init__(self, proxy_url: str = "http://127.0.0.1:12480", *, retries: int = 6,
+    def __init__(self, proxy_url: str | list[str] = "http://127.0.0.1:12480", *, retries: int = 6,
                  timeout_s: float = 30.0, max_side: int | None = None, token: str | None = None,
-                 session: aiohttp.ClientSession | None = None):
-        self.proxy_url = proxy_url.rstrip("/")
+                 session: aiohttp.ClientSession | None = None, consul: str | None = None,
+                 dns: str | None = None, service: str = "classifier", proxy_service: str = "classifier-proxy"):
+        urls = [proxy_url] if isinstance(proxy_url, str) else list(proxy_url)
+        self.proxies = Proxies([u.rstrip("/") for u in urls], consul, proxy_service)
+        self.dns = WorkerDns(dns, service) if dns else None
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.max_side = max_side  # downscale bigger photos before sending (see client/images.py)
         self.retries = retries
@@ -55,9 +67,20 @@ class Client:
         if self._own_session and self._session:
             await self._session.close()
 
+    @property
+    def proxy_url(self) -> str:
+        """The proxy in use now."""
+        return self.proxies.urls[self.proxies.current] if self.proxies.urls else ""
+
     async def lookup(self) -> str:
-        """One live worker's host:port, from the proxy's GET /."""
-        async with self._session.get(self.proxy_url + "/", headers=self.headers) as r:
+        """One live worker's host:port: from Consul's DNS when configured, else from a
+        proxy's GET / (the next proxy when one cannot be reached)."""
+        if self.dns:
+            return await self.dns.lookup()
+        return await self.proxies.call(self._session, self._lookup_at)
+
+    async def _lookup_at(self, proxy_url: str) -> str:
+        async with self._session.get(proxy_url + "/", headers=self.headers) as r:
             if r.status != 200:
                 raise ClassifyError(r.status, await _body(r))
             return (await r.text()).strip()
@@ -68,7 +91,8 @@ class Client:
             data = await asyncio.to_thread(downscale, data, self.max_side)
         self.stats["requests"] += 1
         if mode == "proxy":
-            return await self._with_retries(lambda avoid: self._post(self.proxy_url, data, k))
+            return await self._with_retries(
+                lambda avoid: self.proxies.call(self._session, lambda url: self._post(url, data, k)))
         if mode == "p2p":
             return await self._with_retries(lambda avoid: self._p2p_once(data, k, avoid))
         raise ValueError(f"mode must be 'p2p' or 'proxy', not {mode!r}")
@@ -97,7 +121,7 @@ class Client:
                     break
                 address = await self.lookup()
             return address
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+        except UNREACHABLE:
             fallback = [a for a in reversed(self._known_workers) if a not in avoid]
             if not fallback:
                 raise
@@ -133,3 +157,76 @@ async def _body(r: aiohttp.ClientResponse):
         return await r.json(content_type=None)
     except ValueError:
         return await r.text()
+
+
+class Proxies:
+    """The proxies to use, in order; found in Consul when `consul` is given (refreshed at
+    most every few seconds, and whenever none answers)."""
+
+    def __init__(self, urls: list[str], consul: str | None, service: str, refresh_s: float = 5.0):
+        self.urls = urls if not consul else []
+        self.consul, self.service, self.refresh_s = consul, service, refresh_s
+        self.current = 0
+        self._fetched = 0.0
+
+    async def call(self, session: aiohttp.ClientSession, attempt):
+        """attempt(proxy_url) on the current proxy, then on the others when it cannot be reached."""
+        await self._refresh(session)
+        last: Exception | None = None
+        for i in range(max(1, len(self.urls))):
+            if not self.urls:
+                break
+            index = (self.current + i) % len(self.urls)
+            try:
+                result = await attempt(self.urls[index])
+            except UNREACHABLE as exc:
+                last = exc
+                continue
+            self.current = index
+            return result
+        self._fetched = 0.0  # none answered: ask Consul again next time
+        raise last or aiohttp.ClientConnectionError("no proxy is known")
+
+    async def _refresh(self, session: aiohttp.ClientSession) -> None:
+        if not self.consul or time.monotonic() - self._fetched < self.refresh_s:
+            return
+        url = f"http://{self.consul}/v1/health/service/{self.service}?passing=1"
+        try:
+            async with session.get(url) as r:
+                entries = await r.json()
+        except (*UNREACHABLE, ValueError):
+            return  # keep the last known proxies
+        found = [f"http://{e['Service']['Address'] or e['Node']['Address']}:{e['Service']['Port']}" for e in entries]
+        if found:
+            self.urls, self._fetched = sorted(found), time.monotonic()
+            self.current %= len(self.urls)
+
+
+class WorkerDns:
+    """Workers from Consul's DNS interface: SRV records of `<service>.service.consul`,
+    through dnspython (no proxy involved)."""
+
+    def __init__(self, server: str, service: str):
+        import dns.asyncresolver
+
+        host, _, port = server.rpartition(":") if ":" in server else (server, "", "8600")
+        self.resolver = dns.asyncresolver.Resolver(configure=False)
+        self.resolver.nameservers = [host]
+        self.resolver.port = int(port)
+        self.resolver.lifetime = 2.0
+        self.name = f"{service}.service.consul"
+        self._turn = itertools.count()
+
+    async def lookup(self) -> str:
+        """host:port of one healthy worker (round-robin over the answer)."""
+        import dns.exception
+
+        try:
+            answer = await self.resolver.resolve(self.name, "SRV", tcp=False)
+        except dns.exception.DNSException as exc:
+            raise aiohttp.ClientConnectionError(f"DNS lookup of {self.name} failed: {exc}") from None
+        records = sorted(answer, key=lambda r: (r.priority, str(r.target), r.port))
+        record = records[next(self._turn) % len(records)]
+        addresses = {rr.name: rr[0].address for rr in answer.response.additional if rr.rdtype == 1}  # A records
+        host = addresses.get(record.target) or (await self.resolver.resolve(record.target, "A"))[0].address
+        return f"{host}:{record.port}"

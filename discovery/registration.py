@@ -72,9 +72,14 @@ async def agent_address(address: ConsulAddress) -> str:
 
 
 class Registration:
-    def __init__(self, consul_address: ConsulAddress, instance: ServiceInstance, ttl_s: float = 5.0):
+    """`http_check`: let the agent poll this URL (the proxy's /readyz) instead of a TTL check
+    passed by heartbeats; the heartbeat then only re-registers after a Consul restart."""
+
+    def __init__(self, consul_address: ConsulAddress, instance: ServiceInstance, ttl_s: float = 5.0,
+                 http_check: str | None = None):
         self.instance = instance
         self.ttl_s = ttl_s
+        self.http_check = http_check
         self.check_id = f"service:{instance.service_id}"
         self._client = consul_address.client()
         self._heartbeat: asyncio.Task | None = None
@@ -94,20 +99,30 @@ class Registration:
             address=inst.address,
             port=inst.port,
             meta=inst.meta,
-            # Registered only when ready, so the check starts passing rather than critical
-            # until the first heartbeat reaches Consul.
-            check={"ttl": f"{self.ttl_s:g}s", "DeregisterCriticalServiceAfter": "1m", "Status": "passing"},
+            check=self._check(),
         )
         if self._maintenance:
             await self._client.agent.service.maintenance(inst.service_id, True, reason="draining")
         self._registered = True
         log.info("registered %s at %s:%d with Consul", inst.service_id, inst.address, inst.port)
 
+    def _check(self) -> dict:
+        # Registered only when ready, so the check starts passing rather than critical
+        # until the first heartbeat (or poll) reaches Consul.
+        if self.http_check:
+            return {"http": self.http_check, "interval": "1s", "timeout": "1s",
+                    "DeregisterCriticalServiceAfter": "1m", "Status": "passing"}
+        return {"ttl": f"{self.ttl_s:g}s", "DeregisterCriticalServiceAfter": "1m", "Status": "passing"}
+
     async def _beat(self) -> None:
         try:
             if not self._registered:
                 await self._register()
-            await self._client.agent.check.ttl_pass(self.check_id)
+            if self.http_check:  # the agent polls us; just make sure it still knows us
+                if self.instance.service_id not in await self._client.agent.services():
+                    raise LookupError("the agent lost our registration")
+            else:
+                await self._client.agent.check.ttl_pass(self.check_id)
         except Exception as exc:  # unreachable, restarted without our service, ...
             if self._registered:
                 log.warning("Consul heartbeat failed (%s); will re-register", exc)
@@ -134,14 +149,15 @@ class Registration:
         except Exception as exc:
             log.warning("could not enter maintenance mode: %s", exc)
 
-    async def close(self) -> None:
-        """Stop heartbeats and deregister."""
+    async def close(self, deregister: bool = True) -> None:
+        """Stop heartbeats and deregister (unless a successor took the registration over)."""
         if self._heartbeat:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
         try:
-            await self._client.agent.service.deregister(self.instance.service_id)
-            log.info("deregistered %s", self.instance.service_id)
+            if deregister:
+                await self._client.agent.service.deregister(self.instance.service_id)
+                log.info("deregistered %s", self.instance.service_id)
         except Exception as exc:
             log.warning("could not deregister %s: %s", self.instance.service_id, exc)
         await self._client.close()

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
-
-from aiohttp import web
 
 from discovery.registration import ConsulAddress
 from edge.config import add_edge_flags, parse_config
 from edge.request_log import setup_logging
-from proxy.app import create_app
 from proxy.config import ProxyConfig
 from proxy.policy import POLICIES, parse_split
 
@@ -47,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-wait", type=float, default=d.watch_wait, help="Consul blocking-query wait, seconds")
     p.add_argument("--resync-grace", type=float, default=d.resync_grace,
                    help="seconds to keep known workers after Consul comes back, while they re-register")
+    p.add_argument("--drain-idle", type=float, default=d.drain_idle,
+                   help="seconds keep-alive connections get to learn of a drain (default %(default)s)")
+    p.add_argument("--register", action=argparse.BooleanOptionalAction, default=d.register,
+                   help="register in Consul, health-checked on /readyz (default: yes)")
+    p.add_argument("--proxy-service-name", default=d.proxy_service_name, help="(default %(default)s)")
+    p.add_argument("--advertise", default=None, help="address registered in Consul (default: the bind address)")
+    p.add_argument("--listen-fd", type=int, default=d.listen_fd, help=argparse.SUPPRESS)  # handover internals
+    p.add_argument("--ready-fd", type=int, default=d.ready_fd, help=argparse.SUPPRESS)
+    p.add_argument("--pid-file", default=d.pid_file, help="write the pid here once ready (a handover updates it)")
     return p
 
 
@@ -59,10 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.edge.log_level, config.edge.log_format)
     logging.getLogger(__name__).info("proxy on %s:%d, Consul %s:%d, policy %s", config.host, config.port,
                                      config.consul.host, config.consul.port, config.policy)
-    # run_app stops accepting on SIGTERM/SIGINT and waits for in-flight requests.
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None,
-                access_log=None, shutdown_timeout=config.request_timeout)
-    return 0
+    from proxy.server import ProxyServer
+
+    return asyncio.run(ProxyServer(config).run())
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ AppKeys.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -133,8 +134,23 @@ async def status_page(request: web.Request) -> web.Response:
     return web.Response(text=STATUS_PAGE, content_type="text/html")
 
 
+DRAINING = web.AppKey("draining", asyncio.Event)
+
+
+@web.middleware
+async def close_when_draining(request: web.Request, handler):
+    """While the proxy drains, every answer closes its connection: a keep-alive client's
+    next request then opens a connection to whoever holds the listening socket now."""
+    response = await handler(request)
+    if request.app[DRAINING].is_set():
+        response.force_close()
+    return response
+
+
 def create_app(config: ProxyConfig) -> web.Application:
     app = create_edge_app(config.edge, classify, healthz, readyz)
+    app.middlewares.insert(0, close_when_draining)
+    app[DRAINING] = asyncio.Event()
 
     async def resources(app: web.Application):
         pool = WorkerPool(max_batch_size=config.max_batch_size, max_batch_delay_ms=config.max_batch_delay_ms,

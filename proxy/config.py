@@ -23,6 +23,13 @@ class ProxyConfig:
     worker_timeout: float = 10.0  # seconds per attempt; then eject and retry elsewhere
     request_timeout: float = 30.0  # seconds in all (504)
     max_in_flight: int = 1024  # accepted forward requests; beyond, a fast 503
+    drain_idle: float = 2.0  # seconds keep-alive connections get to learn of a drain (Connection: close)
+    register: bool = True  # register in Consul as `proxy_service_name`, health-checked on /readyz
+    proxy_service_name: str = "classifier-proxy"
+    advertise: str | None = None  # address registered in Consul (default: the bind address, else the agent's)
+    listen_fd: int = -1  # serve on this inherited listening socket (a handover); -1: open host:port
+    ready_fd: int = -1  # write the ready line here too (the proxy being replaced waits on it)
+    pid_file: str = ""  # write our pid here once ready (scripts/cluster; a handover updates it)
     probe_interval: float = 0.5  # seconds between /readyz probes of an ejected worker
     retire_timeout: float = 30.0  # seconds a departed worker's channel waits for its outstanding requests
     watch_wait: float = 30.0  # seconds a Consul blocking query waits for a change

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -124,7 +125,8 @@ class ProxyProcess:
 
     `consul` is the agent's host:port; `host` the interface to bind and `reach_at` the
     address this process polls it at (default: `host`); `wrapper` a command prefix
-    (e.g. `ip netns exec NS`).
+    (e.g. `ip netns exec NS`). After `handover()` (SIGHUP) the proxy serving the port is
+    the successor the first one started: `pid` follows it through the pid file.
     """
 
     def __init__(self, consul: str, *extra: str, log_path: Path | None = None, host: str = "127.0.0.1",
@@ -135,13 +137,21 @@ class ProxyProcess:
         self.token = token
         self.url = f"http://{reach_at or host}:{self.port}"
         self.grpc = f"{reach_at or host}:{self.grpc_port}"
+        self.pid_file = Path(tempfile.mkdtemp(prefix="proxy-")) / "proxy.pid"
         args = [*wrapper, sys.executable, "-m", "proxy", "--host", host, "--port", str(self.port),
-                "--grpc-port", str(self.grpc_port),
+                "--grpc-port", str(self.grpc_port), "--pid-file", str(self.pid_file),
                 "--consul", consul, *extra, *(["--auth-token", token] if token else [])]
         self.stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                                      stdout=self.stderr, stderr=self.stderr)
         wait_for(self._alive, timeout=30, what="proxy listening")
+        self.pid = wait_for(self._written_pid, timeout=30, what="the proxy's pid file")
+
+    def _written_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
 
     def _alive(self) -> bool:
         if self.proc.poll() is not None:
@@ -162,5 +172,41 @@ class ProxyProcess:
         wait_for(lambda: self.workers()["live"] == n, timeout=timeout, what=f"{n} live workers in the proxy")
         return self
 
+    def handover(self, timeout: float = 60) -> int:
+        """SIGHUP: a successor takes the socket over, this one drains and exits. Returns
+        the old process's exit status once it is gone."""
+        old = self.pid
+        os.kill(old, signal.SIGHUP)
+        self.pid = wait_for(lambda: (pid := self._written_pid()) != old and pid, timeout=timeout,
+                            what="the successor's pid")
+        if old == self.proc.pid:
+            return self.proc.wait(timeout)
+        wait_for(lambda: not _running(old), timeout=timeout, what=f"proxy {old} to exit")
+        return 0
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        if self.pid == self.proc.pid:
+            self.proc.wait()
+
     def stop(self) -> None:
-        stop_process(self.proc, self.stderr)
+        if self.pid == self.proc.pid:
+            stop_process(self.proc, self.stderr)
+            return
+        if self.proc.poll() is None:
+            self.proc.wait(60)
+        if _running(self.pid):  # a successor: not our child, so no wait(); poll /proc
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                wait_for(lambda: not _running(self.pid), timeout=40, what="the proxy to stop")
+            except TimeoutError:
+                os.kill(self.pid, signal.SIGKILL)
+        if self.stderr is not subprocess.DEVNULL:
+            self.stderr.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

@@ -6,6 +6,7 @@ has running on the defaults.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from client.api import WorkerDns
 from tests.consul_dev import PROJECT_ROOT, free_port
 from tests.processes import wait_for
 
@@ -39,8 +41,9 @@ def alive(pid: int) -> bool:
 def test_up_add_remove_autoscale_status_down(tmp_path, coffee_jpeg):
     run = tmp_path / "run"
     proxy_port = free_port()
+    dns_port = free_port()
     env = dict(os.environ, CLUSTER_RUN_DIR=str(run), PROXY_PORT=str(proxy_port), PROXY_GRPC_PORT=str(free_port()),
-               CONSUL_HTTP_ADDR=f"127.0.0.1:{free_port()}")
+               CONSUL_HTTP_ADDR=f"127.0.0.1:{free_port()}", CONSUL_DNS_PORT=str(dns_port))
 
     def cluster(*args: str) -> str:
         out = subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=300)
@@ -65,6 +68,17 @@ def test_up_add_remove_autoscale_status_down(tmp_path, coffee_jpeg):
         started = pids(run)
         status = cluster("status")
         assert status.count("live=True") == 2
+        # Consul's DNS answers the same live set the proxy routes to (SRV: host and port).
+        with urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/workers", timeout=5) as r:
+            in_proxy = {w["address"] for w in json.loads(r.read())["workers"]}
+        resolver = WorkerDns(f"127.0.0.1:{dns_port}", "classifier")
+        assert {asyncio.run(resolver.lookup()) for _ in range(4)} == in_proxy
+
+        old_proxy = int((run / "proxy.pid").read_text())
+        restarted = cluster("restart-proxy")
+        new_proxy = int((run / "proxy.pid").read_text())
+        assert "handed its socket" in restarted and new_proxy != old_proxy and not alive(old_proxy)
+        assert live_workers() == 2  # the new proxy serves on the same port
 
         removed = cluster("remove-worker")
         assert "draining worker 2" in removed
