@@ -101,9 +101,9 @@ class Lab:
         return subprocess.run([*host.wrapper, *args], capture_output=True, text=True, timeout=timeout)
 
     def start_consul_server(self, host: Host) -> None:
-        self.run(host, [consul_binary(), "agent", "-dev", "-node", host.name, "-bind", host.ip,
-                        "-client", f"127.0.0.1 {host.ip}", "-dns-port", "-1", "-grpc-port", "-1"],
-                 log_name=f"consul-{host.name}.log")
+        self.consul_server_process = self.run(
+            host, [consul_binary(), "agent", "-dev", "-node", host.name, "-bind", host.ip, "-client",
+                   f"127.0.0.1 {host.ip}", "-dns-port", "8600", "-grpc-port", "-1"], log_name=f"consul-{host.name}.log")
         self.wait_http(f"http://{host.ip}:8500/v1/status/leader", lambda body: body.strip() not in (b"", b'""'))
         self.consul_server = host
 
@@ -111,7 +111,7 @@ class Lab:
         """A client agent on `host`, HTTP on its 127.0.0.1:8500, joined to the server."""
         data_dir = os.path.join(self.tmp, f"consul-{host.name}")
         self.run(host, [consul_binary(), "agent", "-node", host.name, "-bind", host.ip, "-client", "127.0.0.1",
-                        "-data-dir", data_dir, "-retry-join", self.consul_server.ip, "-dns-port", "-1",
+                        "-data-dir", data_dir, "-retry-join", self.consul_server.ip, "-dns-port", "8600",
                         "-grpc-port", "-1"], log_name=f"consul-{host.name}.log")
         deadline = time.monotonic() + 30
         server_members = f"http://{self.consul_server.ip}:8500/v1/agent/members"
@@ -119,6 +119,17 @@ class Lab:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"consul client on {host.name} did not join")
             time.sleep(0.2)
+
+    def restart_consul_server(self) -> None:
+        """Stop the server agent and start it again (a dev server comes back empty: the
+        client agents rejoin and sync their services to it again)."""
+        self.consul_server_process.terminate()
+        self.consul_server_process.wait(20)
+        self.start_consul_server(self.consul_server)
+
+    def link(self, host: Host, up: bool) -> None:
+        """Cut (or restore) the host's only network link."""
+        _ip("-n", host.netns, "link", "set", host.veth, "up" if up else "down")
 
     @staticmethod
     def wait_http(url: str, ok, timeout: float = 30) -> bytes:

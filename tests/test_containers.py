@@ -49,7 +49,7 @@ def test_compose_file_matches_the_compose_spec():
 
 def test_compose_topology(compose):
     services = compose["services"]
-    assert set(services) == {"consul", "proxy", "worker"}
+    assert set(services) == {"consul", "proxy", "proxy-b", "worker"}
     assert services["consul"]["image"].startswith("hashicorp/consul:")
     assert "-dev" in services["consul"]["command"]
     assert services["proxy"]["ports"][0] == "12480:12480"
@@ -69,11 +69,13 @@ def test_commands_use_real_flags(compose):
     assert (config.host, config.port, config.zmq_port, config.grpc_port) == ("0.0.0.0", 8601, 8602, 8603)
     assert (config.consul.host, config.consul.port) == ("consul", 8500)
 
-    proxy_cmd = compose["services"]["proxy"]["command"]
-    assert proxy_cmd[:3] == ["python", "-m", "proxy"]
-    p = proxy_args(proxy_cmd[3:])
-    assert (p.port, p.grpc_port) == (12480, 12481) and p.consul.host == "consul"
-    assert compose["services"]["proxy"]["ports"] == ["12480:12480", "12481:12481"]
+    for name, published in (("proxy", ["12480:12480", "12481:12481"]), ("proxy-b", ["12482:12480", "12483:12481"])):
+        proxy_cmd = compose["services"][name]["command"]
+        argv = shlex.split(proxy_cmd[2].replace('"$$(hostname -i | cut -d\' \' -f1)"', "172.18.0.7"))
+        assert proxy_cmd[:2] == ["sh", "-c"] and argv[:4] == ["exec", "python", "-m", "proxy"]
+        p = proxy_args(argv[4:])
+        assert (p.port, p.grpc_port, p.consul.host, p.advertise) == (12480, 12481, "consul", "172.18.0.7")
+        assert compose["services"][name]["ports"] == published
 
     argv = json.loads(dict(dockerfile_instructions())["CMD"])
     assert argv[:3] == ["python", "-m", "worker"]

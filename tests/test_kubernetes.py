@@ -61,8 +61,8 @@ def test_commands_parse_with_the_real_flags():
     assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"  # each pod advertises its own IP
     proxy = container("proxy")
     assert proxy["command"] == ["python", "-m", "proxy"]
-    p = proxy_args(proxy["args"])
-    assert (p.port, p.grpc_port, p.consul.host) == (12480, 12481, "consul")
+    p = proxy_args([a.replace("$(POD_IP)", "10.1.2.4") for a in proxy["args"]])
+    assert (p.port, p.grpc_port, p.consul.host, p.advertise) == (12480, 12481, "consul", "10.1.2.4")
     ports = {port["port"] for port in by_kind("Service")["proxy"]["spec"]["ports"]}
     assert ports == {12480, 12481}
 

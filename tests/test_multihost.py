@@ -6,6 +6,7 @@ their local agent, as they would on real machines."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -69,6 +70,14 @@ def test_lookup_and_forward_across_hosts(lab, artifacts_dir, coffee_jpeg, tmp_pa
         # The same two-step flow as the original design, in plain curl, on the client host.
         two_step = lab.exec(client, ["bash", "-c", f'curl -s -XPOST "$(curl -s {proxy_url})" -F data=@{photo}'])
         assert json.loads(two_step.stdout)["predictions"][0]["label"] == "espresso"
+
+        # No proxy at all: the client library looks workers up in Consul's DNS (SRV).
+        proxy.stop()
+        out = lab.exec(client, [sys.executable, "-m", "tests.lab_load", "--photo", str(photo), "--requests", "12",
+                                "--dns", f"{consul.ip}:8600", "--mode", "p2p"])
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["answered"] == 12 and result["failed"] == 0, out.stdout + out.stderr
+        assert {w.split(":")[0] for w in result["workers"]} == {h.ip for h in worker_hosts}
     finally:
         proxy.stop()
         for w in workers:
