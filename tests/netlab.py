@@ -81,6 +81,17 @@ class Lab:
         _ip("-n", host.netns, "link", "set", "lo", "up")
         return host
 
+    def standard_hosts(self) -> tuple[Host, Host, Host, list[Host]]:
+        """(consul, proxy, client, [w1, w2]): a Consul server host, a proxy host and two
+        worker hosts with local client agents, and a client host without one."""
+        consul = self.add_host("consul")
+        self.start_consul_server(consul)
+        proxy_host, client = self.add_host("proxy"), self.add_host("client")
+        worker_hosts = [self.add_host("w1"), self.add_host("w2")]
+        for host in (proxy_host, *worker_hosts):
+            self.start_consul_client(host)
+        return consul, proxy_host, client, worker_hosts
+
     def cap(self, host: Host, rate: str) -> None:
         """Limit the host's link to `rate` (e.g. '50mbit') each way, with a token bucket."""
         tbf = ["root", "tbf", "rate", rate, "burst", "64kb", "latency", "50ms"]

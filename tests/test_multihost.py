@@ -24,12 +24,7 @@ def lab():
 
 
 def test_lookup_and_forward_across_hosts(lab, artifacts_dir, coffee_jpeg, tmp_path):
-    consul = lab.add_host("consul")
-    lab.start_consul_server(consul)
-    proxy_host, client = lab.add_host("proxy"), lab.add_host("client")
-    worker_hosts = [lab.add_host("w1"), lab.add_host("w2")]
-    for host in (proxy_host, *worker_hosts):
-        lab.start_consul_client(host)
+    consul, proxy_host, client, worker_hosts = lab.standard_hosts()
 
     workers = [WorkerProcess("127.0.0.1:8500", "--model-dir", str(MODEL_DIR), host="0.0.0.0",
                              wrapper=h.wrapper, log_path=artifacts_dir / f"multihost-{h.name}.log")

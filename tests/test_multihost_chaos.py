@@ -26,12 +26,7 @@ def cluster(artifacts_dir):
     """(lab, client host, proxy URL, worker hosts): Consul server, a proxy host and two
     worker hosts with local agents, and a client host."""
     with Lab() as lab:
-        consul = lab.add_host("consul")
-        lab.start_consul_server(consul)
-        proxy_host, client = lab.add_host("proxy"), lab.add_host("client")
-        worker_hosts = [lab.add_host("w1"), lab.add_host("w2")]
-        for host in (proxy_host, *worker_hosts):
-            lab.start_consul_client(host)
+        _, proxy_host, client, worker_hosts = lab.standard_hosts()
         workers = [WorkerProcess("127.0.0.1:8500", "--model-dir", str(MODEL_DIR), "--host", "0.0.0.0",
                                  wrapper=h.wrapper, log_path=artifacts_dir / f"labchaos-{h.name}.log")
                    for h in worker_hosts]
