@@ -1,8 +1,9 @@
 """One proxy -> worker ZeroMQ channel, with micro-batching.
 
-Requests for the same worker that arrive within `max_delay_ms` of each other (up to
-`max_batch_size`) leave as one message: one JSON header and one uint8 tensor frame.
-Replies are matched to requests by batch id and item id.
+Requests for the same worker that queue while a batch is out at it (and those arriving
+within `max_delay_ms` then, up to `max_batch_size`) leave as one message: one JSON header
+and one uint8 tensor frame; a request to an idle channel leaves at once. Replies are
+matched to requests by batch id and item id.
 
 Failure is loud, never silent: a socket monitor reports the TCP connection dropping
 (a killed worker), which fails every request waiting on this channel at once with
@@ -83,7 +84,9 @@ class WorkerChannel:
 
     async def _send_loop(self) -> None:
         while True:
-            batch = await collect_batch(self._queue, self.max_batch_size, self.max_delay_ms)
+            # Wait for company only while a batch is out at the worker; an idle channel sends at once.
+            batch = await collect_batch(self._queue, self.max_batch_size, self.max_delay_ms,
+                                        busy=lambda: bool(self._pending))
             batch = [item for item in batch if not item.future.done()]
             if not batch:
                 continue

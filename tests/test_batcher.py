@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from edge.tasks import collect_batch
 from worker.batcher import BatchConfig, Batcher, InferenceError, QueueFullError
 
 pytestmark = pytest.mark.unit
@@ -87,3 +88,14 @@ async def test_caller_that_went_away_does_not_break_the_loop(batcher):
     await blocker
     assert int((await b.submit(image(2))).probabilities[0]) == 2
     assert sum(model.batches) == 2  # the cancelled request was never computed
+
+
+async def test_an_idle_batcher_does_not_wait_for_a_batch_to_fill():
+    """One image on an idle batcher goes straight to the model, however long the batch
+    delay; images queued behind a busy one still form a batch."""
+    queue: asyncio.Queue = asyncio.Queue()
+    queue.put_nowait("alone")
+    assert await asyncio.wait_for(collect_batch(queue, 8, max_delay_ms=60_000), timeout=5) == ["alone"]
+    for item in ("a", "b", "c"):
+        queue.put_nowait(item)
+    assert await asyncio.wait_for(collect_batch(queue, 3, max_delay_ms=60_000), timeout=5) == ["a", "b", "c"]

@@ -50,8 +50,8 @@ def batch_error(status: int, code: str) -> Callable[[BatchRequest], BatchReply]:
 class ScriptedWorker:
     """A ROUTER socket on 127.0.0.1 answering each batch with `answer(request)`."""
 
-    def __init__(self, name: str, answer: Callable[[BatchRequest], BatchReply]):
-        self.name, self.answer = name, answer
+    def __init__(self, name: str, answer: Callable[[BatchRequest], BatchReply], delay_s: float = 0.0):
+        self.name, self.answer, self.delay_s = name, answer, delay_s
         self.requests: list[BatchRequest] = []
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -64,6 +64,7 @@ class ScriptedWorker:
             identity, *frames = await self._sock.recv_multipart()
             request = BatchRequest.decode(frames)
             self.requests.append(request)
+            await asyncio.sleep(self.delay_s)  # a model that takes its time: requests queue meanwhile
             reply = self.answer(request)
             reply.worker = self.name
             await self._sock.send_multipart([identity, *reply.encode()])
@@ -88,8 +89,8 @@ async def proxy():
     await server.start_server()
     workers: list[ScriptedWorker] = []
 
-    def add_workers(*scripted: tuple[str, Callable]):
-        workers.extend(ScriptedWorker(name, answer) for name, answer in scripted)
+    def add_workers(*scripted: tuple):
+        workers.extend(ScriptedWorker(*args) for args in scripted)
         app[STATE].pool.update({w.name: w.instance() for w in workers})
         return workers
 
@@ -110,7 +111,7 @@ async def proxy():
 
 async def test_forwards_micro_batches_of_preprocessed_uint8(proxy, coffee_jpeg):
     post, _, add_workers, _ = proxy
-    (w,) = add_workers(("w1", ok))
+    (w,) = add_workers(("w1", ok, 0.2))
     answers = await asyncio.gather(*(post(coffee_jpeg) for _ in range(6)))
     assert all(status == 200 and body["worker"] == "w1" for status, body, _ in answers)
     assert answers[0][1]["predictions"][0] == {"label": "espresso", "index": 967, "score": 0.9}

@@ -1,10 +1,11 @@
 """Dynamic batching: one bounded queue, one inference thread.
 
 Every entry point (HTTP and ZeroMQ) calls `submit()` with a preprocessed uint8
-image. A collector task takes the first waiting image, then whatever else arrives
-within `max_batch_delay_ms`, up to `max_batch_size`, and runs the batch on a dedicated
-thread. While one batch runs the next one accumulates, so under load batches grow by
-themselves without adding delay. The knobs mirror TF Serving's (max_batch_size,
+image. A collector task takes the first waiting image and whatever else is queued (when
+others were queued, it also waits up to `max_batch_delay_ms` for more), up to
+`max_batch_size`, and runs the batch on a dedicated thread. An image that finds the
+worker idle goes straight to the model. While one batch runs the next one accumulates,
+so under load batches grow by themselves. The knobs mirror TF Serving's (max_batch_size,
 batch_timeout_micros, max_enqueued_batches) and Triton's queue policy with rejection.
 """
 
