@@ -56,7 +56,9 @@ def wrk(url: str, connections: int, duration: float, script: Path | None) -> dic
         args[1:1] = ["-s", str(script)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|90|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    if len(lat) < 3:
+        raise RuntimeError(f"could not read wrk's latency distribution:\n{out}")
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {"per_second": rate, "p50_ms": to_ms(lat["50"]), "p90_ms": to_ms(lat["90"]),
