@@ -4,6 +4,9 @@
   (TFLite, batches of 32), in process, no network;
 - flask: the original approach (scripts/bench/flask_baseline.py: SavedModel, one request
   at a time, `-F data=@`);
+- mosec: the best peer measured (scripts/bench/mosec_baseline.py: the same model.tflite,
+  our preprocessing, a decode stage feeding a batched inference stage, the same
+  interpreter threads); the suite prints our rows over its rows as ratios;
 - direct-savedmodel: a worker with the SavedModel backend, POST straight to it;
 - direct: a worker with the default TFLite backend, POST straight to it;
 - direct-opencv: the same with --preprocessing opencv (the faster approximation of the
@@ -92,19 +95,32 @@ def rss_mb(*pids: int) -> int:
 
 @contextmanager
 def flask_server(out: Path):
+    with baseline_server(out, "flask_baseline.py", "/healthz") as served:
+        yield served
+
+
+@contextmanager
+def mosec_server(out: Path):
+    with baseline_server(out, "mosec_baseline.py", "/", "--address", "127.0.0.1") as served:
+        yield served
+
+
+@contextmanager
+def baseline_server(out: Path, script: str, probe: str, *extra: str):
+    """A baseline server (scripts/bench/SCRIPT --port N) on a free port: (url, pid)."""
     port = free_port()
-    log = open(out / "flask.log", "ab")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench" / "flask_baseline.py"),
-                             "--port", str(port)], stdout=log, stderr=log)
+    log = open(out / f"{Path(script).stem}.log", "ab")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench" / script), "--port", str(port), *extra],
+                            stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
         try:
-            urllib.request.urlopen(url + "/healthz", timeout=1)
+            urllib.request.urlopen(url + probe, timeout=1)
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the Flask baseline did not start: see flask.log") from None
+                raise RuntimeError(f"{script} did not start: see its log in {out}") from None
             time.sleep(0.2)
     try:
         yield url, proc.pid
@@ -181,6 +197,32 @@ def protocol_senders(session: aiohttp.ClientSession, worker, photo: bytes) -> di
     }
 
 
+def raw_poster(session: aiohttp.ClientSession, photo: bytes):
+    """POST the photo as the raw body (mosec's convention)."""
+    async def post(url: str):
+        async with session.post(url, data=photo) as r:
+            body = await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"{r.status}: {body[:200]!r}")
+    return post
+
+
+def mosec_pids(pid: int) -> list[int]:
+    """mosec's process and the stage processes it spawned (for RSS)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *map(int, children.read_text().split())] if children.exists() else [pid]
+
+
+def over_mosec(rows: list[dict]) -> str:
+    """Our img/s over mosec's, per configuration and concurrency."""
+    by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
+    parts = []
+    for config in ("direct", "proxy", "p2p"):
+        parts += [f"{config} c={c}: {by[(config, c)] / by[('mosec', c)]:.2f}x"
+                  for _, c in sorted(k for k in by if k[0] == "mosec") if (config, c) in by]
+    return "; ".join(parts)
+
+
 def preprocessing_cost(rows: list[dict]) -> str:
     """What the exact (default) preprocessing costs against OpenCV's approximation, per concurrency."""
     by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
@@ -195,6 +237,10 @@ async def run_all(args, photo: bytes) -> list[dict]:
         post = poster(s, photo)
         with flask_server(args.out) as (url, pid):
             rows += await measure("flask", lambda: post(url), args.concurrency, args.duration, lambda: [pid])
+        with mosec_server(args.out) as (url, pid):
+            raw = raw_poster(s, photo)
+            rows += await measure("mosec", lambda: raw(url + "/inference"), args.concurrency, args.duration,
+                                  lambda: mosec_pids(pid))
 
         agent = DevAgent(log_path=args.out / "consul.log").start()
         try:
@@ -294,6 +340,7 @@ def main() -> int:
     print(table(ceiling_row, rows))
     print(f"\nimg/s with the exact preprocessing (direct) over OpenCV's approximation (direct-opencv): "
           f"{preprocessing_cost(rows)}")
+    print(f"img/s over mosec's (same model file, preprocessing and interpreter threads): {over_mosec(rows)}")
     if noop_rows:
         print()
         print(proxy_rate.table(noop_rows))

@@ -1,0 +1,78 @@
+"""The best peer measured here, as a baseline: mosec serving the same model file with our
+preprocessing, in its idiomatic shape (a decode stage of 2 processes feeding a batched
+inference stage), the interpreter with the same threads as our worker (all cores), raw
+uint8 tensors between the stages (not mosec's default pickle). Requests are the raw
+image bytes POSTed to /inference, mosec's own convention.
+
+    .venv/bin/python scripts/bench/mosec_baseline.py --port 8000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from mosec import Server, Worker
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from edge.imaging import Preprocessing, configure_decoding, preprocess  # noqa: E402
+
+MODEL = ROOT / "models" / "efficientnet_lite0" / "1"
+SHAPE = (224, 224, 3)
+
+
+class Decode(Worker):
+    def __init__(self):
+        super().__init__()
+        configure_decoding()
+        self.prep = Preprocessing()
+
+    def deserialize(self, data: bytes) -> bytes:
+        return data  # the raw image
+
+    def forward(self, data: bytes) -> np.ndarray:
+        return preprocess(data, self.prep, 40_000_000)
+
+    def serialize_ipc(self, data: np.ndarray) -> bytes:
+        return data.tobytes()
+
+
+class Infer(Worker):
+    def __init__(self):
+        super().__init__()
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.labels = (MODEL / "labels.txt").read_text().splitlines()
+        self.interpreter = Interpreter(model_path=str(MODEL / "model.tflite"), num_threads=os.cpu_count())
+        self.inp = self.interpreter.get_input_details()[0]["index"]
+        self.out = self.interpreter.get_output_details()[0]["index"]
+        self.interpreter.allocate_tensors()
+
+    def deserialize_ipc(self, data: bytes) -> np.ndarray:
+        return np.frombuffer(data, dtype=np.uint8).reshape(SHAPE)
+
+    def forward(self, batch: list[np.ndarray]) -> list[dict]:
+        answers = []
+        for image in batch:  # one after another: what XNNPACK does fastest on CPU
+            self.interpreter.set_tensor(self.inp, image[None])
+            self.interpreter.invoke()
+            probs = self.interpreter.get_tensor(self.out)[0]
+            best = np.argsort(-probs)[:5]
+            answers.append({"predictions": [{"label": self.labels[i], "index": int(i), "score": float(probs[i])}
+                                            for i in best]})
+        return answers
+
+    def serialize(self, data: dict) -> bytes:
+        return json.dumps(data).encode()
+
+
+if __name__ == "__main__":
+    server = Server()
+    server.append_worker(Decode, num=2)
+    server.append_worker(Infer, num=1, max_batch_size=32, max_wait_time=2)
+    server.run()
