@@ -101,7 +101,11 @@ class ProxyServer:
         c = self.config
         if not c.register:
             return
-        address = c.advertise or (c.host if c.host not in ANY_ADDRESS else await agent_address(c.consul))
+        try:
+            address = c.advertise or (c.host if c.host not in ANY_ADDRESS else await agent_address(c.consul))
+        except Exception as exc:  # serve anyway: clients given our URL still reach us
+            log.error("not registering in Consul: cannot learn this host's address (%s); pass --advertise", exc)
+            return
         instance = ServiceInstance(c.proxy_service_name, f"{c.proxy_service_name}-{address}-{port}", address, port,
                                    {"grpc_port": str(c.grpc_port)})
         self.registration = Registration(c.consul, instance, http_check=f"http://{address}:{port}/readyz")
