@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -210,3 +211,21 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def worker_and_proxy(consul: str, out: Path, worker_args: tuple[str, ...] = (), proxy_args: tuple[str, ...] = (),
+                     name: str = "bench"):
+    """A ready worker (the default model) and a proxy routing to it; both stopped after."""
+    model_dir = PROJECT_ROOT / "models" / "efficientnet_lite0"
+    worker = WorkerProcess(consul, "--model-dir", str(model_dir), *worker_args, log_path=out / f"worker-{name}.log")
+    try:
+        worker.wait_ready()
+        proxy = ProxyProcess(consul, *proxy_args, log_path=out / f"proxy-{name}.log")
+        try:
+            proxy.wait_live(1)
+            yield worker, proxy
+        finally:
+            proxy.stop()
+    finally:
+        worker.stop()

@@ -25,9 +25,8 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image  # noqa: E402
 
 from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import ProxyProcess, WorkerProcess  # noqa: E402
+from tests.processes import worker_and_proxy  # noqa: E402
 
-MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 BOUNDARY = "wrkboundary7MA4YWxkTrZu0gW"
 
 LUA = """
@@ -80,11 +79,7 @@ def measure(duration: float, connections: int, side: int, out: Path) -> list[dic
     rows = []
     agent = DevAgent(log_path=out / "consul.log").start()
     try:
-        worker = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), "--backend", "noop",
-                               log_path=out / "worker-noop.log").wait_ready()
-        proxy = ProxyProcess(agent.address, log_path=out / "proxy.log")
-        try:
-            proxy.wait_live(1)
+        with worker_and_proxy(agent.address, out, ("--backend", "noop"), name="noop") as (worker, proxy):
             cases = [
                 ("proxy GET /healthz (HTTP only)", proxy.url + "/healthz", None),
                 ("noop worker, POST direct", worker.url + "/", tmp / "post.lua"),
@@ -96,9 +91,6 @@ def measure(duration: float, connections: int, side: int, out: Path) -> list[dic
                 rows.append(row)
                 print(f"  {name:32s} {row['per_second']:8.1f} req/s  p50 {row['p50_ms']:6.2f} ms  "
                       f"p99 {row['p99_ms']:6.2f} ms  non-2xx {row['non_2xx']}", flush=True)
-        finally:
-            proxy.stop()
-            worker.stop()
     finally:
         agent.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,9 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from proxy_rate import BOUNDARY, LUA, multipart_body, wrk  # noqa: E402
 
 from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import ProxyProcess, WorkerProcess  # noqa: E402
-
-MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
+from tests.processes import worker_and_proxy  # noqa: E402
 
 
 def answered_ok(url: str) -> float:
@@ -53,19 +51,13 @@ def main() -> int:
     agent = DevAgent(log_path=a.out / "consul-refusals.log").start()
     rows = []
     try:
-        worker = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), "--max-queue", "2",
-                               "--max-batch-size", "1", log_path=a.out / "worker-refusals.log").wait_ready()
-        proxy = ProxyProcess(agent.address, "--max-in-flight", "4", log_path=a.out / "proxy-refusals.log")
-        try:
-            proxy.wait_live(1)
+        with worker_and_proxy(agent.address, a.out, ("--max-queue", "2", "--max-batch-size", "1"),
+                              ("--max-in-flight", "4"), name="refusals") as (worker, proxy):
             for name, url in (("worker (queue 2)", worker.url), ("proxy (4 in flight)", proxy.url)):
                 before = answered_ok(url)
                 row = {"case": name, **wrk(url + "/", a.connections, a.duration, tmp / "post.lua")}
                 row["accepted_per_second"] = round((answered_ok(url) - before) / a.duration, 1)
                 rows.append(row)
-        finally:
-            proxy.stop()
-            worker.stop()
     finally:
         agent.stop()
         shutil.rmtree(tmp, ignore_errors=True)
