@@ -1,6 +1,7 @@
-"""The load the workers already measure: every passing worker of the service (Consul),
-and its `imagecluster_in_flight` gauge (images accepted and not yet answered) from its
-own /metrics. Workers of every entry point count, p2p traffic included."""
+"""The load the workers already measure: every passing worker of the service (the live set
+discovery.watcher keeps from Consul), and its `imagecluster_in_flight` gauge (images
+accepted and not yet answered) from its own /metrics. Workers of every entry point count,
+p2p traffic included."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import logging
 from dataclasses import dataclass
 
 import aiohttp
-import consul.aio
 from prometheus_client.parser import text_string_to_metric_families
 
-from discovery.watcher import parse_entries
+from discovery.watcher import Instance
 from worker.protocol import ProtocolError, WorkerMeta
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,11 @@ async def scrape(session: aiohttp.ClientSession, worker: WorkerLoad, token: str 
         log.info("could not read %s's load: %s", worker.worker_id, exc)
 
 
-async def observe(client: consul.aio.Consul, service: str, session: aiohttp.ClientSession,
+async def observe(instances: dict[str, Instance], session: aiohttp.ClientSession,
                   token: str | None) -> list[WorkerLoad]:
-    """Every passing worker of `service` with its in-flight count."""
-    _, entries = await client.health.service(service, passing=True)
+    """Every worker among the passing `instances`, with its in-flight count."""
     workers = []
-    for worker_id, instance in parse_entries(entries).items():
+    for worker_id, instance in instances.items():
         try:
             meta = WorkerMeta.from_meta(instance.meta)
         except ProtocolError:

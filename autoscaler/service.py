@@ -27,6 +27,7 @@ from autoscaler.actuators import Actuator
 from autoscaler.config import AutoscalerConfig
 from autoscaler.load import observe
 from autoscaler.policy import Decision, Scaler
+from discovery.watcher import ServiceWatcher
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,14 @@ class Autoscaler:
         async with AsyncExitStack() as resources:
             resources.push_async_callback(self.actuator.close)  # drains the workers it started
             port = await self._serve_http(resources)
-            client = self.config.consul.client()
-            resources.push_async_callback(client.close)
+            watcher = ServiceWatcher(self.config.consul, self.config.service_name, lambda _instances: None)
+            watcher.start()
+            resources.push_async_callback(watcher.close)
             session = await resources.enter_async_context(aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=max(0.5, self.config.interval))))
             print(json.dumps({"event": "ready", "url": f"http://{self.config.host}:{port}"}), flush=True)
             while not self.stop.is_set():
-                await self.tick(client, session)
+                await self.tick(watcher, session)
                 try:
                     await asyncio.wait_for(self.stop.wait(), self.config.interval)
                 except TimeoutError:
@@ -70,12 +72,11 @@ class Autoscaler:
             log.info("stopping: draining the workers this autoscaler started")
         return 0
 
-    async def tick(self, client, session: aiohttp.ClientSession) -> Decision | None:
-        try:
-            workers = await observe(client, self.config.service_name, session, self.config.auth_token)
-        except Exception as exc:  # Consul unreachable: hold, never act blind
-            log.warning("cannot see the workers (%s): holding", exc)
+    async def tick(self, watcher: ServiceWatcher, session: aiohttp.ClientSession) -> Decision | None:
+        if not (watcher.synced and watcher.connected):  # Consul unreachable: hold, never act blind
+            log.debug("Consul not answering: holding")
             return None
+        workers = await observe(watcher.instances, session, self.config.auth_token)
         live = [w for w in workers if w.model == self.config.model]
         target = self.config.policy.target_in_flight
         load = sum(target if w.in_flight is None else w.in_flight for w in live)

@@ -68,6 +68,11 @@ class Client:
             await self._session.close()
 
     @property
+    def known_workers(self) -> list[str]:
+        """Workers that served this client recently (host:port), oldest first."""
+        return list(self._known_workers)
+
+    @property
     def proxy_url(self) -> str:
         """The proxy in use now."""
         return self.proxies.urls[self.proxies.current] if self.proxies.urls else ""

@@ -71,6 +71,19 @@ async def agent_address(address: ConsulAddress) -> str:
         await client.close()
 
 
+ANY_ADDRESS = ("", "0.0.0.0", "::")
+
+
+async def advertised_address(consul_address: ConsulAddress, host: str, advertise: str | None) -> str:
+    """Where other hosts reach a service bound to `host`: `advertise` when given, else the
+    bind address, else (bound to every interface) the local Consul agent's address."""
+    if advertise:
+        return advertise
+    if host not in ANY_ADDRESS:
+        return host
+    return await agent_address(consul_address)
+
+
 class Registration:
     """`http_check`: let the agent poll this URL (the proxy's /readyz) instead of a TTL check
     passed by heartbeats; the heartbeat then only re-registers after a Consul restart."""

@@ -41,22 +41,38 @@ def add_edge_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-threads", type=int, default=d.decode_threads)
     p.add_argument("--auth-token", default=os.environ.get(ENV_VAR) or None,
                    help=f"require this bearer token (default ${ENV_VAR}; prefer the variable, ps shows flags)")
-    p.add_argument("--version-labels", type=labels_flag, default={},
+    p.add_argument("--version-labels", type=flag_type(labels_flag), default={},
                    help="TF Serving version labels, e.g. stable=1,canary=2 (/v1/models/M/labels/stable)")
     p.add_argument("--log-level", default=d.log_level)
     p.add_argument("--log-format", choices=["text", "json"], default=d.log_format,
                    help="json: one JSON object per line")
 
 
+def numbered(text: str, form: str) -> dict[str, str]:
+    """'a=1,b=2' -> {'a': '1', 'b': '2'}: named whole numbers (version labels, split weights);
+    ValueError names a bad entry and the expected `form`."""
+    pairs = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        if not (key and value.isdigit()):
+            raise ValueError(f"bad entry {part!r}: expected {form}")
+        pairs[key] = value
+    return pairs
+
+
+def flag_type(parse: typing.Callable[[str], object]) -> typing.Callable[[str], object]:
+    """An argparse `type` that shows parse()'s ValueError message as the flag's error."""
+    def parse_flag(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_flag
+
+
 def labels_flag(text: str) -> dict[str, str]:
     """'stable=1,canary=2' -> {'stable': '1', 'canary': '2'}."""
-    labels = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        label, _, version = part.partition("=")
-        if not (label and version.isdigit()):
-            raise argparse.ArgumentTypeError(f"bad label {part!r}: expected LABEL=VERSION")
-        labels[label] = version
-    return labels
+    return numbered(text, "LABEL=VERSION")
 
 
 T = typing.TypeVar("T")

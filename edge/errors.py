@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from edge.metrics import protocol_of
 from edge.request_log import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,10 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     """Our own format, or the standard protocols' where the path is theirs: the Open
     Inference Protocol (/v2) and TF Serving (/v1/models) answer {"error": "..."}, and TF
     Serving says 429 (resource exhausted) where we say 503 overloaded."""
-    if path.startswith("/v2"):
+    protocol = protocol_of(path)
+    if protocol == "v2":
         return web.json_response({"error": message}, status=status, headers=headers)
-    if path.startswith("/v1/"):
+    if protocol == "tfserving":
         return web.json_response({"error": message}, status=429 if code == "overloaded" else status, headers=headers)
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 

@@ -37,7 +37,7 @@ RESAMPLE = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
 #   opencv: full decode, the reference's crop, OpenCV's cubic (Keys a = -0.75, fixed point)
 #   draft:  JPEG DCT-domain downscaling to just above the crop, then as opencv
 #   pillow: full decode, the reference's crop, Pillow's antialiased bicubic
-PATHS = ("exact", "opencv", "draft", "pillow")
+# (RESIZERS, at the end, maps each path to its resize; PATHS is its keys.)
 DEFAULT_PATH = "exact"
 
 
@@ -155,3 +155,4 @@ def _pillow(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 
 RESIZERS = {"exact": _exact, "opencv": _opencv, "draft": _opencv, "pillow": _pillow}
+PATHS = tuple(RESIZERS)

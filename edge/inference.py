@@ -11,6 +11,7 @@ and pixel limits, and the tier's own overload refusals.
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,7 +20,7 @@ import numpy as np
 from edge.errors import ApiError
 
 SERVER_NAME = "image-cluster"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = importlib.metadata.version(SERVER_NAME)  # pyproject.toml's, not a second copy
 INPUT_NAME = "image"  # the one input of every served model
 OUTPUT_NAME = "probabilities"  # FP32 [N, classes]; classification on request
 

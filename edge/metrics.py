@@ -24,6 +24,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 def protocol_of(path: str) -> str:
+    """Which protocol a path belongs to: its error format (edge/errors.py) and metrics label."""
     if path == "/v2" or path.startswith("/v2/"):
         return "v2"
     return "tfserving" if path.startswith("/v1/models") else "native"

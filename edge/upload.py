@@ -38,28 +38,27 @@ async def _read_limited(read_chunk, limit: int, already: int = 0) -> bytes:
     return b"".join(chunks)
 
 
-async def read_image(request: web.Request, limit: int, timeout_s: float) -> bytes:
-    """The image bytes; 413 over `limit`, 408 if the body takes longer than `timeout_s`
-    (a client that sends slowly or stops must not hold a request slot for ever)."""
+async def _bounded(request: web.Request, limit: int, timeout_s: float, read) -> bytes:
+    """read() under the body limit (413, from Content-Length before a byte is read) and a
+    deadline (408: a client that sends slowly or stops must not hold a slot for ever)."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     try:
         async with asyncio.timeout(timeout_s):
-            return await _read_body(request, limit)
+            return await read()
     except TimeoutError:
         raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s") from None
+
+
+async def read_image(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The image bytes of a classify request (multipart field, or the raw body)."""
+    return await _bounded(request, limit, timeout_s, lambda: _read_body(request, limit))
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     """The whole body, whatever its content type (the standard protocols' JSON and binary
-    tensors); 413 over `limit`, 408 past `timeout_s`."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await _read_limited(request.content.read, limit)
-    except TimeoutError:
-        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s") from None
+    tensors)."""
+    return await _bounded(request, limit, timeout_s, lambda: _read_limited(request.content.read, limit))
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

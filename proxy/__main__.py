@@ -8,17 +8,10 @@ import logging
 import sys
 
 from discovery.registration import ConsulAddress
-from edge.config import add_edge_flags, parse_config
+from edge.config import add_edge_flags, flag_type, parse_config
 from edge.request_log import setup_logging
 from proxy.config import ProxyConfig
 from proxy.policy import POLICIES, parse_split
-
-
-def split_flag(text: str) -> dict[str, int]:
-    try:
-        return parse_split(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     ConsulAddress.add_flags(p)
     add_edge_flags(p)
     p.add_argument("--policy", choices=sorted(POLICIES), default=d.policy)
-    p.add_argument("--split", type=split_flag, default={},
+    p.add_argument("--split", type=flag_type(parse_split), default={},
                    help="share traffic between model versions by weight, e.g. 1=90,2=10 (A/B); ?version=N overrides")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="per-worker micro-batch")
     p.add_argument("--max-batch-delay-ms", type=float, default=d.max_batch_delay_ms)

@@ -14,9 +14,8 @@ from pathlib import Path
 from aiohttp import web
 
 from discovery.watcher import ServiceWatcher
-from edge.app import create_edge_app, decode_image
+from edge.app import create_edge_app
 from edge.errors import retry_later
-from edge.imaging import Preprocessing
 from edge.metrics import METRICS, register_state
 from edge.request_log import REQUEST_ID, SERVED_BY
 from edge.tfserving import add_tfserving_routes
@@ -24,7 +23,7 @@ from edge.upload import parse_top_k, read_image
 from edge.v2_grpc import start_grpc
 from edge.v2_rest import SERVICE, add_v2_routes
 from proxy.config import ProxyConfig
-from proxy.forward import Forwarded, Route, forward
+from proxy.forward import DecodedOnce, Forwarded, Route, forward
 from proxy.inference import ProxyInference
 from proxy.policy import POLICIES, VersionSplit
 from proxy.pool import WorkerPool
@@ -43,22 +42,12 @@ async def classify(request: web.Request) -> web.Response:
     async with admitted(state):
         k = parse_top_k(request, 5, 1_000_000)  # the upper bound is checked per worker
         deadline = time.monotonic() + config.request_timeout
-        data = await read_image(request, config.edge.max_body_bytes, config.edge.read_timeout)
-        prepared: dict[Preprocessing, object] = {}
-        decode_ms = 0.0
-
-        async def image_for(prep: Preprocessing):
-            nonlocal decode_ms
-            if prep not in prepared:  # decode once per distinct model input
-                t = time.perf_counter()
-                prepared[prep] = await decode_image(request.app, data, prep)
-                decode_ms += (time.perf_counter() - t) * 1000
-            return prepared[prep]
-
-        done = await forward(state.pool, state.stats, image_for, k, worker_timeout_s=config.worker_timeout,
+        image = DecodedOnce(request.app, await read_image(request, config.edge.max_body_bytes,
+                                                          config.edge.read_timeout))
+        done = await forward(state.pool, state.stats, image, k, worker_timeout_s=config.worker_timeout,
                              deadline=deadline, request_id=request[REQUEST_ID], route=requested_route(request))
         request[SERVED_BY] = done.handle.id
-        return web.json_response(answer(done, decode_ms, started))
+        return web.json_response(answer(done, image.ms, started))
 
 
 def answer(done: Forwarded, decode_ms: float, started: float) -> dict:

@@ -11,11 +11,10 @@ import time
 import numpy as np
 from aiohttp import web
 
-from edge.app import decode_image
 from edge.errors import ApiError, retry_later
 from edge.imaging import Preprocessing
 from edge.inference import Inference, InferRequest, ModelInfo, not_found
-from proxy.forward import forward
+from proxy.forward import DecodedOnce, forward
 from proxy.state import ProxyState, admitted, route_for
 
 
@@ -47,17 +46,13 @@ class ProxyInference:
             return await asyncio.gather(*(self._one(request, i, route, deadline) for i in range(len(request))))
 
     async def _one(self, request: InferRequest, i: int, route, deadline: float) -> Inference:
-        prepared: dict[Preprocessing, np.ndarray] = {}
+        async def tensor_for(prep: Preprocessing) -> np.ndarray:
+            image = request.tensor[i]
+            if image.shape != (prep.size, prep.size, 3):
+                raise ApiError(400, "wrong_shape", f"the worker's model takes {prep.size}x{prep.size}x3 images")
+            return image
 
-        async def image_for(prep: Preprocessing) -> np.ndarray:
-            if request.tensor is not None:
-                image = request.tensor[i]
-                if image.shape != (prep.size, prep.size, 3):
-                    raise ApiError(400, "wrong_shape", f"the worker's model takes {prep.size}x{prep.size}x3 images")
-                return image
-            if prep not in prepared:  # decode once per distinct model input
-                prepared[prep] = await decode_image(self.app, request.encoded[i], prep)
-            return prepared[prep]
+        image_for = tensor_for if request.tensor is not None else DecodedOnce(self.app, request.encoded[i])
 
         done = await forward(self.state.pool, self.state.stats, image_for, max(request.top_k, 1),
                              worker_timeout_s=self.state.config.worker_timeout, deadline=deadline,

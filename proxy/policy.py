@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Protocol, Sequence
 
+from edge.config import numbered
+
 
 class Candidate(Protocol):
     outstanding: int
@@ -42,13 +44,10 @@ POLICIES = {cls.name: cls for cls in (RoundRobin, LeastOutstanding)}
 
 def parse_split(text: str) -> dict[str, int]:
     """'1=90,2=10' -> {'1': 90, '2': 10}; ValueError names a bad entry (argparse shows it)."""
-    weights = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        version, _, weight = part.partition("=")
-        if not (version.isdigit() and weight.isdigit()):
-            raise ValueError(f"bad split entry {part!r}: expected VERSION=WEIGHT")
-        weights[version] = int(weight)
-    return weights
+    weights = numbered(text, "VERSION=WEIGHT")
+    if not all(version.isdigit() for version in weights):
+        raise ValueError(f"bad split {text!r}: versions are numbers (VERSION=WEIGHT)")
+    return {version: int(weight) for version, weight in weights.items()}
 
 
 class VersionSplit:

@@ -28,14 +28,12 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from discovery.registration import Registration, ServiceInstance, agent_address
+from discovery.registration import Registration, ServiceInstance, advertised_address
 from proxy.app import DRAINING, create_app
 from proxy.config import ProxyConfig
 from proxy.state import STATE
 
 log = logging.getLogger(__name__)
-
-ANY_ADDRESS = ("", "0.0.0.0", "::")
 
 
 def listening_socket(config: ProxyConfig) -> socket.socket:
@@ -102,7 +100,7 @@ class ProxyServer:
         if not c.register:
             return
         try:
-            address = c.advertise or (c.host if c.host not in ANY_ADDRESS else await agent_address(c.consul))
+            address = await advertised_address(c.consul, c.host, c.advertise)
         except Exception as exc:  # serve anyway: clients given our URL still reach us
             log.error("not registering in Consul: cannot learn this host's address (%s); pass --advertise", exc)
             return

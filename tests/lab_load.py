@@ -33,7 +33,7 @@ async def main(a) -> dict:
         result = await run_load(send, concurrency=a.concurrency, duration_s=a.seconds, max_requests=a.requests)
         return {"sent": result.ok + len(result.errors), "answered": result.ok, "failed": len(result.errors),
                 "retried": client.stats["retries"], "errors": result.errors[:3],
-                "workers": sorted(client._known_workers)}
+                "workers": sorted(client.known_workers)}
 
 
 if __name__ == "__main__":

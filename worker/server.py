@@ -23,7 +23,7 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from discovery.registration import Registration, ServiceInstance, agent_address
+from discovery.registration import Registration, ServiceInstance, advertised_address
 from edge.metrics import METRICS
 from edge.v2_grpc import start_grpc
 from edge.v2_rest import SERVICE
@@ -37,8 +37,6 @@ from worker.versions import VersionWatcher, load_configured_model
 from worker.zmq_endpoint import ZmqEndpoint
 
 log = logging.getLogger(__name__)
-
-ANY_ADDRESS = ("", "0.0.0.0", "::")
 
 
 class StartupError(Exception):
@@ -128,12 +126,8 @@ class WorkerServer:
 
     async def _advertised_address(self) -> str:
         config = self.config
-        if config.advertise:
-            return config.advertise
-        if config.host not in ANY_ADDRESS:
-            return config.host
-        try:  # bound to every interface: the local Consul agent's address is this host's
-            return await agent_address(config.consul)
+        try:
+            return await advertised_address(config.consul, config.host, config.advertise)
         except Exception as exc:
             raise StartupError(f"cannot learn this host's address from Consul at {config.consul.host}:"
                                f"{config.consul.port} ({exc}): start Consul or pass --advertise ADDRESS") from None
