@@ -31,6 +31,6 @@ USER app
 
 EXPOSE 8601 8602 8603 12480 12481
 # The worker by default; the proxy's service overrides the command.
-CMD ["python", "-m", "worker", "--model-dir", "/app/models/efficientnet_lite0", \
+CMD ["python", "-m", "worker", "--model-repository", "/app/models", \
      "--host", "0.0.0.0", "--port", "8601", "--zmq-port", "8602", "--grpc-port", "8603", \
      "--consul", "consul:8500"]

@@ -23,7 +23,7 @@ GAUGE = "imagecluster_in_flight"
 class WorkerLoad:
     worker_id: str
     address: str  # host:port of its HTTP front
-    model: str
+    models: tuple[str, ...]  # the models it serves
     in_flight: float | None = None  # None: its /metrics did not answer
 
 
@@ -52,6 +52,6 @@ async def observe(instances: dict[str, Instance], session: aiohttp.ClientSession
             meta = WorkerMeta.from_meta(instance.meta)
         except ProtocolError:
             continue
-        workers.append(WorkerLoad(worker_id, instance.http_address, meta.model))
+        workers.append(WorkerLoad(worker_id, instance.http_address, tuple(meta.models)))
     await asyncio.gather(*(scrape(session, w, token) for w in workers))
     return workers

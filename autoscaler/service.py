@@ -77,7 +77,7 @@ class Autoscaler:
             log.debug("Consul not answering: holding")
             return None
         workers = await observe(watcher.instances, session, self.config.auth_token)
-        live = [w for w in workers if w.model == self.config.model]
+        live = [w for w in workers if self.config.model in w.models]
         target = self.config.policy.target_in_flight
         load = sum(target if w.in_flight is None else w.in_flight for w in live)
         current = len(live) + self.actuator.pending(live)

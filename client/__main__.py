@@ -31,7 +31,7 @@ async def classify(args) -> int:
     async with make_client(args, retries=args.retries, max_side=args.max_side) as client:
         for path in expand_paths(args.photos):
             try:
-                result = await client.classify(path, mode=args.mode, k=args.top_k)
+                result = await client.classify(path, mode=args.mode, k=args.top_k, model=args.model)
             except (ClassifyError, OSError) as exc:
                 print(f"{path}: error: {exc}", file=sys.stderr)
                 failed += 1
@@ -47,7 +47,7 @@ async def classify(args) -> int:
 
 async def lookup(args) -> int:
     async with make_client(args) as client:
-        print(await client.lookup())
+        print(await client.lookup(args.model))
     return 0
 
 
@@ -59,7 +59,7 @@ async def bench(args) -> int:
     count = args.count or 1_000_000
 
     async with make_client(args, retries=args.retries) as client:
-        send = lambda: client.classify(photo, mode=args.mode)  # noqa: E731
+        send = lambda: client.classify(photo, mode=args.mode, model=args.model)  # noqa: E731
         progress = None
         if not args.json:
             async def report():
@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="bearer token when the cluster requires one (default $IMAGE_CLUSTER_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def model(sp):
+        sp.add_argument("--model", default=None, help="which model (default: the cluster's default model)")
+
     def common(sp):
+        model(sp)
         sp.add_argument("--mode", choices=["p2p", "proxy"], default="p2p")
         sp.add_argument("--retries", type=int, default=6)
         sp.add_argument("--max-side", type=int, default=None,
@@ -109,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("classify", help="classify photos (files or directories)")
     c.add_argument("photos", nargs="+")
     common(c)
-    c.add_argument("--top-k", type=int, default=5)
+    c.add_argument("--top-k", type=int, default=None, help="best classes per photo (default: 5 or fewer)")
     c.add_argument("--json", action="store_true", help="one JSON object per photo")
 
-    sub.add_parser("lookup", help="print one live worker's host:port")
+    model(sub.add_parser("lookup", help="print one live worker's host:port"))
 
     b = sub.add_parser("bench", help="load-test with one photo")
     b.add_argument("photo")

@@ -77,35 +77,40 @@ class Client:
         """The proxy in use now."""
         return self.proxies.urls[self.proxies.current] if self.proxies.urls else ""
 
-    async def lookup(self) -> str:
-        """One live worker's host:port: from Consul's DNS when configured, else from a
-        proxy's GET / (the next proxy when one cannot be reached)."""
+    async def lookup(self, model: str | None = None) -> str:
+        """One live worker's host:port (serving `model`, when named): from Consul's DNS when
+        configured (which knows services, not models), else from a proxy's GET / (the next
+        proxy when one cannot be reached)."""
         if self.dns:
             return await self.dns.lookup()
-        return await self.proxies.call(self._session, self._lookup_at)
+        return await self.proxies.call(self._session, lambda url: self._lookup_at(url, model))
 
-    async def _lookup_at(self, proxy_url: str) -> str:
-        async with self._session.get(proxy_url + "/", headers=self.headers) as r:
+    async def _lookup_at(self, proxy_url: str, model: str | None) -> str:
+        params = {"model": model} if model else {}
+        async with self._session.get(proxy_url + "/", params=params, headers=self.headers) as r:
             if r.status != 200:
                 raise ClassifyError(r.status, await _body(r))
-            return (await r.text()).strip()
+            return (await r.text()).strip().split("/")[0]  # "host:port/?model=NAME" -> "host:port"
 
-    async def classify(self, image: bytes | str | Path, *, mode: str = "p2p", k: int = 5) -> dict:
+    async def classify(self, image: bytes | str | Path, *, mode: str = "p2p", k: int | None = None,
+                       model: str | None = None) -> dict:
+        """The `k` best classes of `image` (None: the server's default, 5 or fewer) from `model`
+        (None: the cluster's default model)."""
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         if self.max_side:  # decoding a big photo takes tens of ms: keep it off the event loop
             data = await asyncio.to_thread(downscale, data, self.max_side)
         self.stats["requests"] += 1
         if mode == "proxy":
             return await self._with_retries(
-                lambda avoid: self.proxies.call(self._session, lambda url: self._post(url, data, k)))
+                lambda avoid: self.proxies.call(self._session, lambda url: self._post(url, data, k, model)))
         if mode == "p2p":
-            return await self._with_retries(lambda avoid: self._p2p_once(data, k, avoid))
+            return await self._with_retries(lambda avoid: self._p2p_once(data, k, model, avoid))
         raise ValueError(f"mode must be 'p2p' or 'proxy', not {mode!r}")
 
-    async def _p2p_once(self, data: bytes, k: int, avoid: set[str]) -> dict:
-        address = await self._worker_address(avoid)
+    async def _p2p_once(self, data: bytes, k: int | None, model: str | None, avoid: set[str]) -> dict:
+        address = await self._worker_address(avoid, model)
         try:
-            result = await self._post(f"http://{address}", data, k)
+            result = await self._post(f"http://{address}", data, k, model)
         except (aiohttp.ClientError, ClassifyError, asyncio.TimeoutError):
             avoid.add(address)
             self._known_workers.pop(address, None)
@@ -116,15 +121,15 @@ class Client:
             self._known_workers.pop(next(iter(self._known_workers)))
         return result
 
-    async def _worker_address(self, avoid: set[str]) -> str:
+    async def _worker_address(self, avoid: set[str], model: str | None) -> str:
         """A fresh lookup; a just-failed address is asked about again (bounded); if the
         proxy is unreachable, a worker that served us recently."""
         try:
-            address = await self.lookup()
+            address = await self.lookup(model)
             for _ in range(3):
                 if address not in avoid:
                     break
-                address = await self.lookup()
+                address = await self.lookup(model)
             return address
         except UNREACHABLE:
             fallback = [a for a in reversed(self._known_workers) if a not in avoid]
@@ -147,10 +152,11 @@ class Client:
             await asyncio.sleep(min(0.05 * 2**n, 1.0))  # 0.05, 0.1, 0.2, ... up to 1 s
         raise AssertionError("unreachable")
 
-    async def _post(self, url: str, data: bytes, k: int) -> dict:
+    async def _post(self, url: str, data: bytes, k: int | None, model: str | None) -> dict:
         form = aiohttp.FormData()
         form.add_field("data", data, filename="image", content_type="application/octet-stream")
-        async with self._session.post(url + "/", params={"k": str(k)}, data=form, headers=self.headers) as r:
+        params = {**({"k": str(k)} if k else {}), **({"model": model} if model else {})}
+        async with self._session.post(url + "/", params=params, data=form, headers=self.headers) as r:
             body = await _body(r)
             if r.status != 200:
                 raise ClassifyError(r.status, body)

@@ -29,6 +29,7 @@ class EdgeConfig:
     log_level: str = "INFO"
     log_format: str = "text"
     version_labels: dict[str, str] = field(default_factory=dict)  # TF Serving labels, e.g. {"stable": "1"}
+    default_model: str = "efficientnet_lite0"  # what a request that names no model gets
 
 
 def add_edge_flags(p: argparse.ArgumentParser) -> None:
@@ -43,6 +44,9 @@ def add_edge_flags(p: argparse.ArgumentParser) -> None:
                    help=f"require this bearer token (default ${ENV_VAR}; prefer the variable, ps shows flags)")
     p.add_argument("--version-labels", type=flag_type(labels_flag), default={},
                    help="TF Serving version labels, e.g. stable=1,canary=2 (/v1/models/M/labels/stable)")
+    p.add_argument("--default-model", default=d.default_model,
+                   help="the model for requests that name none (?model=NAME does); when it is not served and "
+                        "only one model is, that one (default %(default)s)")
     p.add_argument("--log-level", default=d.log_level)
     p.add_argument("--log-format", choices=["text", "json"], default=d.log_format,
                    help="json: one JSON object per line")

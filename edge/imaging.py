@@ -71,6 +71,7 @@ class Preprocessing:
     crop_fraction: float = 0.875
     resample: str = "bicubic"
     path: str = DEFAULT_PATH
+    channels: int = 3  # 1: grayscale (ITU-R 601 luma, as Pillow's convert("L"))
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -100,7 +101,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
-    """Bytes -> uint8 array of shape (size, size, 3), RGB, centre-cropped and resized."""
+    """Bytes -> uint8 array (size, size, channels): RGB or grayscale, centre-cropped and resized."""
     img = open_image(data, max_pixels)
     try:
         if prep.path == "draft":  # ask the JPEG decoder for a reduced size that still covers the crop
@@ -114,7 +115,13 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
         raise ImageError("corrupt_image", "the image could not be decoded") from None
     if array.shape != (prep.size, prep.size, 3):
         raise ImageError("corrupt_image", f"decoded to unexpected shape {array.shape}")
-    return array
+    return array if prep.channels == 3 else grayscale(array)
+
+
+def grayscale(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> (H, W, 1) uint8 luma, L = (299 R + 587 G + 114 B) / 1000, rounded."""
+    luma = (rgb.astype(np.uint32) * np.array([299, 587, 114], dtype=np.uint32)).sum(axis=2) + 500
+    return (luma // 1000).astype(np.uint8)[..., None]
 
 
 def rgb_pixels(img: Image.Image) -> np.ndarray:

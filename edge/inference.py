@@ -12,6 +12,7 @@ and pixel limits, and the tier's own overload refusals.
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -80,3 +81,19 @@ def check_tensor(tensor: np.ndarray, info: ModelInfo) -> None:
 def not_found(name: str, version: str | None) -> ApiError:
     which = f"version {version} of model {name!r}" if version else f"model {name!r}"
     return ApiError(404, "model_not_found", f"{which} is not served here")
+
+
+def pick_model(requested: str | None, served: Collection[str], default: str) -> str:
+    """The model a request is for: the one it names, else the default, else the only one
+    served. ApiError 404 (listing what is served) when there is none."""
+    if requested:
+        if requested not in served:
+            raise ApiError(404, "model_not_found", f"model {requested!r} is not served here; served: "
+                                                   f"{', '.join(sorted(served)) or 'none'}")
+        return requested
+    if default in served:
+        return default
+    if len(served) == 1:
+        return next(iter(served))
+    raise ApiError(404, "model_not_found", f"name a model (?model=NAME): the default {default!r} is not served "
+                                           f"here; served: {', '.join(sorted(served)) or 'none'}")

@@ -102,7 +102,7 @@ async def _read_multipart(request: web.Request, limit: int) -> bytes:
 def parse_top_k(request: web.Request, default: int, num_classes: int) -> int:
     raw = request.query.get("k")
     if raw is None:
-        return default
+        return min(default, num_classes)  # a 2-class model answers 2 by default
     try:
         k = int(raw)
     except ValueError:

@@ -31,8 +31,9 @@ from proxy.state import STATE, ProxyState, admitted, route_for
 
 
 def requested_route(request: web.Request) -> Route:
-    """`?version=N` is strict; otherwise the configured split, if any."""
-    return route_for(request.app[STATE], request.query.get("version"))
+    """`?model=NAME` (default: --default-model); `?version=N` is strict; otherwise the
+    configured split, if any."""
+    return route_for(request.app[STATE], request.query.get("model"), request.query.get("version"))
 
 
 async def classify(request: web.Request) -> web.Response:
@@ -40,7 +41,7 @@ async def classify(request: web.Request) -> web.Response:
     config = state.config
     started = time.perf_counter()
     async with admitted(state):
-        k = parse_top_k(request, 5, 1_000_000)  # the upper bound is checked per worker
+        k = parse_top_k(request, 0, 1_000_000)  # 0: the default; the upper bound is checked per model
         deadline = time.monotonic() + config.request_timeout
         image = DecodedOnce(request.app, await read_image(request, config.edge.max_body_bytes,
                                                           config.edge.read_timeout))
@@ -53,7 +54,7 @@ async def classify(request: web.Request) -> web.Response:
 def answer(done: Forwarded, decode_ms: float, started: float) -> dict:
     r, h = done.result, done.handle
     return {
-        "model": h.meta.model,
+        "model": done.model,
         "version": r.version,
         "predictions": r.predictions,
         "worker": h.id,
@@ -71,22 +72,29 @@ def answer(done: Forwarded, decode_ms: float, started: float) -> dict:
 
 
 def _lookup(request: web.Request):
+    if not request.app[STATE].pool.live():
+        raise retry_later("no_worker", "no live worker")
     route = requested_route(request)
     handle = route.choose(request.app[STATE].pool, set())
     if handle is None:
-        raise retry_later("no_worker", "no live worker" + (f" serving version {route.version}" if route.strict else ""))
-    return handle
+        raise retry_later("no_worker", f"no live worker serving {route.model}"
+                                       + (f" version {route.version}" if route.strict else ""))
+    return handle, route
 
 
 async def lookup_text(request: web.Request) -> web.Response:
-    """`host:port` and a newline: curl -XPOST "$(curl -s proxy:12480)" -F data=@photo.jpg"""
-    return web.Response(text=_lookup(request).instance.http_address + "\n")
+    """`host:port` and a newline: curl -XPOST "$(curl -s proxy:12480)" -F data=@photo.jpg;
+    with ?model=NAME, `host:port/?model=NAME`, so the same two-step curl reaches that model."""
+    handle, route = _lookup(request)
+    model = request.query.get("model")
+    return web.Response(text=handle.instance.http_address + (f"/?model={route.model}" if model else "") + "\n")
 
 
 async def lookup_json(request: web.Request) -> web.Response:
-    h = _lookup(request)
-    return web.json_response({"address": h.instance.http_address, "worker": h.id, "model": h.meta.model,
-                              "version": h.meta.version, "grpc_address": f"{h.instance.address}:{h.meta.grpc_port}"})
+    h, route = _lookup(request)
+    return web.json_response({"address": h.instance.http_address, "worker": h.id, "model": route.model,
+                              "version": h.version(route.model),
+                              "grpc_address": f"{h.instance.address}:{h.meta.grpc_port}"})
 
 
 async def healthz(request: web.Request) -> web.Response:

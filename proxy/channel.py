@@ -1,7 +1,7 @@
 """One proxy -> worker ZeroMQ channel, with micro-batching.
 
-Requests for the same worker that queue while a batch is out at it (and those arriving
-within `max_delay_ms` then, up to `max_batch_size`) leave as one message: one JSON header
+Requests for the same worker and model that queue while a batch is out at it (and those
+arriving within `max_delay_ms` then, up to `max_batch_size`) leave as one message: one JSON header
 and one uint8 tensor frame; a request to an idle channel leaves at once. Replies are
 matched to requests by batch id and item id.
 
@@ -48,16 +48,16 @@ class _Item:
     k: int
     request_id: str
     probabilities: bool
+    model: str
     future: asyncio.Future
 
 
 class WorkerChannel:
-    def __init__(self, context: zmq.asyncio.Context, endpoint: str, model: str,
+    def __init__(self, context: zmq.asyncio.Context, endpoint: str,
                  max_batch_size: int, max_delay_ms: float, token: str, on_disconnect: Callable[[str], None]):
         self.endpoint = endpoint
         self.token = token
         self.on_disconnect = on_disconnect
-        self.model = model
         self.max_batch_size = max_batch_size
         self.max_delay_ms = max_delay_ms
         self.batches_sent = 0
@@ -72,14 +72,15 @@ class WorkerChannel:
         self.failed: str | None = None
         self._tasks = [asyncio.create_task(c) for c in (self._send_loop(), self._recv_loop(), self._watch())]
 
-    async def submit(self, image: np.ndarray, k: int, request_id: str = "", probabilities: bool = False) -> ItemResult:
-        """One image's result from the worker (with every class's probability when asked);
-        WorkerError when there is none."""
+    async def submit(self, image: np.ndarray, k: int, request_id: str = "", probabilities: bool = False,
+                     model: str = "") -> ItemResult:
+        """One image's result from `model` on the worker (with every class's probability when
+        asked); WorkerError when there is none."""
         if self.failed:
             raise WorkerError(self.failed)
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(f"{self._prefix}-{next(self._ids)}", image, k, request_id, probabilities,
-                                     future))
+                                     model, future))
         return await future
 
     async def _send_loop(self) -> None:
@@ -87,21 +88,26 @@ class WorkerChannel:
             # Wait for company only while a batch is out at the worker; an idle channel sends at once.
             batch = await collect_batch(self._queue, self.max_batch_size, self.max_delay_ms,
                                         busy=lambda: bool(self._pending))
-            batch = [item for item in batch if not item.future.done()]
-            if not batch:
-                continue
-            batch_id = f"{self._prefix}-b{next(self._ids)}"
-            request = BatchRequest(
-                batch_id, [i.id for i in batch], np.stack([i.image for i in batch]),
-                model=self.model, k=max(i.k for i in batch), token=self.token,
-                request_ids=[i.request_id for i in batch], probabilities=any(i.probabilities for i in batch),
-            )
-            self._pending[batch_id] = batch
-            try:
-                await self._socket.send_multipart(request.encode(), copy=False)
-                self.batches_sent += 1
-            except zmq.ZMQError as exc:
-                self._fail_batch(self._pending.pop(batch_id), WorkerError(f"send failed: {exc}"))
+            by_model: dict[str, list[_Item]] = {}
+            for item in batch:
+                if not item.future.done():
+                    by_model.setdefault(item.model, []).append(item)
+            for model, items in by_model.items():  # one message per model: batches never mix models
+                await self._send(model, items)
+
+    async def _send(self, model: str, batch: list[_Item]) -> None:
+        batch_id = f"{self._prefix}-b{next(self._ids)}"
+        request = BatchRequest(
+            batch_id, [i.id for i in batch], np.stack([i.image for i in batch]),
+            model=model, k=max(i.k for i in batch), token=self.token,
+            request_ids=[i.request_id for i in batch], probabilities=any(i.probabilities for i in batch),
+        )
+        self._pending[batch_id] = batch
+        try:
+            await self._socket.send_multipart(request.encode(), copy=False)
+            self.batches_sent += 1
+        except zmq.ZMQError as exc:
+            self._fail_batch(self._pending.pop(batch_id), WorkerError(f"send failed: {exc}"))
 
     async def _recv_loop(self) -> None:
         while True:

@@ -27,6 +27,7 @@ from proxy.pool import WorkerHandle, WorkerPool
 from worker.protocol import BUSY_CODES, CLIENT_CODES, ItemResult
 
 log = logging.getLogger(__name__)
+DEFAULT_TOP_K = 5  # predictions when the request names no k (fewer when the model has fewer classes)
 
 
 class DecodedOnce:
@@ -52,6 +53,7 @@ class Forwarded:
     handle: WorkerHandle
     attempts: int
     forward_ms: float
+    model: str
 
 
 @dataclass
@@ -62,17 +64,18 @@ class ForwardStats:
 
 @dataclass
 class Route:
-    """Where a request may go: `version` picks the workers serving it; unless `strict` (the
-    caller asked for it), any worker will do once none of that version is left."""
+    """Where a request may go: workers serving `model`; `version` picks those serving that
+    version and, unless `strict` (the caller asked for it), any version will do once none
+    of that one is left."""
 
+    model: str
     version: str | None = None
     strict: bool = False
-    model: str | None = None  # only workers serving this model (None: any)
 
     def choose(self, pool: WorkerPool, tried: set[WorkerHandle]) -> WorkerHandle | None:
-        handle = pool.choose(exclude=tried, version=self.version, model=self.model)
+        handle = pool.choose(self.model, exclude=tried, version=self.version)
         if handle is None and self.version is not None and not self.strict:
-            handle = pool.choose(exclude=tried, model=self.model)
+            handle = pool.choose(self.model, exclude=tried)
         return handle
 
 
@@ -100,10 +103,11 @@ async def forward(
     worker_timeout_s: float,
     deadline: float,
     request_id: str = "",
-    route: Route = Route(),
+    route: Route,
     probabilities: bool = False,
 ) -> Forwarded:
-    """`image_for(preprocessing)` returns the image prepared for a worker's model input."""
+    """`image_for(preprocessing)` returns the image prepared for a worker's model input;
+    `k` 0 means the default."""
     # Handles, not worker ids: when Consul changes a worker's Meta (a new model version)
     # the pool replaces its handle, and the fresh handle of that same worker may be tried.
     tried: set[WorkerHandle] = set()
@@ -114,10 +118,12 @@ async def forward(
             raise ApiError(504, "timeout", f"no worker answered in time ({len(tried)} attempts)")
         handle = route.choose(pool, tried)
         if handle is None:
-            which = f" serving version {route.version}" if route.version and route.strict else ""
-            raise retry_later("no_worker", f"no live worker{which} could take the request")
-        if k > handle.meta.num_labels:
-            raise ApiError(422, "invalid_parameter", f"k must be from 1 to {handle.meta.num_labels}, got {k}")
+            which = f" version {route.version}" if route.version and route.strict else ""
+            raise retry_later("no_worker", f"no live worker serving {route.model}{which} could take the request")
+        served = handle.meta.models[route.model]
+        k = k or min(DEFAULT_TOP_K, served.num_labels)
+        if k > served.num_labels:
+            raise ApiError(422, "invalid_parameter", f"k must be from 1 to {served.num_labels}, got {k}")
         if tried:
             stats.retries += 1
         tried.add(handle)
@@ -125,9 +131,9 @@ async def forward(
         # until this request is done with it (decoding included).
         handle.outstanding += 1
         try:
-            image = await image_for(handle.meta.preprocessing)
+            image = await image_for(handle.meta.preprocessing(route.model))
             started = time.perf_counter()
-            result = await asyncio.wait_for(handle.channel.submit(image, k, request_id, probabilities),
+            result = await asyncio.wait_for(handle.channel.submit(image, k, request_id, probabilities, route.model),
                                             min(worker_timeout_s, remaining))
         except TimeoutError:
             stats.timeouts += 1
@@ -140,4 +146,4 @@ async def forward(
         finally:
             handle.outstanding -= 1
         handle.served += 1
-        return Forwarded(result, handle, len(tried), (time.perf_counter() - started) * 1000)
+        return Forwarded(result, handle, len(tried), (time.perf_counter() - started) * 1000, route.model)

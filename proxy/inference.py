@@ -30,26 +30,27 @@ class ProxyInference:
         live = self.state.pool.live()
         if not live:
             raise retry_later("no_worker", "no live worker")
-        serving = [h for h in live if h.meta.model == name]
-        versions = sorted({h.version for h in serving}, key=lambda v: int(v) if v.isdigit() else 0)
+        serving = [h for h in live if name in h.meta.models]
+        versions = sorted({h.version(name) for h in serving}, key=lambda v: int(v) if v.isdigit() else 0)
         if not serving or version not in (None, *versions):
             raise not_found(name, version)
-        meta = serving[0].meta
-        return ModelInfo(name, tuple(versions), meta.backend, meta.input_shape, meta.num_labels)
+        m = serving[0].meta.models[name]
+        return ModelInfo(name, tuple(versions), m.backend, m.input_shape, m.num_labels)
 
     async def infer(self, request: InferRequest) -> list[Inference]:
         state = self.state
         async with admitted(state):
             info = self.model(request.model, request.version)
-            route = route_for(state, request.version, info.name)
+            route = route_for(state, info.name, request.version)
             deadline = time.monotonic() + state.config.request_timeout
             return await asyncio.gather(*(self._one(request, i, route, deadline) for i in range(len(request))))
 
     async def _one(self, request: InferRequest, i: int, route, deadline: float) -> Inference:
         async def tensor_for(prep: Preprocessing) -> np.ndarray:
             image = request.tensor[i]
-            if image.shape != (prep.size, prep.size, 3):
-                raise ApiError(400, "wrong_shape", f"the worker's model takes {prep.size}x{prep.size}x3 images")
+            if image.shape != (prep.size, prep.size, prep.channels):
+                raise ApiError(400, "wrong_shape",
+                               f"the worker's model takes {prep.size}x{prep.size}x{prep.channels} images")
             return image
 
         image_for = tensor_for if request.tensor is not None else DecodedOnce(self.app, request.encoded[i])

@@ -39,9 +39,10 @@ class WorkerHandle:
     def id(self) -> str:
         return self.instance.id
 
-    @property
-    def version(self) -> str:
-        return self.meta.version
+    def version(self, model: str) -> str | None:
+        """The version of `model` this worker serves; None when it does not serve it."""
+        served = self.meta.models.get(model)
+        return served.version if served else None
 
     @property
     def zmq_endpoint(self) -> str:
@@ -53,8 +54,7 @@ class WorkerHandle:
             "id": i.id,
             "address": i.http_address,
             "zmq": self.zmq_endpoint,
-            "model": self.meta.model,
-            "version": self.version,
+            "models": {name: m.version for name, m in sorted(self.meta.models.items())},
             "live": self.ejected is None,
             "ejected": self.ejected,
             "outstanding": self.outstanding,
@@ -86,8 +86,7 @@ class WorkerPool:
 
     def _handle(self, instance: Instance, meta: WorkerMeta) -> WorkerHandle:
         handle = WorkerHandle(instance, meta)
-        handle.channel = WorkerChannel(self._context, handle.zmq_endpoint, meta.model,
-                                       self.max_batch_size, self.max_batch_delay_ms, self.token,
+        handle.channel = WorkerChannel(self._context, handle.zmq_endpoint, self.max_batch_size, self.max_batch_delay_ms, self.token,
                                        on_disconnect=lambda reason: self.eject(handle, reason))
         return handle
 
@@ -115,13 +114,18 @@ class WorkerPool:
     def live(self) -> list[WorkerHandle]:
         return [h for h in self.workers.values() if h.ejected is None]
 
-    def versions(self) -> set[str]:
-        return {h.version for h in self.live()}
+    def models(self) -> set[str]:
+        """Every model some live worker serves."""
+        return {name for h in self.live() for name in h.meta.models}
 
-    def choose(self, exclude: set[WorkerHandle] = frozenset(), version: str | None = None,
-               model: str | None = None) -> WorkerHandle | None:
-        candidates = [h for h in self.live() if h not in exclude and version in (None, h.version)
-                      and model in (None, h.meta.model)]
+    def versions(self, model: str) -> set[str]:
+        return {h.version(model) for h in self.live() if model in h.meta.models}
+
+    def choose(self, model: str, exclude: set[WorkerHandle] = frozenset(),
+               version: str | None = None) -> WorkerHandle | None:
+        """A live worker serving `model` (at `version`, when given), by the policy."""
+        candidates = [h for h in self.live() if h not in exclude and model in h.meta.models
+                      and version in (None, h.version(model))]
         return self.policy.choose(candidates) if candidates else None
 
     def eject(self, handle: WorkerHandle, reason: str) -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from discovery.watcher import ServiceWatcher
 from edge.errors import ApiError, retry_later
+from edge.inference import pick_model
 from proxy.config import ProxyConfig
 from proxy.forward import ForwardStats, Route
 from proxy.policy import VersionSplit
@@ -54,12 +55,14 @@ async def admitted(state: ProxyState) -> AsyncIterator[None]:
         state.recent.record((time.perf_counter() - started) * 1000, status)
 
 
-def route_for(state: ProxyState, version: str | None, model: str | None = None) -> Route:
-    """An asked-for version is strict; otherwise the configured split, if any."""
+def route_for(state: ProxyState, model: str | None, version: str | None) -> Route:
+    """The model asked for (none: the default; 404 when no live worker serves it); an
+    asked-for version is strict; otherwise the configured split, if any."""
+    model = pick_model(model, state.pool.models(), state.config.edge.default_model)
     if version is not None:
         if not version.isdigit():
             raise ApiError(422, "invalid_parameter", f"version must be a version number, got {version!r}")
-        return Route(version, strict=True, model=model)
+        return Route(model, version, strict=True)
     if state.split:
-        return Route(state.split.pick(state.pool.versions()), model=model)
-    return Route(model=model)
+        return Route(model, state.split.pick(state.pool.versions(model)))
+    return Route(model)

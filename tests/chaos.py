@@ -27,7 +27,7 @@ import aiohttp
 from client import Client
 from client.load import run_load
 from tests.consul_dev import PROJECT_ROOT, DevAgent
-from tests.processes import ProxyProcess, WorkerProcess
+from tests.processes import ProxyProcess, WorkerProcess, serve_model
 
 MODEL_DIR = PROJECT_ROOT / "models" / "efficientnet_lite0"
 PLAIN = ("proxy", "proxy-keepalive", "p2p")
@@ -76,7 +76,7 @@ class Cluster:
         return self.proxies[0]
 
     def _worker(self, i: int) -> WorkerProcess:
-        return WorkerProcess(self.agent.address, "--model-dir", str(MODEL_DIR), "--heartbeat-ttl", "2",
+        return WorkerProcess(self.agent.address, *serve_model(MODEL_DIR), "--heartbeat-ttl", "2",
                              log_path=self.out / f"worker-{i}.log")
 
     def _proxy(self, port: int | None = None) -> ProxyProcess:

@@ -15,7 +15,7 @@ import zmq.asyncio
 from PIL import Image
 
 from tests.consul_dev import PROJECT_ROOT, DevAgent
-from tests.processes import ProxyProcess, WorkerProcess
+from tests.processes import ProxyProcess, WorkerProcess, serve_model
 from worker.protocol import BatchReply
 
 MODEL_DIR = PROJECT_ROOT / "models" / "efficientnet_lite0"
@@ -100,7 +100,7 @@ def start_worker(consul_agent, artifacts_dir, request):
 
     def start(*extra: str, consul: DevAgent | None = None, wait: bool = True) -> WorkerProcess:
         log = artifacts_dir / f"worker-{request.node.name}-{len(started)}.log"
-        w = WorkerProcess((consul or consul_agent).address, "--model-dir", str(MODEL_DIR), *extra, log_path=log)
+        w = WorkerProcess((consul or consul_agent).address, *serve_model(MODEL_DIR), *extra, log_path=log)
         started.append(w)
         return w.wait_ready() if wait else w
 
@@ -112,7 +112,7 @@ def start_worker(consul_agent, artifacts_dir, request):
 @pytest.fixture(scope="session")
 def worker(consul_agent, artifacts_dir):
     """One shared worker for the API tests, with small limits so the 413 cases are cheap."""
-    w = WorkerProcess(consul_agent.address, "--model-dir", str(MODEL_DIR), "--max-body-bytes", str(4 * 1024 * 1024), "--max-pixels", "30000000",
+    w = WorkerProcess(consul_agent.address, *serve_model(MODEL_DIR), "--max-body-bytes", str(4 * 1024 * 1024), "--max-pixels", "30000000",
                       log_path=artifacts_dir / "worker-shared.log").wait_ready()
     yield w
     w.stop()

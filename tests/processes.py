@@ -213,12 +213,17 @@ def _running(pid: int) -> bool:
         return False
 
 
+def serve_model(model_dir: Path) -> tuple[str, ...]:
+    """Worker flags that serve just the model in `model_dir` (REPOSITORY/NAME)."""
+    return "--model-repository", str(model_dir.parent), "--models", model_dir.name
+
+
 @contextlib.contextmanager
 def worker_and_proxy(consul: str, out: Path, worker_args: tuple[str, ...] = (), proxy_args: tuple[str, ...] = (),
                      name: str = "bench"):
     """A ready worker (the default model) and a proxy routing to it; both stopped after."""
     model_dir = PROJECT_ROOT / "models" / "efficientnet_lite0"
-    worker = WorkerProcess(consul, "--model-dir", str(model_dir), *worker_args, log_path=out / f"worker-{name}.log")
+    worker = WorkerProcess(consul, *serve_model(model_dir), *worker_args, log_path=out / f"worker-{name}.log")
     try:
         worker.wait_ready()
         proxy = ProxyProcess(consul, *proxy_args, log_path=out / f"proxy-{name}.log")

@@ -65,7 +65,7 @@ async def test_load_ramp_scales_up_and_back_down_losing_nothing(consul_agent, st
     scaler = AutoscalerProcess(
         consul_agent.address, "--service-name", service, "--min", "1", "--max", "4", "--target-in-flight", "3",
         "--upscale-delay", "1", "--downscale-delay", "5", "--interval", "0.25", "--log-dir", str(artifacts_dir),
-        "--worker-command", f"python -m worker --host 127.0.0.1 --port 0 --model-dir {MODEL_DIR}",
+        "--worker-command", f"python -m worker --host 127.0.0.1 --port 0 --model-repository {MODEL_DIR.parent} --models {MODEL_DIR.name}",
         log_path=artifacts_dir / "autoscaler.log").wait_ready()
     try:
         wait_for(lambda: proxy.workers()["live"] == 1, timeout=30, what="the minimum of 1 worker")
@@ -103,10 +103,10 @@ async def test_compose_and_command_actuators_run_their_commands(tmp_path):
     exe, calls = recorder(tmp_path)
     await ComposeScale(f"{exe} compose").scale(3, [])
     hook = CommandHook(f"{exe} scale deploy/{{model}} --replicas={{desired}}", "efficientnet_lite0")
-    await hook.scale(2, [WorkerLoad("w1", "127.0.0.1:1", "efficientnet_lite0", 0.0)])
+    await hook.scale(2, [WorkerLoad("w1", "127.0.0.1:1", ("efficientnet_lite0",), 0.0)])
     assert calls() == [["compose", "up", "-d", "--scale", "worker=3", "--no-recreate", "worker"],
                        ["scale", "deploy/efficientnet_lite0", "--replicas=2"]]
-    assert hook.pending([WorkerLoad("w1", "127.0.0.1:1", "m")]) == 1  # asked for 2, 1 live so far
+    assert hook.pending([WorkerLoad("w1", "127.0.0.1:1", ("m",))]) == 1  # asked for 2, 1 live so far
 
 
 @pytest.mark.system
@@ -115,7 +115,7 @@ async def test_local_actuator_drains_the_idlest_newest_first():
     await local.scale(3, [])
     a, b, c = local.children
     a.worker_id, b.worker_id, c.worker_id = "a", "b", "c"
-    live = [WorkerLoad("a", "", "m", 0.0), WorkerLoad("b", "", "m", 5.0), WorkerLoad("c", "", "m", 0.0)]
+    live = [WorkerLoad("a", "", ("m",), 0.0), WorkerLoad("b", "", ("m",), 5.0), WorkerLoad("c", "", ("m",), 0.0)]
     await local.scale(2, live)  # a and c are idle: c is the newer
     assert [x.draining for x in (a, b, c)] == [False, False, True]
     await local.close()

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.unit
 class StandInModel:
     """Returns one row per image (the image's first pixel as its score); can fail or block."""
 
+    name = "stand-in"
+
     def __init__(self):
         self.fail_next = False
         self.gate = threading.Event()

@@ -205,9 +205,9 @@ async def test_concurrent_load_forms_batches(start_worker, start_proxy, service,
         assert all(status == 200 for status, _ in results)
         async with s.get(worker.url + "/stats") as r:
             stats = await r.json()
-    assert stats["batching"]["max_batch_size"] > 1
-    assert stats["batching"]["images"] == 32
-    assert stats["batching"]["batches"] < 32
+    assert stats["batching"]["efficientnet_lite0"]["max_batch_size"] > 1
+    assert stats["batching"]["efficientnet_lite0"]["images"] == 32
+    assert stats["batching"]["efficientnet_lite0"]["batches"] < 32
     assert max(body["batch_size"] for _, body in results) > 1
 
 

@@ -79,7 +79,7 @@ def test_commands_use_real_flags(compose):
 
     argv = json.loads(dict(dockerfile_instructions())["CMD"])
     assert argv[:3] == ["python", "-m", "worker"]
-    assert worker_args(argv[3:]).model_dir.as_posix() == "/app/models/efficientnet_lite0"
+    assert worker_args(argv[3:]).model_repository.as_posix() == "/app/models"
     assert worker_args(argv[3:]).grpc_port == 8603
 
 

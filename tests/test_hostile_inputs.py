@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ESPRESSO, MODEL_DIR, SKIMAGE_DATA, rss_mb
-from tests.processes import ProxyProcess, WorkerProcess
+from tests.processes import ProxyProcess, WorkerProcess, serve_model
 
 pytestmark = pytest.mark.system
 
@@ -32,7 +32,7 @@ LIMIT = 2 * 1024 * 1024
 def servers(consul_agent, artifacts_dir):
     service = f"classifier-{uuid.uuid4().hex[:6]}"
     limits = ("--max-body-bytes", str(LIMIT), "--max-pixels", "20000000", "--read-timeout", "2")
-    worker = WorkerProcess(consul_agent.address, "--model-dir", str(MODEL_DIR), "--service-name", service,
+    worker = WorkerProcess(consul_agent.address, *serve_model(MODEL_DIR), "--service-name", service,
                            *limits, log_path=artifacts_dir / "hostile-worker.log").wait_ready()
     proxy = ProxyProcess(consul_agent.address, "--service-name", service, *limits,
                          log_path=artifacts_dir / "hostile-proxy.log").wait_live(1)

@@ -52,10 +52,11 @@ async def test_worker_and_proxy_metrics(start_worker, start_proxy, coffee_jpeg):
     assert value(w, "imagecluster_http_requests_total", protocol="native", route="/", method="POST", status="400") == 1
     assert value(w, "imagecluster_http_request_duration_seconds_count", route="/") == 6
     # 5 direct + 3 forwarded images, each through the batcher once.
-    assert value(w, "imagecluster_queue_wait_seconds_count") == 8
-    batches = value(w, "imagecluster_batch_size_count")
-    assert 1 <= batches <= 8 and value(w, "imagecluster_batch_size_sum") == 8
-    assert value(w, "imagecluster_inference_duration_seconds_count") == batches
+    model = {"model": "efficientnet_lite0"}  # the batcher's metrics carry the model they are about
+    assert value(w, "imagecluster_queue_wait_seconds_count", **model) == 8
+    batches = value(w, "imagecluster_batch_size_count", **model)
+    assert 1 <= batches <= 8 and value(w, "imagecluster_batch_size_sum", **model) == 8
+    assert value(w, "imagecluster_inference_duration_seconds_count", **model) == batches
     assert value(w, "imagecluster_queue_depth") == 0 and value(w, "imagecluster_in_flight") == 0
     assert value(w, "imagecluster_ready") == 1
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import MODEL_DIR
 from tests.netlab import Lab, can_create_namespaces
-from tests.processes import ProxyProcess, WorkerProcess, wait_for
+from tests.processes import ProxyProcess, WorkerProcess, serve_model, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.skipif(not can_create_namespaces(), reason="needs root and iproute2 (CI runs as root)")]
 
@@ -26,7 +26,7 @@ def lab():
 def test_lookup_and_forward_across_hosts(lab, artifacts_dir, coffee_jpeg, tmp_path):
     consul, proxy_host, client, worker_hosts = lab.standard_hosts()
 
-    workers = [WorkerProcess("127.0.0.1:8500", "--model-dir", str(MODEL_DIR), host="0.0.0.0",
+    workers = [WorkerProcess("127.0.0.1:8500", *serve_model(MODEL_DIR), host="0.0.0.0",
                              wrapper=h.wrapper, log_path=artifacts_dir / f"multihost-{h.name}.log")
                for h in worker_hosts]
     proxy = ProxyProcess("127.0.0.1:8500", host="0.0.0.0", port=12480, reach_at=proxy_host.ip,

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import MODEL_DIR
 from tests.netlab import Lab, can_create_namespaces
-from tests.processes import ProxyProcess, WorkerProcess
+from tests.processes import ProxyProcess, WorkerProcess, serve_model
 
 pytestmark = [pytest.mark.system,
               pytest.mark.skipif(not can_create_namespaces(), reason="needs root and iproute2 (CI runs as root)")]
@@ -27,7 +27,7 @@ def cluster(artifacts_dir):
     worker hosts with local agents, and a client host."""
     with Lab() as lab:
         _, proxy_host, client, worker_hosts = lab.standard_hosts()
-        workers = [WorkerProcess("127.0.0.1:8500", "--model-dir", str(MODEL_DIR), "--host", "0.0.0.0",
+        workers = [WorkerProcess("127.0.0.1:8500", *serve_model(MODEL_DIR), "--host", "0.0.0.0",
                                  wrapper=h.wrapper, log_path=artifacts_dir / f"labchaos-{h.name}.log")
                    for h in worker_hosts]
         proxy = ProxyProcess("127.0.0.1:8500", "--worker-timeout", "2", host="0.0.0.0", port=12480,

@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from edge.imaging import Preprocessing, preprocess
 from tests.conftest import ESPRESSO, MODEL_DIR
-from tests.processes import ProxyProcess, WorkerProcess
+from tests.processes import ProxyProcess, WorkerProcess, serve_model
 
 pytestmark = pytest.mark.system
 
@@ -30,7 +30,7 @@ MODEL = "efficientnet_lite0"
 def servers(consul_agent, artifacts_dir):
     """{"worker": (http host:port, grpc host:port), "proxy": (...)}: one of each, one service."""
     flags = ("--service-name", f"protocols-{uuid.uuid4().hex[:6]}", "--version-labels", "stable=1")
-    worker = WorkerProcess(consul_agent.address, "--model-dir", str(MODEL_DIR), *flags,
+    worker = WorkerProcess(consul_agent.address, *serve_model(MODEL_DIR), *flags,
                            log_path=artifacts_dir / "worker-protocols.log").wait_ready()
     proxy = ProxyProcess(consul_agent.address, *flags, log_path=artifacts_dir / "proxy-protocols.log")
     try:

@@ -22,9 +22,12 @@ from discovery.watcher import Instance
 from proxy.app import STATE, create_app
 from proxy.config import ProxyConfig
 from tests.consul_dev import free_port
-from worker.protocol import BatchReply, BatchRequest, ErrorInfo, ItemResult, WorkerMeta
+from worker.protocol import BatchReply, BatchRequest, ErrorInfo, ItemResult, ServedModel, WorkerMeta
 
 pytestmark = pytest.mark.loopback
+
+IMAGENET = {"m": ServedModel("1", "tflite", (224, 224, 3), 1000)}
+DIGITS = {"digits": ServedModel("3", "onnx", (8, 8, 1), 10, crop_fraction=1.0)}
 
 WORKER_ONLY_FAMILIES = ("imagecluster_queue_wait_seconds", "imagecluster_inference_duration_seconds",
                         "imagecluster_batch_size")
@@ -50,8 +53,9 @@ def batch_error(status: int, code: str) -> Callable[[BatchRequest], BatchReply]:
 class ScriptedWorker:
     """A ROUTER socket on 127.0.0.1 answering each batch with `answer(request)`."""
 
-    def __init__(self, name: str, answer: Callable[[BatchRequest], BatchReply], delay_s: float = 0.0):
-        self.name, self.answer, self.delay_s = name, answer, delay_s
+    def __init__(self, name: str, answer: Callable[[BatchRequest], BatchReply], delay_s: float = 0.0,
+                 models: dict[str, ServedModel] = IMAGENET):
+        self.name, self.answer, self.delay_s, self.models = name, answer, delay_s, models
         self.requests: list[BatchRequest] = []
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -70,7 +74,7 @@ class ScriptedWorker:
             await self._sock.send_multipart([identity, *reply.encode()])
 
     def instance(self) -> Instance:
-        meta = WorkerMeta(self.name, "m", "1", "tflite", (224, 224, 3), 1000, free_port(), self.port)
+        meta = WorkerMeta(self.name, free_port(), self.port, models=self.models)
         return Instance(self.name, "127.0.0.1", meta.http_port, meta.to_meta())
 
     async def close(self):
@@ -177,3 +181,31 @@ async def test_proxy_exports_only_its_own_metrics(proxy, coffee_jpeg):
     assert 'imagecluster_http_requests_total{method="POST",protocol="native",route="/",status="200"} 1.0' in text
     assert "imagecluster_live_workers 1.0" in text
     assert not [f for f in WORKER_ONLY_FAMILIES if f in text]
+
+
+async def test_each_model_goes_to_its_workers_in_batches_of_its_own(proxy, coffee_jpeg):
+    post, get, add_workers, _ = proxy
+    both, imagenet_only = add_workers(("both", ok, 0.2, {**IMAGENET, **DIGITS}), ("imagenet", ok, 0.2))
+    answers = await asyncio.gather(*(post(coffee_jpeg, "/?model=digits&k=3") for _ in range(6)),
+                                   *(post(coffee_jpeg, "/?model=m") for _ in range(6)))
+    assert all(status == 200 for status, _, _ in answers)
+    assert {body["worker"] for _, body, _ in answers[:6]} == {"both"}
+    assert {body["model"] for _, body, _ in answers[:6]} == {"digits"}
+    assert not [r for r in imagenet_only.requests if r.model != "m"]
+    for request in both.requests + imagenet_only.requests:  # one model per message, at its input shape
+        assert request.images.shape[1:] == {"digits": (8, 8, 1), "m": (224, 224, 3)}[request.model]
+    assert sum(len(r.ids) for r in both.requests if r.model == "digits") == 6
+    assert any(len(r.ids) > 1 for r in both.requests if r.model == "digits")  # batched, among themselves
+    status, text = await get("/?model=digits")
+    assert status == 200 and text.strip().endswith("/?model=digits")
+    status, text = await get("/")  # no model named, the default (efficientnet_lite0) not served, two are
+    assert status == 404 and "name a model" in text
+
+
+async def test_unknown_model_is_a_404_in_forward_and_lookup(proxy, coffee_jpeg):
+    post, get, add_workers, _ = proxy
+    (w,) = add_workers(("w", ok))
+    status, body, _ = await post(coffee_jpeg, "/?model=nope")
+    assert status == 404 and body["error"]["code"] == "model_not_found" and "m" in body["error"]["message"]
+    assert (await get("/?model=nope"))[0] == 404
+    assert not w.requests

@@ -46,15 +46,12 @@ def test_registered_with_address_port_meta_and_passing_check(worker, consul_agen
     assert service["Address"] == "127.0.0.1" and service["Port"] == worker.port
     meta = service["Meta"]
     assert int(meta.pop("zmq_port")) > 0 and int(meta.pop("grpc_port")) > 0
+    assert json.loads(meta.pop("model-efficientnet_lite0")) == {
+        "version": "1", "backend": "tflite", "input_shape": [224, 224, 3], "num_labels": 1000,
+        "crop_fraction": 0.875, "resample": "bicubic"}
     assert meta == {
         "worker_id": worker.worker_id,
-        "model": "efficientnet_lite0",
-        "version": "1",
-        "backend": "tflite",
-        "input_shape": "224x224x3",
-        "num_labels": "1000",
-        "crop_fraction": "0.875",
-        "resample": "bicubic",
+        "models": "efficientnet_lite0",
         "preprocessing_path": "exact",
         "http_port": str(worker.port),
     }

@@ -15,7 +15,7 @@ import pytest
 from client import Client
 from proxy.policy import VersionSplit
 from tests.conftest import ESPRESSO, MODEL_DIR
-from tests.processes import wait_for
+from tests.processes import serve_model, wait_for
 
 SERVED_FILES = ("model.tflite", "labels.txt", "serving.json")  # all the TFLite backend reads
 
@@ -53,7 +53,7 @@ async def test_hot_swap_under_load_loses_nothing(start_worker, start_proxy, tmp_
     service = f"classifier-{uuid.uuid4().hex[:6]}"
     model_dir = tmp_path / "efficientnet_lite0"
     add_version(model_dir, 1)
-    worker = start_worker("--service-name", service, "--model-dir", str(model_dir), "--version-poll", "0.2")
+    worker = start_worker("--service-name", service, *serve_model(model_dir), "--version-poll", "0.2")
     proxy = start_proxy("--service-name", service).wait_live(1)
     seen: dict[str, list[int]] = {}  # loop -> versions, in the loop's (sequential) order
 
@@ -89,9 +89,10 @@ async def test_hot_swap_under_load_loses_nothing(start_worker, start_proxy, tmp_
         assert versions[0] == 1 and versions[-1] == 3, name
     assert {v for versions in seen.values() for v in versions} >= {1, 3}
     # Consul Meta (and so the proxy) and the worker itself report the newest version.
-    wait_for(lambda: [w["version"] for w in proxy.workers()["workers"]] == ["3"], what="version 3 in Meta")
+    wait_for(lambda: [w["models"]["efficientnet_lite0"] for w in proxy.workers()["workers"]] == ["3"],
+             what="version 3 in Meta")
     async with aiohttp.ClientSession() as s, s.get(worker.url + "/info") as r:
-        assert (await r.json())["version"] == "3"
+        assert (await r.json())["models"]["efficientnet_lite0"]["version"] == "3"
 
 
 @pytest.mark.system
@@ -100,8 +101,8 @@ async def test_version_routing_and_ab_split(start_worker, start_proxy, tmp_path,
     v1_dir, v2_dir = tmp_path / "a" / "efficientnet_lite0", tmp_path / "b" / "efficientnet_lite0"
     add_version(v1_dir, 1)
     add_version(v2_dir, 2)
-    v1 = start_worker("--service-name", service, "--model-dir", str(v1_dir), wait=False)
-    v2 = start_worker("--service-name", service, "--model-dir", str(v2_dir))
+    v1 = start_worker("--service-name", service, *serve_model(v1_dir), wait=False)
+    v2 = start_worker("--service-name", service, *serve_model(v2_dir))
     v1.wait_ready()
     proxy = start_proxy("--service-name", service, "--split", "1=90,2=10").wait_live(2)
     async with aiohttp.ClientSession() as s:

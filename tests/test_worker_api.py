@@ -107,9 +107,10 @@ async def test_health_ready_info(worker):
             assert r.status == 200 and (await r.json())["status"] == "ready"
         async with s.get(worker.url + "/info") as r:
             info = await r.json()
-    assert info["model"] == "efficientnet_lite0" and info["version"] == "1"
-    assert info["input_shape"] == [224, 224, 3] and info["num_labels"] == 1000
-    assert info["backend"] == "tflite"
+    model = info["models"]["efficientnet_lite0"]
+    assert model["version"] == "1" and info["default_model"] == "efficientnet_lite0"
+    assert model["input_shape"] == [224, 224, 3] and model["num_labels"] == 1000
+    assert model["backend"] == "tflite"
 
 
 def _png(img: Image.Image) -> bytes:
@@ -196,8 +197,8 @@ async def test_concurrent_requests_all_answered(worker, coffee_jpeg):
     async with aiohttp.ClientSession() as s:
         async with s.get(worker.url + "/stats") as r:
             stats = await r.json()
-    assert stats["in_flight"] == 0 and stats["batching"]["failed_batches"] == 0
-    assert stats["batching"]["images"] >= 24
+    assert stats["in_flight"] == 0 and stats["batching"]["efficientnet_lite0"]["failed_batches"] == 0
+    assert stats["batching"]["efficientnet_lite0"]["images"] >= 24
 
 
 async def test_savedmodel_backend_agrees_with_tflite(worker, start_worker, coffee_jpeg, chelsea_png):
@@ -211,7 +212,7 @@ async def test_savedmodel_backend_agrees_with_tflite(worker, start_worker, coffe
         assert full["predictions"][0]["score"] == pytest.approx(lite["predictions"][0]["score"], abs=2e-3)
     async with aiohttp.ClientSession() as s:
         async with s.get(savedmodel.url + "/info") as r:
-            assert (await r.json())["backend"] == "savedmodel"
+            assert (await r.json())["models"]["efficientnet_lite0"]["backend"] == "savedmodel"
 
 
 async def test_client_that_stops_sending_gets_408(start_worker, coffee_jpeg):

@@ -23,15 +23,17 @@ pytestmark = pytest.mark.loopback
 
 @pytest.fixture
 async def worker_app(built_model):
-    state = WorkerState(WorkerConfig(model_dir=built_model), worker_id="w-loop")
+    state = WorkerState(WorkerConfig(model_repository=built_model.parent), worker_id="w-loop")
     app = create_app(state)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    state.batcher = Batcher(load_model(built_model), state.config.batch, BatchMetrics(app[METRICS].registry))
-    state.batcher.start()
+    batcher = Batcher(load_model(built_model), state.config.batch,
+                      BatchMetrics(app[METRICS].registry).for_model(built_model.name))
+    batcher.start()
+    state.batchers[batcher.model.name] = batcher
     async with aiohttp.ClientSession() as session:
         yield session, server, state, app
-    await state.batcher.close()
+    await batcher.close()
     await server.close()
 
 

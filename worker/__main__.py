@@ -13,15 +13,23 @@ from edge.imaging import PATHS
 from edge.request_log import setup_logging
 from worker.batcher import BatchConfig
 from worker.config import WorkerConfig
+from worker.model import BACKENDS
+
+
+def model_list(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (name.strip() for name in text.split(","))))
 
 
 def build_parser() -> argparse.ArgumentParser:
     d, b = WorkerConfig(), BatchConfig()
     p = argparse.ArgumentParser(prog="python -m worker", description="Image classification worker.")
-    p.add_argument("--model-dir", type=Path, default=d.model_dir, help="MODEL/<version>/ layout (default %(default)s)")
-    p.add_argument("--backend", choices=["tflite", "savedmodel", "noop"], default=d.backend,
-                   help="tflite (no TensorFlow import, fastest on CPU), savedmodel, or noop (skips "
-                        "inference: benchmarks only) (default %(default)s)")
+    p.add_argument("--model-repository", type=Path, default=d.model_repository,
+                   help="NAME/VERSION/ for each model (default %(default)s)")
+    p.add_argument("--models", type=model_list, default=d.models,
+                   help="serve these models, e.g. efficientnet_lite0,digits (default: every model in the repository)")
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend,
+                   help="auto: by the model file in each version directory (model.tflite, model.onnx, "
+                        "saved_model.pb); noop skips inference (benchmarks only) (default %(default)s)")
     p.add_argument("--host", default=d.host, help="interface to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="HTTP port, 0 for any free one (default %(default)s)")
     p.add_argument("--zmq-port", type=int, default=d.zmq_port, help="ZeroMQ port for proxies, 0 for any")
@@ -36,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-delay-ms", type=float, default=b.max_batch_delay_ms)
     p.add_argument("--max-queue", type=int, default=b.max_queue, help="queued images before 503s")
     p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
-                   help="TensorFlow intra-op threads, or the TFLite interpreter's; 0 = default (TFLite: all cores)")
+                   help="the runtime's threads: TFLite, ONNX Runtime, TensorFlow intra-op; 0 = every core")
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads, help="TensorFlow, 0 = default")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds (default %(default)s)")
     p.add_argument("--heartbeat-ttl", type=float, default=d.heartbeat_ttl, help="Consul TTL check, seconds")

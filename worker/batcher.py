@@ -1,4 +1,5 @@
-"""Dynamic batching: one bounded queue, one inference thread.
+"""Dynamic batching: one bounded queue and one inference thread per served model, so
+images for different models are never batched together.
 
 Every entry point (HTTP and ZeroMQ) calls `submit()` with a preprocessed uint8
 image. A collector task takes the first waiting image and whatever else is queued (when
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.tasks import cancel, collect_batch
-from worker.metrics import BatchMetrics
+from worker.metrics import BatchMetrics, ModelMetrics
 from worker.model import Model
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,10 @@ class BatchStats:
 class Batcher:
     """Owns the live model: `swap()` installs a new version, used from the next batch on."""
 
-    def __init__(self, model: Model, config: BatchConfig, metrics: BatchMetrics | None = None):
+    def __init__(self, model: Model, config: BatchConfig, metrics: ModelMetrics | None = None):
         self.model = model
         self.config = config
-        self.metrics = metrics or BatchMetrics()
+        self.metrics = metrics or BatchMetrics().for_model(model.name)
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.max_queue)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -97,7 +98,7 @@ class Batcher:
         return self._queue.qsize() + self._running
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._collect(), name="batcher")
+        self._task = asyncio.create_task(self._collect(), name=f"batcher-{self.model.name}")
 
     def swap(self, model: Model) -> None:
         """Serve `model` from the next batch on; the running batch finishes on the old one."""

@@ -14,8 +14,9 @@ from worker.batcher import BatchConfig
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    model_dir: Path = Path("models/efficientnet_lite0")
-    backend: str = "tflite"  # or "savedmodel", "noop" (see worker/model.py)
+    model_repository: Path = Path("models")  # NAME/VERSION/ for every served model (worker/repository.py)
+    models: tuple[str, ...] = ()  # the models to serve; empty: every model in the repository
+    backend: str = "auto"  # by the model file present; or tflite, onnx, savedmodel, noop (worker/model.py)
     host: str = "0.0.0.0"
     port: int = 0  # 0: any free port
     zmq_port: int = 0  # the ZeroMQ endpoint for proxies; 0: any free port
@@ -25,7 +26,7 @@ class WorkerConfig:
     consul: ConsulAddress = field(default_factory=ConsulAddress)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
-    intra_op_threads: int = 0  # TF intra-op / TFLite interpreter threads; 0: the default
+    intra_op_threads: int = 0  # the runtime's threads (TFLite, ONNX Runtime, TF intra-op); 0: every core
     inter_op_threads: int = 0
     drain_timeout: float = 30.0  # seconds to finish accepted work after a signal
     heartbeat_ttl: float = 5.0  # seconds: Consul TTL check

@@ -1,4 +1,5 @@
-"""The worker's HTTP front (aiohttp): classify, health, readiness, info, stats."""
+"""The worker's HTTP front (aiohttp): classify, health, readiness, info, stats.
+`?model=NAME` picks one of the served models; without it, the default model."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from edge.tfserving import add_tfserving_routes
 from edge.upload import parse_top_k, read_image
 from edge.v2_rest import SERVICE, add_v2_routes
 from worker.inference import WorkerInference
-from worker.service import STATE, WorkerState, classify_image
+from worker.service import STATE, classify_image
 
 
 async def classify(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.check_ready()
-    state.check_capacity()
-    model = state.model
+    batcher = state.batcher(request.query.get("model"))
+    state.check_capacity(batcher)
+    model = batcher.model
     k = parse_top_k(request, state.config.default_top_k, len(model.labels))
 
     state.in_flight += 1
@@ -29,7 +31,7 @@ async def classify(request: web.Request) -> web.Response:
         data = await read_image(request, state.config.edge.max_body_bytes, state.config.edge.read_timeout)
         image = await decode_image(request.app, data, model.preprocessing)
         decoded = time.perf_counter()
-        predictions, prediction = await classify_image(state, image, k)
+        predictions, prediction = await classify_image(state, batcher, image, k)
         request[SERVED_BY] = state.worker_id
         total_ms = (time.perf_counter() - started) * 1000
         return web.json_response(
@@ -63,31 +65,24 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def info(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body = {"worker": state.worker_id, "ready": state.ready, "draining": state.draining}
-    if state.model is not None:
-        m = state.model
-        body.update(
-            model=m.name,
-            version=m.version,
-            backend=m.backend,
-            input_shape=list(m.input_shape),
-            num_labels=len(m.labels),
-            load_seconds=round(m.load_seconds, 3),
-            preprocessing=m.preprocessing.path,
-        )
-    return web.json_response(body)
+    models = {
+        name: {"version": m.version, "backend": m.backend, "input_shape": list(m.input_shape),
+               "num_labels": len(m.labels), "load_seconds": round(m.load_seconds, 3)}
+        for name, m in ((name, b.model) for name, b in state.batchers.items())
+    }
+    return web.json_response({"worker": state.worker_id, "ready": state.ready, "draining": state.draining,
+                              "default_model": state.config.edge.default_model,
+                              "preprocessing": state.config.preprocessing, "models": models})
 
 
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body = {"worker": state.worker_id, "in_flight": state.in_flight, "served": state.served}
-    if state.batcher is not None:
-        body["queue_depth"] = state.batcher.depth
-        body["batching"] = state.batcher.stats.as_dict()
-    return web.json_response(body)
+    return web.json_response({"worker": state.worker_id, "in_flight": state.in_flight, "served": state.served,
+                              "queue_depth": state.depth,
+                              "batching": {name: b.stats.as_dict() for name, b in state.batchers.items()}})
 
 
-def create_app(state: WorkerState) -> web.Application:
+def create_app(state) -> web.Application:
     app = create_edge_app(state.config.edge, classify, healthz, readyz)
     app[STATE] = state
     app[SERVICE] = WorkerInference(state, app)
@@ -96,10 +91,9 @@ def create_app(state: WorkerState) -> web.Application:
     app.router.add_get("/info", info)
     app.router.add_get("/stats", stats)
     register_state(app, lambda: [
-        ("gauge", "imagecluster_queue_depth", "Images waiting or being computed",
-         state.batcher.depth if state.batcher else 0, None),
+        ("gauge", "imagecluster_queue_depth", "Images waiting or being computed", state.depth, None),
         ("gauge", "imagecluster_in_flight", "Requests accepted and not yet answered", state.in_flight, None),
-        ("gauge", "imagecluster_ready", "1 when the model is loaded and the worker is not draining",
+        ("gauge", "imagecluster_ready", "1 when the models are loaded and the worker is not draining",
          int(state.ready), None),
     ])
     return app

@@ -1,6 +1,6 @@
 """The worker's InferenceService (edge/inference.py): what the standard protocols run on
 a worker. Images are decoded by the shared path (or taken as a tensor at the model's
-input size) and queued in the same batcher as every other request."""
+input size) and queued in that model's batcher with every other request."""
 
 from __future__ import annotations
 
@@ -23,28 +23,30 @@ class WorkerInference:
         return self.state.ready
 
     def model(self, name: str, version: str | None = None) -> ModelInfo:
-        m = self.state.model
-        if m is None:
-            raise retry_later("not_ready", "the worker is loading its model")
-        if name != m.name or version not in (None, m.version):
+        if not self.state.batchers:
+            raise retry_later("not_ready", "the worker is loading its models")
+        batcher = self.state.batchers.get(name)
+        if batcher is None or version not in (None, batcher.model.version):
             raise not_found(name, version)
+        m = batcher.model
         return ModelInfo(m.name, (m.version,), m.backend, m.input_shape, len(m.labels))
 
     async def infer(self, request: InferRequest) -> list[Inference]:
         state = self.state
         state.check_ready()
-        state.check_capacity()
         info = self.model(request.model, request.version)
+        batcher = state.batchers[info.name]
+        state.check_capacity(batcher)
         state.in_flight += len(request)
         try:
             if request.tensor is not None:
                 check_tensor(request.tensor, info)
                 images = list(request.tensor)
             else:
-                prep = state.model.preprocessing
+                prep = batcher.model.preprocessing
                 images = await asyncio.gather(*(decode_image(self.app, data, prep) for data in request.encoded))
-            k = max(request.top_k, 1)
-            answers = await asyncio.gather(*(classify_image(state, image, k) for image in images))
+            k = min(max(request.top_k, 1), info.num_classes)
+            answers = await asyncio.gather(*(classify_image(state, batcher, image, k) for image in images))
         finally:
             state.in_flight -= len(request)
         return [Inference(p.model.version, top[:request.top_k], p.probabilities if request.probabilities else None)

@@ -1,19 +1,13 @@
-"""Load a served model from a TF Serving-style directory: MODEL_DIR/<version>/.
+"""Load a served model version: MODEL_DIR/<version>/ (TF Serving's layout).
 
-The newest numeric version is served, by one of two backends:
-- `tflite` (default): model.tflite through ai-edge-litert's interpreter with XNNPACK.
-  It never imports TensorFlow, so a worker starts in well under a second and stays small.
-- `savedmodel`: the SavedModel through TensorFlow.
-- `noop`: no inference at all (uniform scores), to measure everything around the model.
-Besides the model, a version directory may hold labels.txt (one class name per line) and
-serving.json (preprocessing settings); without them, classes are named by index and the
-default preprocessing applies.
+A version directory holds one model file (model.tflite, model.onnx or a SavedModel),
+labels.txt and serving.json (worker/serving.py: how an image becomes the model's input).
+The runtime is chosen by the file present unless --backend names one (worker/backends.py);
+`noop` skips inference altogether, to measure everything around the model.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from edge.imaging import DEFAULT_PATH, PATHS, Preprocessing
+from worker import backends
+from worker.serving import CHANNELS, InputAdapter, ModelError, ServingSpec, backend_for, image_shape, read_spec, softmax
 
-# Reference preprocessings a serving.json may declare (what the model was validated with).
-REFERENCES = {"tf_eval": "TensorFlow's eval path: centre crop, tf.image.resize bicubic, no antialias"}
+__all__ = ["BACKENDS", "Model", "ModelError", "load_model", "load_version", "newest_version"]
 
-
-class ModelError(Exception):
-    pass
+BACKENDS = ("auto", "tflite", "onnx", "savedmodel", "noop")
 
 
 def newest_version(model_dir: Path) -> Path:
-    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
     if not versions:
         raise ModelError(f"{model_dir} has no numeric version directory (expected {model_dir}/1/)")
     return max(versions, key=lambda p: int(p.name))
@@ -42,7 +35,7 @@ class Model:
     name: str
     version: str
     backend: str
-    input_shape: tuple[int, int, int]  # H, W, C of one image
+    input_shape: tuple[int, int, int]  # H, W, C of one uint8 image, as it travels
     labels: list[str]
     preprocessing: Preprocessing
     load_seconds: float
@@ -56,121 +49,73 @@ class Model:
         return out
 
 
-def _savedmodel_predictor(version_dir: Path, intra_op_threads: int, inter_op_threads: int):
-    import tensorflow as tf
-
-    if intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
-    if inter_op_threads:
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-    loaded = tf.saved_model.load(str(version_dir))
-    fn = loaded.signatures["serving_default"]
-    (input_name, spec), = fn.structured_input_signature[1].items()
-    (output_name,) = fn.structured_outputs.keys()
-    if spec.dtype != tf.uint8 or spec.shape.rank != 4:
-        raise ModelError(f"serving_default must take uint8 NHWC images, takes {spec}")
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return fn(**{input_name: tf.constant(batch)})[output_name].numpy()
-
-    # Hold a reference to `loaded`: the concrete function needs its variables alive.
-    predict.loaded = loaded
-    return predict, tuple(spec.shape[1:])
-
-
-def _tflite_predictor(version_dir: Path, threads: int):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(version_dir / "model.tflite"), num_threads=threads or os.cpu_count())
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    signature = tuple(int(d) for d in inp["shape_signature"])
-    if inp["dtype"] != np.uint8 or len(signature) != 4:
-        raise ModelError(f"model.tflite must take uint8 NHWC images, takes {inp['dtype']} {signature}")
-    interpreter.resize_tensor_input(inp["index"], [1, *signature[1:]])
-    interpreter.allocate_tensors()
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        # With XNNPACK on CPU, images one after another are as fast as one big batch
-        # (measured: 344 img/s at batch 1, 293 at batch 32), and the interpreter never
-        # has to re-allocate for a new batch size.
-        rows = []
-        for image in batch:
-            interpreter.set_tensor(inp["index"], image[None])
-            interpreter.invoke()
-            rows.append(interpreter.get_tensor(out["index"])[0].copy())
-        return np.stack(rows)
-
-    return predict, signature[1:]
-
-
-def _noop_predictor(version_dir: Path, threads: int):
-    """Benchmark-only: the TFLite model's input shape, but no inference (uniform scores)."""
-    _, input_shape = _tflite_predictor(version_dir, 1)
-    classes = len((version_dir / "labels.txt").read_text().splitlines())
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return np.full((len(batch), classes), 1.0 / classes, dtype=np.float32)
-
-    return predict, input_shape
-
-
-BACKENDS = ("tflite", "savedmodel", "noop")
-
-
-def serving_settings(version_dir: Path, preprocessing: str) -> dict:
-    """serving.json (optional), checked; errors name the file and the field."""
-    path = version_dir / "serving.json"
-    settings = json.loads(path.read_text()) if path.exists() else {}
-    reference = settings.get("reference", "tf_eval")
-    if reference not in REFERENCES:
-        raise ModelError(f"{path}: field 'reference' is {reference!r}; supported: {sorted(REFERENCES)}")
-    if preprocessing not in PATHS:
-        raise ModelError(f"preprocessing path {preprocessing!r} is not one of {PATHS}")
-    if preprocessing == "exact" and settings.get("resample", "bicubic") != "bicubic":
-        raise ModelError(f"{path}: field 'resample' must be 'bicubic' for the exact path")
-    return settings
-
-
-def load_model(model_dir: Path, *, backend: str = "tflite", intra_op_threads: int = 0,
-               inter_op_threads: int = 0, preprocessing: str = DEFAULT_PATH) -> Model:
-    """`intra_op_threads` is TensorFlow's intra-op pool or the TFLite interpreter's threads;
-    `preprocessing` the path that computes the model's input (edge.imaging.PATHS)."""
-    start = time.perf_counter()
-    model_dir = Path(model_dir)
-    version_dir = newest_version(model_dir)
+def _open(backend: str, version_dir: Path, spec: ServingSpec, threads: int, inter_op_threads: int):
     if backend == "tflite":
-        predict, input_shape = _tflite_predictor(version_dir, intra_op_threads)
-    elif backend == "savedmodel":
-        predict, input_shape = _savedmodel_predictor(version_dir, intra_op_threads, inter_op_threads)
-    elif backend == "noop":
-        predict, input_shape = _noop_predictor(version_dir, intra_op_threads)
-    else:
+        return backends.open_tflite(version_dir, threads, spec.output_name)
+    if backend == "onnx":
+        return backends.open_onnx(version_dir, threads, spec.output_name)
+    return backends.open_savedmodel(version_dir, threads, spec.output_name, inter_op_threads)
+
+
+def _check_preprocessing(spec: ServingSpec, runner, path: str, where: str) -> None:
+    if path not in PATHS:
+        raise ModelError(f"preprocessing path {path!r} is not one of {PATHS}")
+    if path == "exact" and spec.resample != "bicubic":
+        raise ModelError(f"{where}: field 'resample' must be 'bicubic' for the exact path")
+    dtype = runner.input_dtype.name
+    if spec.dtype and spec.dtype != dtype:
+        raise ModelError(f"{where}: field 'dtype' is {spec.dtype}, the model takes {dtype}")
+    if dtype == "uint8" and spec.scaled:
+        raise ModelError(f"{where}: fields 'scale', 'mean', 'std' apply to float inputs; the model takes uint8")
+
+
+def load_version(version_dir: Path, *, name: str | None = None, backend: str = "auto", intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, preprocessing: str = DEFAULT_PATH) -> Model:
+    """One version directory, checked and warmed up. `intra_op_threads` is the runtime's
+    intra-op threads (0: every core); `preprocessing` the path that computes the input."""
+    start = time.perf_counter()
+    version_dir = Path(version_dir)
+    spec = read_spec(version_dir)
+    where = str(version_dir / "serving.json")
+    chosen = backend_for(version_dir, spec) if backend in ("auto", "noop") else backend
+    if chosen not in ("tflite", "onnx", "savedmodel"):
         raise ModelError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    if None in input_shape or input_shape[0] != input_shape[1] or input_shape[2] != 3:
-        raise ModelError(f"model input must be square RGB, got {input_shape}")
+    runner = _open(chosen, version_dir, spec, intra_op_threads, inter_op_threads)
+    _check_preprocessing(spec, runner, preprocessing, where)
+    shape = image_shape(tuple(runner.input_shape), spec, where)
+    adapt = InputAdapter(spec, runner.input_dtype)
+    runner.prepare(adapt(np.zeros((1, *shape), dtype=np.uint8)).shape[1:])
+    labels = _labels(version_dir / spec.labels)
+    if backend == "noop":
+        if not labels:
+            raise ModelError(f"the noop backend needs {version_dir / spec.labels}")
+        runner = backends.noop(runner, len(labels))
 
-    settings = serving_settings(version_dir, preprocessing)
-    labels_file = version_dir / settings.get("labels", "labels.txt")
-    labels = labels_file.read_text().splitlines() if labels_file.exists() else []
+    def predict(batch: np.ndarray) -> np.ndarray:
+        out = runner.run(adapt(batch))
+        out = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+        return softmax(out) if spec.output == "logits" else out
 
-    preprocessing = Preprocessing(
-        size=int(input_shape[0]),
-        crop_fraction=float(settings.get("crop_fraction", Preprocessing.crop_fraction)),
-        resample=settings.get("resample", Preprocessing.resample),
-        path=preprocessing,
-    )
-    # One warm-up call so the first request does not pay for graph tracing.
-    probs = predict(np.zeros((1, *input_shape), dtype=np.uint8))
+    predict.keep = runner  # the runtime lives as long as the model
+    probs = predict(np.zeros((1, *shape), dtype=np.uint8))  # warm-up: the first request pays no tracing
     if labels and len(labels) != probs.shape[1]:
-        raise ModelError(f"{labels_file} has {len(labels)} labels, the model {probs.shape[1]} classes")
-    labels = labels or [str(i) for i in range(probs.shape[1])]
-    return Model(
-        name=model_dir.name,
-        version=version_dir.name,
-        backend=backend,
-        input_shape=tuple(int(d) for d in input_shape),
-        labels=labels,
-        preprocessing=preprocessing,
-        load_seconds=time.perf_counter() - start,
-        _predict=predict,
-    )
+        raise ModelError(f"{version_dir / spec.labels} has {len(labels)} labels, the model {probs.shape[1]} classes")
+    preprocessing = Preprocessing(shape[0], spec.crop_fraction, spec.resample, preprocessing, CHANNELS[spec.channels])
+    return Model(name or version_dir.parent.name, version_dir.name, backend if backend == "noop" else chosen, shape,
+                 labels or [str(i) for i in range(probs.shape[1])], preprocessing, time.perf_counter() - start,
+                 predict)
+
+
+def _labels(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    labels = path.read_text().splitlines()
+    while labels and not labels[-1].strip():
+        labels.pop()
+    return labels
+
+
+def load_model(model_dir: Path, **options) -> Model:
+    """The newest numeric version in `model_dir` (see load_version for the options)."""
+    model_dir = Path(model_dir)
+    return load_version(newest_version(model_dir), name=model_dir.name, **options)

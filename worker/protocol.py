@@ -22,7 +22,8 @@ Two halves, both here and nowhere else:
    and dropped with a log line when it has not.
 
 2. The Consul Meta a worker registers with (`WorkerMeta`): what a proxy needs to reach
-   a worker and to preprocess images for its model.
+   a worker and to preprocess images for each model it serves (`ServedModel`).
+   "model" in a request names which; images for different models never share a batch.
 """
 
 from __future__ import annotations
@@ -217,44 +218,66 @@ def _attach_probabilities(results: list[ItemResult], body: dict, frame: bytes) -
 
 
 @dataclass(frozen=True)
-class WorkerMeta:
-    """A worker's Consul service Meta (all values strings there)."""
+class ServedModel:
+    """One model a worker serves, as a proxy needs to know it."""
 
-    worker_id: str
-    model: str
     version: str
     backend: str
-    input_shape: tuple[int, int, int]  # H, W, C of one image
+    input_shape: tuple[int, int, int]  # H, W, C of one uint8 image
     num_labels: int
+    crop_fraction: float = Preprocessing.crop_fraction
+    resample: str = Preprocessing.resample
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServedModel":
+        d = json.loads(text)
+        return cls(str(d["version"]), str(d.get("backend", "")), tuple(int(x) for x in d["input_shape"]),
+                   int(d["num_labels"]), float(d.get("crop_fraction", Preprocessing.crop_fraction)),
+                   str(d.get("resample", Preprocessing.resample)))
+
+
+MODEL_KEY = "model-"  # Consul Meta key prefix: one key per served model, its value ServedModel's JSON
+
+
+@dataclass(frozen=True)
+class WorkerMeta:
+    """A worker's Consul service Meta (all values strings there): its ports, the
+    preprocessing path it runs, and every model it serves (`model-NAME` keys)."""
+
+    worker_id: str
     http_port: int
     zmq_port: int
     grpc_port: int = 0  # the Open Inference Protocol over gRPC
-    crop_fraction: float = Preprocessing.crop_fraction
-    resample: str = Preprocessing.resample
     preprocessing_path: str = Preprocessing.path  # so forwarded and direct answers are the same
+    models: dict[str, ServedModel] = field(default_factory=dict)
 
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.input_shape[0], self.crop_fraction, self.resample, self.preprocessing_path)
+    def preprocessing(self, model: str) -> Preprocessing:
+        m = self.models[model]
+        return Preprocessing(m.input_shape[0], m.crop_fraction, m.resample, self.preprocessing_path,
+                             m.input_shape[2])
 
     def to_meta(self) -> dict[str, str]:
-        meta = {k: str(v) for k, v in asdict(self).items()}
-        meta["input_shape"] = "x".join(map(str, self.input_shape))
+        meta = {"worker_id": self.worker_id, "http_port": str(self.http_port), "zmq_port": str(self.zmq_port),
+                "grpc_port": str(self.grpc_port), "preprocessing_path": self.preprocessing_path,
+                "models": ",".join(sorted(self.models))}
+        meta.update({MODEL_KEY + name: m.to_json() for name, m in self.models.items()})
         return meta
 
     @classmethod
     def from_meta(cls, meta: dict[str, str]) -> "WorkerMeta":
         """Raises ProtocolError when the Meta is not a worker's (missing or bad fields)."""
         try:
+            names = [n for n in meta["models"].split(",") if n]
             return cls(
-                worker_id=meta["worker_id"], model=meta["model"], version=meta["version"],
-                backend=meta.get("backend", ""),
-                input_shape=tuple(int(d) for d in meta["input_shape"].split("x")),
-                num_labels=int(meta["num_labels"]), http_port=int(meta["http_port"]),
-                zmq_port=int(meta["zmq_port"]), grpc_port=int(meta.get("grpc_port", 0)),
-                crop_fraction=float(meta.get("crop_fraction", Preprocessing.crop_fraction)),
-                resample=meta.get("resample", Preprocessing.resample),
+                worker_id=meta["worker_id"], http_port=int(meta["http_port"]), zmq_port=int(meta["zmq_port"]),
+                grpc_port=int(meta.get("grpc_port", 0)),
                 preprocessing_path=meta.get("preprocessing_path", Preprocessing.path),
+                models={name: ServedModel.from_json(meta[MODEL_KEY + name]) for name in names},
             )
-        except (KeyError, ValueError, AttributeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise ProtocolError(f"not a worker's Meta: {exc!r}") from None

@@ -2,7 +2,7 @@
 
 Start-up opens resources in an order that matters, each pushed on one AsyncExitStack so
 shutdown closes them in reverse: HTTP listens first (so /healthz answers while the model
-loads and /readyz says 503), then the model and its batcher, the ZeroMQ endpoint, the
+load and /readyz says 503), then the models and their batchers, the ZeroMQ endpoint, the
 Consul registration (only a ready worker registers), and the version watcher. Serving
 is waiting for a signal; the signal handler only sets a flag. Drain leaves rotation
 (maintenance mode) before anything else, refuses new work with 503, and lets accepted
@@ -31,9 +31,10 @@ from worker.batcher import Batcher
 from worker.config import WorkerConfig
 from worker.http_api import create_app
 from worker.metrics import BatchMetrics
-from worker.protocol import WorkerMeta
+from worker.model import Model, ModelError
+from worker.protocol import ServedModel, WorkerMeta
 from worker.service import WorkerState
-from worker.versions import VersionWatcher, load_configured_model
+from worker.versions import VersionWatcher, load_configured_models
 from worker.zmq_endpoint import ZmqEndpoint
 
 log = logging.getLogger(__name__)
@@ -86,16 +87,18 @@ class WorkerServer:
         grpc_server, self.grpc_port = await start_grpc(app[SERVICE], self.config.edge, self.config.host,
                                                        self.config.grpc_port, app[METRICS].registry)
         resources.push_async_callback(grpc_server.stop, 1.0)
-        log.info("listening on %s:%d (gRPC %d), loading %s", self.config.host, self.http_port, self.grpc_port,
-                 self.config.model_dir)
+        log.info("listening on %s:%d (gRPC %d), loading models from %s", self.config.host, self.http_port,
+                 self.grpc_port, self.config.model_repository)
 
-        model = await self._load_unless_stopped()
-        if model is None:
+        models = await self._load_unless_stopped()
+        if models is None:
             return False
-        batcher = Batcher(model, self.config.batch, BatchMetrics(app[METRICS].registry))
-        batcher.start()
-        resources.push_async_callback(batcher.close)
-        self.state.batcher = batcher
+        metrics = BatchMetrics(app[METRICS].registry)
+        for model in models:
+            batcher = Batcher(model, self.config.batch, metrics.for_model(model.name))
+            batcher.start()
+            resources.push_async_callback(batcher.close)
+            self.state.batchers[model.name] = batcher
 
         endpoint = ZmqEndpoint(self.state, self.config.host, self.config.zmq_port, self.config.max_zmq_message_bytes)
         endpoint.start()
@@ -109,12 +112,17 @@ class WorkerServer:
         resources.push_async_callback(versions.close)
         return True
 
-    async def _load_unless_stopped(self):
-        load = asyncio.get_running_loop().run_in_executor(None, load_configured_model, self.config)
+    async def _load_unless_stopped(self) -> list[Model] | None:
+        load = asyncio.get_running_loop().run_in_executor(None, load_configured_models, self.config)
         stopped = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait([load, stopped], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        return None if self.stop.is_set() else load.result()
+        if self.stop.is_set():
+            return None
+        try:
+            return load.result()
+        except ModelError as exc:
+            raise StartupError(f"cannot serve the models: {exc}") from None
 
     async def _register(self, resources: AsyncExitStack) -> None:
         self.address = await self._advertised_address()
@@ -133,22 +141,24 @@ class WorkerServer:
                                f"{config.consul.port} ({exc}): start Consul or pass --advertise ADDRESS") from None
 
     def meta(self) -> WorkerMeta:
-        """Consul Meta: what a proxy needs to reach this worker and preprocess for it."""
-        m = self.state.model
-        p = m.preprocessing
-        return WorkerMeta(self.state.worker_id, m.name, m.version, m.backend, m.input_shape, len(m.labels),
-                          self.http_port, self.zmq_port, self.grpc_port, p.crop_fraction, p.resample, p.path)
+        """Consul Meta: what a proxy needs to reach this worker and preprocess for each model."""
+        models = {name: ServedModel(m.version, m.backend, m.input_shape, len(m.labels), m.preprocessing.crop_fraction,
+                                    m.preprocessing.resample)
+                  for name, m in ((name, b.model) for name, b in self.state.batchers.items())}
+        return WorkerMeta(self.state.worker_id, self.http_port, self.zmq_port, self.grpc_port,
+                          self.config.preprocessing, models)
 
     def announce_ready(self, seconds: float) -> None:
         """The `ready` line on stdout: what scripts and tests wait for."""
-        model = self.state.model
+        models = {name: b.model.version for name, b in self.state.batchers.items()}
         print(json.dumps({
             "event": "ready", "worker_id": self.state.worker_id,
             "url": f"http://{self.address}:{self.http_port}", "zmq": f"tcp://{self.address}:{self.zmq_port}",
-            "grpc": f"{self.address}:{self.grpc_port}",
-            "model": model.name, "version": model.version, "startup_seconds": round(seconds, 3),
+            "grpc": f"{self.address}:{self.grpc_port}", "models": models, "startup_seconds": round(seconds, 3),
         }), flush=True)
-        log.info("ready in %.2f s (model load %.2f s)", seconds, model.load_seconds)
+        log.info("ready in %.2f s (models: %s; loading took %.2f s)", seconds,
+                 ", ".join(f"{n} v{v}" for n, v in models.items()),
+                 sum(b.model.load_seconds for b in self.state.batchers.values()))
 
     async def drain(self) -> None:
         """Leave rotation, refuse new work, let accepted work finish (bounded)."""

@@ -1,21 +1,21 @@
 """What the worker's entry points share: its state and the one way to classify an image.
 
 HTTP (worker/http_api.py) and ZeroMQ (worker/zmq_endpoint.py) both call
-`classify_image`, so both feed the same batcher and fail the same way.
+`classify_image`, so both feed the same batchers and fail the same way.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from aiohttp import web
 
 from edge.errors import ApiError, retry_later
+from edge.inference import pick_model
 from worker.batcher import Batcher, InferenceError, Prediction, QueueFullError
 from worker.config import WorkerConfig
-from worker.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -26,28 +26,32 @@ class WorkerState:
 
     config: WorkerConfig
     worker_id: str
-    batcher: Batcher | None = None  # set once the model is loaded; it owns the live model
+    batchers: dict[str, Batcher] = field(default_factory=dict)  # per served model; each owns its live version
     draining: bool = False
     in_flight: int = 0  # images accepted and not yet answered, over every entry point
     served: int = 0
 
     @property
-    def model(self) -> Model | None:
-        return self.batcher.model if self.batcher else None
-
-    @property
     def ready(self) -> bool:
-        return self.batcher is not None and not self.draining
+        return bool(self.batchers) and not self.draining
 
     def check_ready(self) -> None:
         if not self.ready:
-            reason = "draining" if self.draining else "loading the model"
+            reason = "draining" if self.draining else "loading the models"
             raise retry_later("not_ready", f"the worker is not ready: {reason}")
 
-    def check_capacity(self) -> None:
+    def batcher(self, model: str | None) -> Batcher:
+        """The batcher of the model a request names (None or "": the default); 404 when not served."""
+        return self.batchers[pick_model(model, self.batchers, self.config.edge.default_model)]
+
+    def check_capacity(self, batcher: Batcher) -> None:
         """Refuse before reading and decoding a body that the full queue could not take."""
-        if self.batcher.full:
-            raise overloaded(f"{self.config.batch.max_queue} requests already queued")
+        if batcher.full:
+            raise overloaded(f"{self.config.batch.max_queue} requests already queued for {batcher.model.name}")
+
+    @property
+    def depth(self) -> int:
+        return sum(b.depth for b in self.batchers.values())
 
 
 def overloaded(reason: str) -> ApiError:
@@ -64,10 +68,11 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[dict]:
     return [{"label": labels[i], "index": int(i), "score": float(probabilities[i])} for i in best]
 
 
-async def classify_image(state: WorkerState, image: np.ndarray, k: int) -> tuple[list[dict], Prediction]:
-    """Queue one preprocessed image; return its top-k and timings. Raises ApiError."""
+async def classify_image(state: WorkerState, batcher: Batcher, image: np.ndarray,
+                         k: int) -> tuple[list[dict], Prediction]:
+    """Queue one preprocessed image for `batcher`'s model; return its top-k and timings. Raises ApiError."""
     try:
-        prediction = await state.batcher.submit(image)
+        prediction = await batcher.submit(image)
     except QueueFullError as exc:
         raise overloaded(str(exc)) from None
     except InferenceError:  # logged by the batcher with its cause

@@ -1,13 +1,14 @@
-"""Hot model swap: notice a newer version directory, load it beside the running one, and
-switch between two batches.
+"""Load the served models, and hot-swap each to a newer version when one appears.
 
-TF Serving's layout: MODEL_DIR/<version>/. Every `poll_s` the worker looks for a version
-number above the one it serves. It loads and warms the new model off the event loop
-while the old one keeps serving, then swaps the reference the batcher reads at each batch
-start: no request waits, none fails, and each answer names the version that computed it.
-A version whose input shape differs is refused (the proxy preprocesses by the shape
-published at registration; restart the worker for that). A version that fails to load is
-logged once and not retried until a newer one appears.
+TF Serving's layout: REPOSITORY/NAME/<version>/. Every `poll_s` the worker looks, for
+each model it serves, for a version number above the one it serves. It loads and warms
+the new version off the event loop while the old one keeps serving, then swaps the
+reference that model's batcher reads at each batch start: no request waits, none fails,
+and each answer names the version that computed it. A version whose input shape differs
+is refused (proxies preprocess by the shape published at registration; restart the
+worker for that). A version that fails to load is logged once and not retried until a
+newer one appears. Versions are written atomically (worker/repository.py), so a
+half-written one is never seen.
 """
 
 from __future__ import annotations
@@ -19,14 +20,21 @@ from collections.abc import Awaitable, Callable
 from edge.tasks import cancel
 from worker.config import WorkerConfig
 from worker.model import Model, ModelError, load_model, newest_version
+from worker.repository import model_names
 
 log = logging.getLogger(__name__)
 
 
-def load_configured_model(config: WorkerConfig) -> Model:
-    """The newest version in the configured model directory, on the configured backend."""
-    return load_model(config.model_dir, backend=config.backend, intra_op_threads=config.intra_op_threads,
-                      inter_op_threads=config.inter_op_threads, preprocessing=config.preprocessing)
+def load_configured_model(config: WorkerConfig, name: str) -> Model:
+    """The newest version of model `name` in the repository, on the configured backend."""
+    return load_model(config.model_repository / name, backend=config.backend,
+                      intra_op_threads=config.intra_op_threads, inter_op_threads=config.inter_op_threads,
+                      preprocessing=config.preprocessing)
+
+
+def load_configured_models(config: WorkerConfig) -> list[Model]:
+    """Every configured model (or every model in the repository); ModelError names what failed."""
+    return [load_configured_model(config, name) for name in model_names(config.model_repository, config.models)]
 
 
 class VersionWatcher:
@@ -34,7 +42,7 @@ class VersionWatcher:
         self.state = state
         self.on_swap = on_swap
         self.poll_s = poll_s
-        self._refused: set[str] = set()
+        self._refused: set[tuple[str, str]] = set()  # (model, version)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -46,31 +54,33 @@ class VersionWatcher:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
-            try:
-                await self.check()
-            except Exception:  # a bad directory must not stop the watching
-                log.exception("checking for a new model version failed")
+            for name in list(self.state.batchers):
+                try:
+                    await self.check(name)
+                except Exception:  # a bad directory must not stop the watching
+                    log.exception("checking for a new version of %s failed", name)
 
-    async def check(self) -> None:
-        config, current = self.state.config, self.state.model
+    async def check(self, name: str) -> None:
+        config, batcher = self.state.config, self.state.batchers[name]
+        current = batcher.model
         try:
-            newest = newest_version(config.model_dir).name
+            newest = newest_version(config.model_repository / name).name
         except (ModelError, OSError):
             return
-        if int(newest) <= int(current.version) or newest in self._refused:
+        if int(newest) <= int(current.version) or (name, newest) in self._refused:
             return
-        log.info("found version %s (serving %s): loading it in the background", newest, current.version)
+        log.info("%s: found version %s (serving %s): loading it in the background", name, newest, current.version)
         try:
-            model = await asyncio.get_running_loop().run_in_executor(None, load_configured_model, config)
+            model = await asyncio.get_running_loop().run_in_executor(None, load_configured_model, config, name)
         except Exception as exc:
-            self._refused.add(newest)
-            log.error("version %s failed to load, still serving %s: %s", newest, current.version, exc)
+            self._refused.add((name, newest))
+            log.error("%s: version %s failed to load, still serving %s: %s", name, newest, current.version, exc)
             return
         if model.input_shape != current.input_shape:
-            self._refused.add(model.version)
-            log.error("version %s takes %s, not %s: a hot swap needs the same input shape; restart to serve it",
-                      model.version, model.input_shape, current.input_shape)
+            self._refused.add((name, model.version))
+            log.error("%s: version %s takes %s, not %s: a hot swap needs the same input shape; restart to serve it",
+                      name, model.version, model.input_shape, current.input_shape)
             return
-        self.state.batcher.swap(model)  # the next batch uses it
-        log.info("now serving version %s (loaded in %.2f s)", model.version, model.load_seconds)
+        batcher.swap(model)  # the next batch uses it
+        log.info("%s: now serving version %s (loaded in %.2f s)", name, model.version, model.load_seconds)
         await self.on_swap(model)

@@ -3,7 +3,7 @@
 A ROUTER socket, so many proxies (DEALER sockets) can talk to one worker and each reply
 goes back to its sender. Every image of an incoming batch is queued in the shared
 batcher, so proxy batches merge with direct HTTP traffic into the largest batches the
-load allows. A malformed message gets an error reply when it carries a batch id and is
+load allows. Each message is for one model (its header's "model"; none: the default). A malformed message gets an error reply when it carries a batch id and is
 dropped with a log line when it does not; nothing on the wire can stop the loop.
 """
 
@@ -20,6 +20,7 @@ from edge.auth import token_matches
 from edge.errors import ApiError
 from edge.request_log import access_log
 from edge.tasks import cancel
+from worker.batcher import Batcher
 from worker.protocol import BatchReply, BatchRequest, ErrorInfo, ItemResult, ProtocolError
 from worker.service import WorkerState, classify_image
 
@@ -75,19 +76,19 @@ class ZmqEndpoint:
             await self._reply(identity, BatchReply(exc.batch, worker, error=ErrorInfo(400, "bad_message", str(exc))))
             return
         try:
-            self._check(request)
+            batcher = self._check(request)
         except ApiError as exc:
             await self._reply(identity, BatchReply(request.batch, worker, error=_error(exc)))
             return
         self.state.in_flight += len(request.ids)
         started = time.perf_counter()
         try:
-            results = await asyncio.gather(*(self._one(item_id, image, request.k, request.probabilities)
+            results = await asyncio.gather(*(self._one(batcher, item_id, image, request.k, request.probabilities)
                                              for item_id, image in zip(request.ids, request.images)))
         finally:
             self.state.in_flight -= len(request.ids)
         self._log(request, results, (time.perf_counter() - started) * 1000)
-        await self._reply(identity, BatchReply(request.batch, worker, self.state.model.name, results))
+        await self._reply(identity, BatchReply(request.batch, worker, batcher.model.name, results))
 
     @staticmethod
     def _log(request: BatchRequest, results: list[ItemResult], ms: float) -> None:
@@ -97,22 +98,23 @@ class ZmqEndpoint:
                             extra={"request_id": rid, "batch": request.batch, "status": status,
                                    "duration_ms": round(ms, 3), "via": "zmq"})
 
-    def _check(self, request: BatchRequest) -> None:
+    def _check(self, request: BatchRequest) -> Batcher:
+        """The batcher of the model the message is for; ApiError when it cannot be served."""
         token = self.state.config.edge.auth_token
         if token and not token_matches(request.token, token):
             raise ApiError(401, "unauthorized", "a valid token is required")
         self.state.check_ready()
-        model = self.state.model
+        batcher = self.state.batcher(request.model)
+        model = batcher.model
         if request.images.shape[1:] != model.input_shape:
             raise ApiError(400, "wrong_shape", f"images must be {model.input_shape}, got {request.images.shape[1:]}")
-        if request.model and request.model != model.name:
-            raise ApiError(409, "wrong_model", f"this worker serves {model.name}, not {request.model}")
         if not 1 <= request.k <= len(model.labels):
             raise ApiError(422, "invalid_parameter", f"k must be from 1 to {len(model.labels)}")
+        return batcher
 
-    async def _one(self, item_id: str, image, k: int, probabilities: bool) -> ItemResult:
+    async def _one(self, batcher: Batcher, item_id: str, image, k: int, probabilities: bool) -> ItemResult:
         try:
-            predictions, p = await classify_image(self.state, image, k)
+            predictions, p = await classify_image(self.state, batcher, image, k)
         except ApiError as exc:
             return ItemResult(item_id, error=_error(exc))
         return ItemResult(item_id, predictions, p.model.version, round(p.queue_ms, 3), round(p.inference_ms, 3),

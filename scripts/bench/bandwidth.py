@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image  # noqa: E402
 
 from tests.netlab import Lab, can_create_namespaces  # noqa: E402
-from tests.processes import ProxyProcess, WorkerProcess  # noqa: E402
+from tests.processes import ProxyProcess, WorkerProcess, serve_model  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 
@@ -122,7 +122,7 @@ def main() -> int:
         for host in lab.hosts.values():
             lab.cap(host, args.rate)
 
-        workers = [WorkerProcess("127.0.0.1:8500", "--model-dir", str(MODEL_DIR), host="0.0.0.0",
+        workers = [WorkerProcess("127.0.0.1:8500", *serve_model(MODEL_DIR), host="0.0.0.0",
                                  wrapper=h.wrapper, log_path=args.out / f"bandwidth-{h.name}.log")
                    for h in worker_hosts]
         proxy = ProxyProcess("127.0.0.1:8500", host="0.0.0.0", port=12480, reach_at=proxy_host.ip,

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from client.load import run_load  # noqa: E402
 from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import ProxyProcess, WorkerProcess  # noqa: E402
+from tests.processes import ProxyProcess, WorkerProcess, serve_model  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
@@ -69,7 +69,7 @@ def main() -> int:
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     agent = DevAgent(log_path=a.out / "consul-handover.log").start()
-    worker = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), log_path=a.out / "worker-handover.log")
+    worker = WorkerProcess(agent.address, *serve_model(MODEL_DIR), log_path=a.out / "worker-handover.log")
     proxy = ProxyProcess(agent.address, log_path=a.out / "proxy-handover.log")
     try:
         worker.wait_ready()

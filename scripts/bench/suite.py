@@ -49,7 +49,7 @@ import proxy_rate  # noqa: E402  (beside this file)
 from client import Client  # noqa: E402
 from client.load import run_load  # noqa: E402
 from tests.consul_dev import DevAgent, free_port  # noqa: E402
-from tests.processes import ProxyProcess, WorkerProcess, stop_process  # noqa: E402
+from tests.processes import ProxyProcess, WorkerProcess, serve_model, stop_process  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
@@ -155,7 +155,7 @@ def poster(session: aiohttp.ClientSession, photo: bytes):
 
 async def direct_worker(name: str, agent, args, post, *flags: str) -> list[dict]:
     """One worker started with `flags`, measured with direct POSTs."""
-    w = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), *flags,
+    w = WorkerProcess(agent.address, *serve_model(MODEL_DIR), *flags,
                       log_path=args.out / f"worker-{name}.log").wait_ready()
     try:
         return await measure(name, lambda: post(w.url), args.concurrency, args.duration, lambda: [w.proc.pid])
@@ -247,7 +247,7 @@ async def run_all(args, photo: bytes) -> list[dict]:
             rows += await direct_worker("direct-savedmodel", agent, args, post, "--backend", "savedmodel")
             rows += await direct_worker("direct-opencv", agent, args, post, "--preprocessing", "opencv")
 
-            w = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR),
+            w = WorkerProcess(agent.address, *serve_model(MODEL_DIR),
                               log_path=args.out / "worker.log").wait_ready()
             proxy = ProxyProcess(agent.address, log_path=args.out / "proxy.log")
             try:

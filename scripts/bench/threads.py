@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from suite import measure, poster  # noqa: E402
 
 from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import WorkerProcess  # noqa: E402
+from tests.processes import WorkerProcess, serve_model  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
@@ -33,7 +33,7 @@ async def run(agent: DevAgent, duration: float, out: Path) -> list[dict]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
         post = poster(s, PHOTO.read_bytes())
         for interp, decode in SETTINGS:
-            w = WorkerProcess(agent.address, "--model-dir", str(MODEL_DIR), "--intra-op-threads", str(interp),
+            w = WorkerProcess(agent.address, *serve_model(MODEL_DIR), "--intra-op-threads", str(interp),
                               "--decode-threads", str(decode), log_path=out / "worker-threads.log").wait_ready()
             try:
                 name = f"interpreter {interp}, decode {decode}"
