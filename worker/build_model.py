@@ -58,19 +58,28 @@ def imagenet_labels(darknet_data: Path) -> list[str]:
     return [name for _, name in sorted(zip(wnids, names))]
 
 
-def build(out_dir: Path, darknet_data: Path) -> None:
-    import tensorflow as tf
-
+def pretrained():
+    """EfficientNet-Lite0 with its ImageNet weights (a tf.Module; imports TensorFlow)."""
     from worker.efficientnet_lite import EfficientNetLite0
     from worker.torch_legacy import load_state_dict
 
-    labels = imagenet_labels(darknet_data)
-    module = EfficientNetLite0(load_state_dict(str(weights_path())))
-    tf.saved_model.save(module, str(out_dir), signatures={"serving_default": module.serve})
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(out_dir))
-    (out_dir / "model.tflite").write_bytes(converter.convert())
-    (out_dir / "labels.txt").write_text("\n".join(labels) + "\n")
-    (out_dir / "serving.json").write_text(json.dumps(SERVING, indent=2) + "\n")
+    return EfficientNetLite0(load_state_dict(str(weights_path())))
+
+
+def save(module, saved_model_dir: Path, tflite_dir: Path, labels: list[str]) -> None:
+    """The module as a SavedModel in `saved_model_dir`, and its TFLite export, labels and
+    serving.json in `tflite_dir` (the same directory for the default model)."""
+    import tensorflow as tf
+
+    tf.saved_model.save(module, str(saved_model_dir), signatures={"serving_default": module.serve})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    (tflite_dir / "model.tflite").write_bytes(converter.convert())
+    (tflite_dir / "labels.txt").write_text("\n".join(labels) + "\n")
+    (tflite_dir / "serving.json").write_text(json.dumps(SERVING, indent=2) + "\n")
+
+
+def build(out_dir: Path, darknet_data: Path) -> None:
+    save(pretrained(), out_dir, out_dir, imagenet_labels(darknet_data))
 
 
 def main(argv: list[str] | None = None) -> int:

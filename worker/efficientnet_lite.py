@@ -101,8 +101,9 @@ class EfficientNetLite0(tf.Module):
         kernel, bias = params
         return tf.nn.depthwise_conv2d(x, kernel, strides=[1, stride, stride, 1], padding="SAME") + bias
 
-    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name="images")])
-    def serve(self, images):
+    def embed(self, images):
+        """uint8 images -> the 1280 pooled features the classifier reads (what
+        `python -m worker.models retrain` fits a new head on)."""
         x = (tf.cast(images, tf.float32) - MEAN) / STD
         x = tf.nn.relu6(self._conv(x, self.stem, stride=2))
         for block in self.blocks:
@@ -114,6 +115,14 @@ class EfficientNetLite0(tf.Module):
             if block.residual:
                 x = x + inputs
         x = tf.nn.relu6(self._conv(x, self.head))
-        x = tf.reduce_mean(x, axis=[1, 2])
-        logits = tf.matmul(x, self.fc_kernel) + self.fc_bias
+        return tf.reduce_mean(x, axis=[1, 2])
+
+    def replace_head(self, kernel: np.ndarray, bias: np.ndarray) -> None:
+        """A new classifier (features x classes, classes): the same backbone, new classes."""
+        self.fc_kernel = tf.Variable(kernel.astype(np.float32), trainable=False, name="fc_kernel")
+        self.fc_bias = tf.Variable(bias.astype(np.float32), trainable=False, name="fc_bias")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name="images")])
+    def serve(self, images):
+        logits = tf.matmul(self.embed(images), self.fc_kernel) + self.fc_bias
         return {"probabilities": tf.nn.softmax(logits)}
