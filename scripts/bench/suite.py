@@ -11,6 +11,9 @@
 - direct: a worker with the default TFLite backend, POST straight to it;
 - direct-opencv: the same with --preprocessing opencv (the faster approximation of the
   exact reference preprocessing; the ratio of the two is printed);
+- direct-onnx: the same network exported to ONNX with tf2onnx (offline, cached under
+  --out), served by the ONNX Runtime backend; with its in-process ceiling beside
+  TFLite's (the ratio is printed);
 - v2-rest-binary, v2-grpc, tfserving-rest: the same worker through each standard
   protocol (the request its usual client sends), at the highest concurrency only;
 - proxy: POST to the proxy, which forwards to that worker over ZeroMQ;
@@ -55,7 +58,7 @@ MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
 
 
-def ceiling(photo: bytes, seconds: float, batch: int = 32) -> dict:
+def ceiling(photo: bytes, seconds: float, batch: int = 32, model_dir: Path = MODEL_DIR) -> dict:
     """img/s of decode+preprocess (2 threads) pipelined with batched inference, in process."""
     import numpy as np
 
@@ -63,7 +66,7 @@ def ceiling(photo: bytes, seconds: float, batch: int = 32) -> dict:
     from worker.model import load_model
 
     configure_decoding()  # as the worker's decode pool does
-    model = load_model(MODEL_DIR)
+    model = load_model(model_dir)
     prep = model.preprocessing
     with ThreadPoolExecutor(2) as pool:
         def decode_batch():
@@ -82,6 +85,30 @@ def ceiling(photo: bytes, seconds: float, batch: int = 32) -> dict:
         pending.result()
     return {"per_second": round(images / elapsed, 2), "images": images, "seconds": round(elapsed, 3),
             "batch_size": batch, "backend": model.backend}
+
+
+def onnx_export(out: Path) -> Path | None:
+    """The default model exported to ONNX by tf2onnx, as REPOSITORY/efficientnet_lite0/1/
+    (cached); None when tf2onnx is not installed (pip install -e '.[bench]')."""
+    import importlib.util
+    import os
+
+    version = out / "onnx-models" / MODEL_DIR.name / "1"
+    if (version / "model.onnx").exists():
+        return version.parent.parent
+    if importlib.util.find_spec("tf2onnx") is None:
+        print("  tf2onnx is not installed: no ONNX rows", flush=True)
+        return None
+    staging = version.with_name(".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    print("  exporting the default model to ONNX with tf2onnx...", flush=True)
+    subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(MODEL_DIR / "1"), "--output",
+                    str(staging / "model.onnx"), "--opset", "17"], check=True, capture_output=True)
+    for name in ("labels.txt", "serving.json"):
+        shutil.copy(MODEL_DIR / "1" / name, staging / name)
+    os.rename(staging, version)
+    return version.parent.parent
 
 
 def rss_mb(*pids: int) -> int:
@@ -153,9 +180,9 @@ def poster(session: aiohttp.ClientSession, photo: bytes):
     return post
 
 
-async def direct_worker(name: str, agent, args, post, *flags: str) -> list[dict]:
+async def direct_worker(name: str, agent, args, post, *flags: str, model_dir: Path = MODEL_DIR) -> list[dict]:
     """One worker started with `flags`, measured with direct POSTs."""
-    w = WorkerProcess(agent.address, *serve_model(MODEL_DIR), *flags,
+    w = WorkerProcess(agent.address, *serve_model(model_dir), *flags,
                       log_path=args.out / f"worker-{name}.log").wait_ready()
     try:
         return await measure(name, lambda: post(w.url), args.concurrency, args.duration, lambda: [w.proc.pid])
@@ -223,6 +250,15 @@ def over_mosec(rows: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def onnx_over_tflite(rows: list[dict], ceilings: dict) -> str:
+    """ONNX Runtime's img/s over TFLite's on the same network: in process and through a worker."""
+    by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
+    parts = [f"in process: {ceilings['onnx']['per_second'] / ceilings['tflite']['per_second']:.2f}"]
+    parts += [f"worker c={c}: {by[('direct-onnx', c)] / by[('direct', c)]:.2f}"
+              for _, c in sorted(k for k in by if k[0] == "direct-onnx") if ("direct", c) in by]
+    return "; ".join(parts)
+
+
 def preprocessing_cost(rows: list[dict]) -> str:
     """What the exact (default) preprocessing costs against OpenCV's approximation, per concurrency."""
     by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
@@ -246,6 +282,9 @@ async def run_all(args, photo: bytes) -> list[dict]:
         try:
             rows += await direct_worker("direct-savedmodel", agent, args, post, "--backend", "savedmodel")
             rows += await direct_worker("direct-opencv", agent, args, post, "--preprocessing", "opencv")
+            if args.onnx_models:
+                rows += await direct_worker("direct-onnx", agent, args, post,
+                                            model_dir=args.onnx_models / MODEL_DIR.name)
 
             w = WorkerProcess(agent.address, *serve_model(MODEL_DIR),
                               log_path=args.out / "worker.log").wait_ready()
@@ -325,6 +364,11 @@ def main() -> int:
     print(f"photo {args.photo} ({len(photo)} bytes); measuring the in-process ceiling...", flush=True)
     ceiling_row = ceiling(photo, args.duration)
     print(f"  ceiling {ceiling_row['per_second']:.1f} img/s", flush=True)
+    args.onnx_models = onnx_export(args.out)
+    ceilings = {"tflite": ceiling_row}
+    if args.onnx_models:
+        ceilings["onnx"] = ceiling(photo, args.duration, model_dir=args.onnx_models / MODEL_DIR.name)
+        print(f"  ceiling with ONNX Runtime {ceilings['onnx']['per_second']:.1f} img/s", flush=True)
     rows = asyncio.run(run_all(args, photo))
     noop_rows = []
     if shutil.which("wrk"):
@@ -333,7 +377,7 @@ def main() -> int:
         print("wrk is not installed (apt-get install wrk): skipping the no-op-model proxy rate", flush=True)
 
     result = {"photo": str(args.photo), "photo_bytes": len(photo), "duration_s": args.duration,
-              "ceiling": ceiling_row, "rows": rows, "noop_proxy_rate": noop_rows}
+              "ceiling": ceiling_row, "ceilings": ceilings, "rows": rows, "noop_proxy_rate": noop_rows}
     (args.out / "suite.json").write_text(json.dumps(result, indent=2) + "\n")
     written = plots(ceiling_row, rows, args.out)
     print()
@@ -341,6 +385,8 @@ def main() -> int:
     print(f"\nimg/s with the exact preprocessing (direct) over OpenCV's approximation (direct-opencv): "
           f"{preprocessing_cost(rows)}")
     print(f"img/s over mosec's (same model file, preprocessing and interpreter threads): {over_mosec(rows)}")
+    if "onnx" in ceilings:
+        print(f"ONNX Runtime over TFLite (the same network, img/s): {onnx_over_tflite(rows, ceilings)}")
     if noop_rows:
         print()
         print(proxy_rate.table(noop_rows))

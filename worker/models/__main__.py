@@ -11,6 +11,7 @@ worker restart, or a worker started with it).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def run_retrain(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter (Keras import, retrain)
     try:
         (run_import if args.command == "import" else run_retrain)(args)
     except (ModelError, OSError) as exc:
