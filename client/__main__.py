@@ -1,7 +1,7 @@
 """python -m client: classify photos, look up a worker, or load-test the cluster.
 
-    python -m client classify PHOTO_OR_DIR... [--mode p2p|proxy] [--top-k 5] [--json] [--max-side 512]
-    python -m client lookup
+    python -m client classify PHOTO_OR_DIR... [--model NAME] [--mode p2p|proxy] [--top-k 5] [--json] [--max-side 1024]
+    python -m client lookup [--model NAME]
     (global: --proxy URL[,URL...] | --consul HOST:PORT | --dns HOST:PORT, --token T)
     python -m client bench PHOTO [--mode p2p|proxy] [--concurrency 8] [--duration 10 | --count N] [--json]
 """
@@ -18,6 +18,10 @@ import time
 from client.api import ClassifyError, Client
 from client.images import downscale, expand_paths
 from client.load import run_load
+
+# From scripts/bench/formats.py: photos up to 1024 px are sent untouched (their answer is
+# exactly the model's); bigger ones lose little at 1024 and most of their bytes.
+DEFAULT_MAX_SIDE = 1024
 
 
 def make_client(args, **kw) -> Client:
@@ -107,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         model(sp)
         sp.add_argument("--mode", choices=["p2p", "proxy"], default="p2p")
         sp.add_argument("--retries", type=int, default=6)
-        sp.add_argument("--max-side", type=int, default=None,
-                        help="downscale photos so the long side is at most this (e.g. 512)")
+        sp.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                        help="downscale bigger photos to this long side before sending, 0 to send them as they "
+                             "are (default %(default)s: README, 'Image formats and sizes')")
 
     c = sub.add_parser("classify", help="classify photos (files or directories)")
     c.add_argument("photos", nargs="+")
