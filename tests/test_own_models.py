@@ -8,10 +8,12 @@ worker appears whole: the hot swap loses nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -93,17 +95,34 @@ async def test_own_models_beside_the_default_in_every_path(start_worker, start_p
             result = await client.classify(coffee_jpeg, mode=mode)
             assert result["model"] == "efficientnet_lite0" and result["predictions"][0]["index"] == ESPRESSO
         await check_lookup_and_404(session, proxy.url, worker.url)
+        await asyncio.to_thread(check_cli, proxy.url, repository, expected["digits_tflite"])
         async with session.get(worker.url + "/stats") as r:
             batching = (await r.json())["batching"]
         async with session.get(worker.url + "/metrics") as r:
             metrics = await r.text()
-    # Each model its own queue: every image counted once, under its model (the lookup check sent one digit).
+    # Each model its own queue: every image counted once, under its model (the lookup check sent
+    # one digit to digits_onnx, the CLI five to digits_tflite).
     images = {model: b["images"] for model, b in batching.items()}
-    assert images == {"digits_onnx": 2 * HELD_OUT + 1, "digits_tflite": 2 * HELD_OUT, "efficientnet_lite0": 2}
+    assert images == {"digits_onnx": 2 * HELD_OUT + 1, "digits_tflite": 2 * HELD_OUT + 5, "efficientnet_lite0": 2}
     for model in images:
         assert f'imagecluster_batch_size_count{{model="{model}"}}' in metrics
     assert {w["id"]: w["models"] for w in proxy.workers()["workers"]} == {
         worker.worker_id: {"efficientnet_lite0": "1", "digits_onnx": "1", "digits_tflite": "1"}}
+
+
+def check_cli(proxy_url: str, repository, predictions: np.ndarray) -> None:
+    """`python -m client classify DIR --model NAME`, as a user runs it: the in-process answers."""
+    folder = repository["root"] / "cli"
+    folder.mkdir(exist_ok=True)
+    for i, image in enumerate(repository["images"][:5]):
+        (folder / f"{i}.png").write_bytes(png(image))
+    done = subprocess.run([sys.executable, "-m", "client", "--proxy", proxy_url, "classify", str(folder), "--model",
+                           "digits_tflite", "--top-k", "1", "--json"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answers = {Path(a["file"]).stem: a for a in map(json.loads, done.stdout.splitlines())}
+    assert {a["model"] for a in answers.values()} == {"digits_tflite"}
+    assert [int(answers[str(i)]["predictions"][0]["label"]) for i in range(5)] == list(predictions[:5])
 
 
 async def check_lookup_and_404(session: aiohttp.ClientSession, proxy_url: str, worker_url: str) -> None:
