@@ -93,19 +93,31 @@ def main(argv: list[str] | None = None) -> int:
         help="darknet's data directory (scripts/setup fetches it)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    parser.add_argument("--quantise", action="store_true",
+                        help="also build the int8 and dynamic-range variants as models of their own "
+                             "(worker/quantise.py)")
     args = parser.parse_args(argv)
 
     target = args.models_dir / MODEL_NAME / str(args.version)
     if target.exists() and not args.force:
         print(f"{target} exists, skipping build")
-        return 0
-    if not (args.labels_dir / "imagenet.labels.list").exists():
-        sys.exit(f"error: no ImageNet labels under {args.labels_dir}; run scripts/setup first")
+    else:
+        build_atomically(target, args.labels_dir)
+    if args.quantise:
+        from worker.quantise import build_variants
 
+        build_variants(target, args.models_dir, args.labels_dir)
+    return 0
+
+
+def build_atomically(target: Path, labels_dir: Path) -> None:
+    """Build into a temporary directory beside `target`, then rename it into place."""
+    if not (labels_dir / "imagenet.labels.list").exists():
+        sys.exit(f"error: no ImageNet labels under {labels_dir}; run scripts/setup first")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{args.version}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        build(tmp, args.labels_dir)
+        build(tmp, labels_dir)
         tmp.chmod(0o755)  # mkdtemp makes it private
         if target.exists():
             shutil.rmtree(target)
@@ -113,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"built {target}")
-    return 0
 
 
 if __name__ == "__main__":
