@@ -79,10 +79,9 @@ class Client:
 
     async def lookup(self, model: str | None = None) -> str:
         """One live worker's host:port (serving `model`, when named): from Consul's DNS when
-        configured (which knows services, not models), else from a proxy's GET / (the next
-        proxy when one cannot be reached)."""
+        configured, else from a proxy's GET / (the next proxy when one cannot be reached)."""
         if self.dns:
-            return await self.dns.lookup()
+            return await self.dns.lookup(model)
         return await self.proxies.call(self._session, lambda url: self._lookup_at(url, model))
 
     async def _lookup_at(self, proxy_url: str, model: str | None) -> str:
@@ -214,8 +213,9 @@ class Proxies:
 
 
 class WorkerDns:
-    """Workers from Consul's DNS interface: SRV records of `<service>.service.consul`,
-    through dnspython (no proxy involved)."""
+    """Workers from Consul's DNS interface: SRV records of `<service>.service.consul`, or of
+    `<model>.<service>.service.consul` for the workers serving a model (workers are tagged
+    with their models), through dnspython (no proxy involved)."""
 
     def __init__(self, server: str, service: str):
         import dns.asyncresolver
@@ -228,14 +228,15 @@ class WorkerDns:
         self.name = f"{service}.service.consul"
         self._turn = itertools.count()
 
-    async def lookup(self) -> str:
-        """host:port of one healthy worker (round-robin over the answer)."""
+    async def lookup(self, model: str | None = None) -> str:
+        """host:port of one healthy worker (serving `model`, when named; round-robin over the answer)."""
         import dns.exception
 
+        name = f"{model}.{self.name}" if model else self.name
         try:
-            answer = await self.resolver.resolve(self.name, "SRV", tcp=False)
+            answer = await self.resolver.resolve(name, "SRV", tcp=False)
         except dns.exception.DNSException as exc:
-            raise aiohttp.ClientConnectionError(f"DNS lookup of {self.name} failed: {exc}") from None
+            raise aiohttp.ClientConnectionError(f"DNS lookup of {name} failed: {exc}") from None
         records = sorted(answer, key=lambda r: (r.priority, str(r.target), r.port))
         record = records[next(self._turn) % len(records)]
         addresses = {rr.name: rr[0].address for rr in answer.response.additional if rr.rdtype == 1}  # A records

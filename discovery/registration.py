@@ -59,6 +59,7 @@ class ServiceInstance:
     address: str
     port: int
     meta: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)  # Consul DNS answers TAG.SERVICE.service.consul by them
 
 
 async def agent_address(address: ConsulAddress) -> str:
@@ -111,6 +112,7 @@ class Registration:
             service_id=inst.service_id,
             address=inst.address,
             port=inst.port,
+            tags=inst.tags,
             meta=inst.meta,
             check=self._check(),
         )

@@ -37,8 +37,9 @@ class DevAgent:
     """`consul agent -dev` on free ports (HTTP on `http_port`), one server, in memory."""
 
     def __init__(self, bind: str = "127.0.0.1", http_port: int | None = None, log_path: Path | None = None,
-                 acl_master_token: str | None = None):
+                 acl_master_token: str | None = None, dns: bool = False):
         self.bind = bind
+        self.dns_port = free_port(bind) if dns else -1  # -1: no DNS interface
         self.acl_master_token = acl_master_token  # ACLs on, default deny, this token may do anything
         self.http_port = http_port or free_port(bind)
         self._ports = {
@@ -55,7 +56,7 @@ class DevAgent:
 
     def start(self, timeout: float = 30.0) -> "DevAgent":
         args = [consul_binary(), "agent", "-dev", "-bind", self.bind, "-client", self.bind,
-                "-http-port", str(self.http_port), "-dns-port", "-1", "-grpc-port", "-1",
+                "-http-port", str(self.http_port), "-dns-port", str(self.dns_port), "-grpc-port", "-1",
                 "-node", f"dev-{self.http_port}"]
         for flag, port in self._ports.items():
             args += [flag, str(port)]

@@ -22,6 +22,7 @@ import pytest
 from client import Client
 from edge.imaging import preprocess
 from tests.conftest import ESPRESSO, MODEL_DIR, PROJECT_ROOT
+from tests.consul_dev import DevAgent
 from tests.digits import DIGIT_LABELS, digits, features, png, sklearn_onnx, split, write_folders
 from worker.model import load_model
 
@@ -175,3 +176,20 @@ async def test_import_under_a_running_worker_swaps_whole_and_loses_nothing(start
         await asyncio.gather(*loops)  # any failed request would raise here
     assert versions[0] == "1" and versions[-1] == "2" and set(versions) == {"1", "2"}
     print(f"{len(versions)} requests during the import, none failed; swapped to version 2")
+
+
+async def test_consul_dns_finds_the_workers_of_a_model(start_worker, repository, artifacts_dir, coffee_jpeg):
+    """No proxy at all: workers are tagged with their models, so MODEL.classifier.service.consul
+    answers only the workers serving MODEL."""
+    agent = DevAgent(dns=True, log_path=artifacts_dir / "consul-dns-models.log").start()
+    try:
+        imagenet = start_worker(consul=agent)  # the default model only
+        digits = start_worker("--model-repository", str(repository["repo"]), "--models", "digits_onnx", consul=agent)
+        async with Client([], dns=f"127.0.0.1:{agent.dns_port}") as client:
+            for _ in range(6):
+                r = await client.classify(png(repository["images"][0]), mode="p2p", model="digits_onnx", k=1)
+                assert r["worker"] == digits.worker_id and r["model"] == "digits_onnx"
+                r = await client.classify(coffee_jpeg, mode="p2p", model="efficientnet_lite0", k=1)
+                assert r["worker"] == imagenet.worker_id and r["predictions"][0]["index"] == ESPRESSO
+    finally:
+        agent.stop()

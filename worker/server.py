@@ -126,8 +126,9 @@ class WorkerServer:
 
     async def _register(self, resources: AsyncExitStack) -> None:
         self.address = await self._advertised_address()
+        # Tagged with its models, so Consul DNS finds a model's workers: MODEL.classifier.service.consul.
         instance = ServiceInstance(self.config.edge.service_name, self.state.worker_id, self.address,
-                                   self.http_port, self.meta().to_meta())
+                                   self.http_port, self.meta().to_meta(), tags=sorted(self.state.batchers))
         self.registration = Registration(self.config.consul, instance, ttl_s=self.config.heartbeat_ttl)
         await self.registration.start()
         resources.push_async_callback(self.registration.close)  # deregisters
