@@ -10,8 +10,8 @@ own log line carries the same id. `--log-format json` writes one JSON object per
 from __future__ import annotations
 
 import logging
-import re
 import os
+import re
 import sys
 import time
 

@@ -25,7 +25,7 @@ from edge.v2_rest import SERVICE, add_v2_routes
 from proxy.config import ProxyConfig
 from proxy.forward import DecodedOnce, Forwarded, Route, forward
 from proxy.inference import ProxyInference
-from proxy.policy import POLICIES, VersionSplit
+from proxy.policy import POLICIES
 from proxy.pool import WorkerPool
 from proxy.state import STATE, ProxyState, admitted, route_for
 
@@ -112,7 +112,7 @@ async def workers(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response({
         "policy": state.pool.policy.name,
-        "split": state.split.weights if state.split else None,
+        "split": state.config.split or None,
         "consul_connected": state.watcher.connected,
         "live": len(state.pool.live()),
         "in_flight": state.in_flight,
@@ -157,7 +157,7 @@ def create_app(config: ProxyConfig) -> web.Application:
         watcher = ServiceWatcher(config.consul, config.edge.service_name, pool.update,
                                  wait_s=config.watch_wait, resync_grace_s=config.resync_grace)
         watcher.start()
-        app[STATE] = state = ProxyState(config, pool, watcher, VersionSplit(config.split) if config.split else None)
+        app[STATE] = state = ProxyState(config, pool, watcher)
         app[SERVICE] = ProxyInference(state, app)
         grpc_server, _ = await start_grpc(app[SERVICE], config.edge, config.host, config.grpc_port,
                                           app[METRICS].registry)

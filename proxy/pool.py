@@ -86,7 +86,8 @@ class WorkerPool:
 
     def _handle(self, instance: Instance, meta: WorkerMeta) -> WorkerHandle:
         handle = WorkerHandle(instance, meta)
-        handle.channel = WorkerChannel(self._context, handle.zmq_endpoint, self.max_batch_size, self.max_batch_delay_ms, self.token,
+        handle.channel = WorkerChannel(self._context, handle.zmq_endpoint, self.max_batch_size,
+                                       self.max_batch_delay_ms, self.token,
                                        on_disconnect=lambda reason: self.eject(handle, reason))
         return handle
 

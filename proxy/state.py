@@ -25,10 +25,16 @@ class ProxyState:
     config: ProxyConfig
     pool: WorkerPool
     watcher: ServiceWatcher
-    split: VersionSplit | None = None
+    splits: dict[str, VersionSplit] = field(default_factory=dict)  # per model, each with its own exact shares
     stats: ForwardStats = field(default_factory=ForwardStats)
     recent: RecentWindow = field(default_factory=RecentWindow)
     in_flight: int = 0
+
+    def split(self, model: str) -> VersionSplit | None:
+        """The configured --split for `model`'s versions (None without one)."""
+        if not self.config.split:
+            return None
+        return self.splits.setdefault(model, VersionSplit(self.config.split))
 
 
 STATE = web.AppKey("proxy_state", ProxyState)
@@ -63,6 +69,7 @@ def route_for(state: ProxyState, model: str | None, version: str | None) -> Rout
         if not version.isdigit():
             raise ApiError(422, "invalid_parameter", f"version must be a version number, got {version!r}")
         return Route(model, version, strict=True)
-    if state.split:
-        return Route(model, state.split.pick(state.pool.versions(model)))
+    split = state.split(model)
+    if split:
+        return Route(model, split.pick(state.pool.versions(model)))
     return Route(model)

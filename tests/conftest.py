@@ -112,7 +112,8 @@ def start_worker(consul_agent, artifacts_dir, request):
 @pytest.fixture(scope="session")
 def worker(consul_agent, artifacts_dir):
     """One shared worker for the API tests, with small limits so the 413 cases are cheap."""
-    w = WorkerProcess(consul_agent.address, *serve_model(MODEL_DIR), "--max-body-bytes", str(4 * 1024 * 1024), "--max-pixels", "30000000",
+    w = WorkerProcess(consul_agent.address, *serve_model(MODEL_DIR), "--max-body-bytes", str(4 * 1024 * 1024),
+                      "--max-pixels", "30000000",
                       log_path=artifacts_dir / "worker-shared.log").wait_ready()
     yield w
     w.stop()

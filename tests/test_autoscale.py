@@ -65,7 +65,8 @@ async def test_load_ramp_scales_up_and_back_down_losing_nothing(consul_agent, st
     scaler = AutoscalerProcess(
         consul_agent.address, "--service-name", service, "--min", "1", "--max", "4", "--target-in-flight", "3",
         "--upscale-delay", "1", "--downscale-delay", "5", "--interval", "0.25", "--log-dir", str(artifacts_dir),
-        "--worker-command", f"python -m worker --host 127.0.0.1 --port 0 --model-repository {MODEL_DIR.parent} --models {MODEL_DIR.name}",
+        "--worker-command", f"python -m worker --host 127.0.0.1 --port 0 --model-repository {MODEL_DIR.parent} "
+                            f"--models {MODEL_DIR.name}",
         log_path=artifacts_dir / "autoscaler.log").wait_ready()
     try:
         wait_for(lambda: proxy.workers()["live"] == 1, timeout=30, what="the minimum of 1 worker")

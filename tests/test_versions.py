@@ -13,7 +13,9 @@ import aiohttp
 import pytest
 
 from client import Client
+from proxy.config import ProxyConfig
 from proxy.policy import VersionSplit
+from proxy.state import ProxyState
 from tests.conftest import ESPRESSO, MODEL_DIR
 from tests.processes import serve_model, wait_for
 
@@ -46,6 +48,18 @@ def test_split_policy_is_exact_and_interleaved():
     assert split.pick({"3"}) is None
     with pytest.raises(ValueError):
         VersionSplit.parse("1=ninety")
+
+
+@pytest.mark.unit
+def test_each_model_has_its_own_exact_split():
+    """Requests for two models alternating must not skew either model's shares."""
+    state = ProxyState(ProxyConfig(split={"1": 90, "2": 10}), pool=None, watcher=None)
+    picks = {"a": [], "b": []}
+    for _ in range(100):
+        for model in picks:
+            picks[model].append(state.split(model).pick({"1", "2"}))
+    assert all(p.count("1") == 90 and p.count("2") == 10 for p in picks.values())
+    assert ProxyState(ProxyConfig(), pool=None, watcher=None).split("a") is None
 
 
 @pytest.mark.system

@@ -1,9 +1,10 @@
 """The worker's ZeroMQ endpoint: batched uint8 tensors in, per-image results out.
 
 A ROUTER socket, so many proxies (DEALER sockets) can talk to one worker and each reply
-goes back to its sender. Every image of an incoming batch is queued in the shared
+goes back to its sender. Every image of an incoming batch is queued in its model's
 batcher, so proxy batches merge with direct HTTP traffic into the largest batches the
-load allows. Each message is for one model (its header's "model"; none: the default). A malformed message gets an error reply when it carries a batch id and is
+load allows. Each message is for one model (its header's "model"; none: the default).
+A malformed message gets an error reply when it carries a batch id and is
 dropped with a log line when it does not; nothing on the wire can stop the loop.
 """
 

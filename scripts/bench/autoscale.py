@@ -129,7 +129,8 @@ def main() -> int:
     proxy = ProxyProcess(agent.address, log_path=a.out / "proxy-autoscale.log")
     scaler = AutoscalerProcess(agent.address, "--min", "1", "--max", "4", "--target-in-flight", "3",
                                "--upscale-delay", "1", "--downscale-delay", "10", "--interval", "0.25",
-                               "--worker-command", f"python -m worker --host 127.0.0.1 --port 0 --model-repository {MODEL_DIR.parent} --models {MODEL_DIR.name}",
+                               "--worker-command", f"python -m worker --host 127.0.0.1 --port 0 "
+                                                   f"--model-repository {MODEL_DIR.parent} --models {MODEL_DIR.name}",
                                log_path=a.out / "autoscaler.log").wait_ready()
     try:
         wait_for(lambda: proxy.workers()["live"] == 1, timeout=30, what="1 worker")

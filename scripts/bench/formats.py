@@ -9,7 +9,8 @@ full-size JPEG q90), decode+preprocess ms (the worker's default exact path, one 
 median), end-to-end latency of a POST to a real worker (c=1, median), and the default
 model's agreement with its answer on the full-size lossless (PNG) photo: top-1 (over all
 photos, and over the "confident" ones whose full-size top-1 has p >= 0.5: a painting or a
-galaxy has no ImageNet class, and its top-1 flips with any change) and mean top-5 overlap. Prints a table, writes formats.json and formats.png.
+galaxy has no ImageNet class, and its top-1 flips with any change) and mean top-5 overlap.
+Prints a table, writes formats.json and formats.png.
 
     .venv/bin/python scripts/bench/formats.py [--out run/bench] [--posts 3]
 """
@@ -139,7 +140,8 @@ def table(groups: list[dict]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for g in groups:
         lines.append(f"| {g['size']} | {g['format']} | {g['photos']} | {g['mean_kb']:.1f} | {g['share']:.2f} | "
-                     f"{g['decode_ms']:.2f} | {g['e2e_ms']:.1f} | {g['top1']:.2f} | {g['top1_confident']:.2f} ({g['confident']}) | "
+                     f"{g['decode_ms']:.2f} | {g['e2e_ms']:.1f} | {g['top1']:.2f} | "
+                     f"{g['top1_confident']:.2f} ({g['confident']}) | "
                      f"{g['top5']:.2f} |")
     return "\n".join(lines)
 
