@@ -1,7 +1,7 @@
 """The worker's lifecycle, in named steps: start-up, serve, drain, shutdown.
 
 Start-up opens resources in an order that matters, each pushed on one AsyncExitStack so
-shutdown closes them in reverse: HTTP listens first (so /healthz answers while the model
+shutdown closes them in reverse: HTTP listens first (so /healthz answers while the models
 load and /readyz says 503), then the models and their batchers, the ZeroMQ endpoint, the
 Consul registration (only a ready worker registers), and the version watcher. Serving
 is waiting for a signal; the signal handler only sets a flag. Drain leaves rotation
