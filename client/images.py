@@ -1,8 +1,8 @@
 """Client-side image handling: find photos, and shrink big ones before sending.
 
 A 12-megapixel photo is 3-5 MB; the model sees 224x224. Downscaling the long side to
-512 px keeps what the model needs (its crop is 224 from the short side) and sends a
-small fraction of the bytes. EXIF orientation is applied first, since re-encoding drops
+1024 px (the CLI's default, from scripts/bench/formats.py) keeps what the model needs and
+sends a small fraction of the bytes. EXIF orientation is applied first, since re-encoding drops
 the EXIF tag that says how to rotate.
 """
 

@@ -71,7 +71,7 @@ class Preprocessing:
     crop_fraction: float = 0.875
     resample: str = "bicubic"
     path: str = DEFAULT_PATH
-    channels: int = 3  # 1: grayscale (ITU-R 601 luma, as Pillow's convert("L"))
+    channels: int = 3  # 1: grayscale (ITU-R 601 luma, OpenCV's RGB2GRAY)
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -115,13 +115,7 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
         raise ImageError("corrupt_image", "the image could not be decoded") from None
     if array.shape != (prep.size, prep.size, 3):
         raise ImageError("corrupt_image", f"decoded to unexpected shape {array.shape}")
-    return array if prep.channels == 3 else grayscale(array)
-
-
-def grayscale(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) -> (H, W, 1) uint8 luma, L = (299 R + 587 G + 114 B) / 1000, rounded."""
-    luma = (rgb.astype(np.uint32) * np.array([299, 587, 114], dtype=np.uint32)).sum(axis=2) + 500
-    return (luma // 1000).astype(np.uint8)[..., None]
+    return array if prep.channels == 3 else cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)[..., None]
 
 
 def rgb_pixels(img: Image.Image) -> np.ndarray:

@@ -62,6 +62,8 @@ def features(images: np.ndarray) -> np.ndarray:
     return (images.reshape(len(images), -1).astype(np.float32) * np.float32(16 / 255))
 
 
-# serving.json for the scikit-learn digits model: flat 8x8 grayscale, back to the 0-16 scale.
+# serving.json for the scikit-learn digits model: flat 8x8 grayscale, back to the 0-16 scale;
+# and the same as `python -m worker.models import` flags.
 DIGITS_SPEC = {"layout": "flat", "size": 8, "channels": "L", "scale": 16 / 255, "crop_fraction": 1.0}
+DIGIT_FLAGS = ["--layout", "flat", "--size", "8", "--channels", "L", "--scale", str(16 / 255), "--crop-fraction", "1"]
 DIGIT_LABELS = [str(d) for d in range(10)]

@@ -213,6 +213,12 @@ def _running(pid: int) -> bool:
         return False
 
 
+def client_cli(proxy_url: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m client --proxy URL ARGS...` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "client", "--proxy", proxy_url, *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
 def serve_model(model_dir: Path) -> tuple[str, ...]:
     """Worker flags that serve just the model in `model_dir` (REPOSITORY/NAME)."""
     return "--model-repository", str(model_dir.parent), "--models", model_dir.name

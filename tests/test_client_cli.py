@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import uuid
 
 import pytest
 from PIL import Image
 
 from client.images import downscale, expand_paths
-from tests.consul_dev import PROJECT_ROOT
+from tests.processes import client_cli as cli
 from tests.processes import wait_for
 
 
@@ -47,11 +45,6 @@ def test_expand_paths(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert expand_paths([str(tmp_path)]) == [tmp_path / "a.jpg", tmp_path / "sub" / "b.PNG"]
     assert expand_paths([str(tmp_path / "notes.txt")]) == [tmp_path / "notes.txt"]
-
-
-def cli(proxy_url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "client", "--proxy", proxy_url, *args], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.system

@@ -7,15 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.digits import DIGIT_LABELS, DIGITS_SPEC, digits, png, sklearn_onnx
+from tests.digits import DIGIT_FLAGS, DIGIT_LABELS, DIGITS_SPEC, digits, png, sklearn_onnx
 from worker.models.__main__ import main
 from worker.models.importer import import_model
 from worker.models.retrain import find_photos, fit_softmax, split
 from worker.serving import ModelError, parse_spec
 
 pytestmark = pytest.mark.unit
-
-DIGIT_FLAGS = ["--layout", "flat", "--size", "8", "--channels", "L", "--scale", str(16 / 255), "--crop-fraction", "1"]
 
 
 @pytest.fixture(scope="module")

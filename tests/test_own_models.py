@@ -23,13 +23,13 @@ from client import Client
 from edge.imaging import preprocess
 from tests.conftest import ESPRESSO, MODEL_DIR, PROJECT_ROOT
 from tests.consul_dev import DevAgent
-from tests.digits import DIGIT_LABELS, digits, features, png, sklearn_onnx, split, write_folders
+from tests.digits import DIGIT_FLAGS, DIGIT_LABELS, digits, features, png, sklearn_onnx, split, write_folders
+from tests.processes import client_cli
 from worker.model import load_model
 
 pytestmark = pytest.mark.system
 
 HELD_OUT = 120  # digits sent through the cluster per model and path
-DIGIT_FLAGS = ["--layout", "flat", "--size", "8", "--channels", "L", "--scale", str(16 / 255), "--crop-fraction", "1"]
 
 
 def models_cli(*args: str) -> str:
@@ -117,9 +117,7 @@ def check_cli(proxy_url: str, repository, predictions: np.ndarray) -> None:
     folder.mkdir(exist_ok=True)
     for i, image in enumerate(repository["images"][:5]):
         (folder / f"{i}.png").write_bytes(png(image))
-    done = subprocess.run([sys.executable, "-m", "client", "--proxy", proxy_url, "classify", str(folder), "--model",
-                           "digits_tflite", "--top-k", "1", "--json"], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = client_cli(proxy_url, "classify", str(folder), "--model", "digits_tflite", "--top-k", "1", "--json")
     assert done.returncode == 0, done.stderr
     answers = {Path(a["file"]).stem: a for a in map(json.loads, done.stdout.splitlines())}
     assert {a["model"] for a in answers.values()} == {"digits_tflite"}

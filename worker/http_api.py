@@ -68,7 +68,7 @@ async def info(request: web.Request) -> web.Response:
     models = {
         name: {"version": m.version, "backend": m.backend, "input_shape": list(m.input_shape),
                "num_labels": len(m.labels), "load_seconds": round(m.load_seconds, 3)}
-        for name, m in ((name, b.model) for name, b in state.batchers.items())
+        for name, m in state.models.items()
     }
     return web.json_response({"worker": state.worker_id, "ready": state.ready, "draining": state.draining,
                               "default_model": state.config.edge.default_model,

@@ -16,11 +16,21 @@ import numpy as np
 
 from edge.imaging import DEFAULT_PATH, PATHS, Preprocessing
 from worker import backends
-from worker.serving import CHANNELS, InputAdapter, ModelError, ServingSpec, backend_for, image_shape, read_spec, softmax
+from worker.serving import (
+    BACKEND_FILES,
+    CHANNELS,
+    InputAdapter,
+    ModelError,
+    ServingSpec,
+    backend_for,
+    image_shape,
+    read_spec,
+    softmax,
+)
 
 __all__ = ["BACKENDS", "Model", "ModelError", "load_model", "load_version", "newest_version"]
 
-BACKENDS = ("auto", "tflite", "onnx", "savedmodel", "noop")
+BACKENDS = ("auto", *BACKEND_FILES, "noop")
 
 
 def newest_version(model_dir: Path) -> Path:
@@ -78,7 +88,7 @@ def load_version(version_dir: Path, *, name: str | None = None, backend: str = "
     spec = read_spec(version_dir)
     where = str(version_dir / "serving.json")
     chosen = backend_for(version_dir, spec) if backend in ("auto", "noop") else backend
-    if chosen not in ("tflite", "onnx", "savedmodel"):
+    if chosen not in BACKEND_FILES:
         raise ModelError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     runner = _open(chosen, version_dir, spec, intra_op_threads, inter_op_threads)
     _check_preprocessing(spec, runner, preprocessing, where)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from edge.config import EdgeConfig
 from edge.imaging import Preprocessing, preprocess
 
 VARIANTS = ("int8", "dynamic")
@@ -56,7 +57,7 @@ def representative(photo_dir: Path, count: int = 200):
 
     def dataset():
         for data in augmented(photos, count, CALIBRATION_SEED):
-            yield [preprocess(data, prep, 10**8)[None]]
+            yield [preprocess(data, prep, EdgeConfig().max_pixels)[None]]
 
     return dataset
 

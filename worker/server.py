@@ -145,13 +145,13 @@ class WorkerServer:
         """Consul Meta: what a proxy needs to reach this worker and preprocess for each model."""
         models = {name: ServedModel(m.version, m.backend, m.input_shape, len(m.labels), m.preprocessing.crop_fraction,
                                     m.preprocessing.resample)
-                  for name, m in ((name, b.model) for name, b in self.state.batchers.items())}
+                  for name, m in self.state.models.items()}
         return WorkerMeta(self.state.worker_id, self.http_port, self.zmq_port, self.grpc_port,
                           self.config.preprocessing, models)
 
     def announce_ready(self, seconds: float) -> None:
         """The `ready` line on stdout: what scripts and tests wait for."""
-        models = {name: b.model.version for name, b in self.state.batchers.items()}
+        models = {name: m.version for name, m in self.state.models.items()}
         print(json.dumps({
             "event": "ready", "worker_id": self.state.worker_id,
             "url": f"http://{self.address}:{self.http_port}", "zmq": f"tcp://{self.address}:{self.zmq_port}",
@@ -159,7 +159,7 @@ class WorkerServer:
         }), flush=True)
         log.info("ready in %.2f s (models: %s; loading took %.2f s)", seconds,
                  ", ".join(f"{n} v{v}" for n, v in models.items()),
-                 sum(b.model.load_seconds for b in self.state.batchers.values()))
+                 sum(m.load_seconds for m in self.state.models.values()))
 
     async def drain(self) -> None:
         """Leave rotation, refuse new work, let accepted work finish (bounded)."""

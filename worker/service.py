@@ -32,6 +32,11 @@ class WorkerState:
     served: int = 0
 
     @property
+    def models(self) -> dict:
+        """The live version of each served model, by name."""
+        return {name: batcher.model for name, batcher in self.batchers.items()}
+
+    @property
     def ready(self) -> bool:
         return bool(self.batchers) and not self.draining
 

@@ -158,19 +158,19 @@ def backend_for(version_dir: Path, spec: ServingSpec) -> str:
     raise ModelError(f"{version_dir} holds no model file (one of {', '.join(BACKEND_FILES.values())})")
 
 
-@dataclass(frozen=True)
 class InputAdapter:
     """uint8 (N, H, W, C) images -> the model's input, as serving.json describes it."""
 
-    spec: ServingSpec
-    dtype: np.dtype
+    def __init__(self, spec: ServingSpec, dtype: np.dtype):
+        self.spec, self.dtype = spec, dtype
+        self.scale = np.float32(spec.scale)
+        self.mean = np.asarray(spec.mean, dtype=np.float32)
+        self.std = np.asarray(spec.std, dtype=np.float32)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = batch[..., ::-1] if self.spec.channels == "BGR" else batch
         if self.dtype != np.uint8:
-            mean = np.asarray(self.spec.mean, dtype=np.float32)
-            std = np.asarray(self.spec.std, dtype=np.float32)
-            x = ((x.astype(np.float32) * np.float32(self.spec.scale) - mean) / std).astype(self.dtype, copy=False)
+            x = ((x.astype(np.float32) * self.scale - self.mean) / self.std).astype(self.dtype, copy=False)
         if self.spec.layout == "NCHW":
             x = x.transpose(0, 3, 1, 2)
         elif self.spec.layout == "flat":

@@ -91,24 +91,25 @@ def onnx_export(out: Path) -> Path | None:
     """The default model exported to ONNX by tf2onnx, as REPOSITORY/efficientnet_lite0/1/
     (cached); None when tf2onnx is not installed (pip install -e '.[bench]')."""
     import importlib.util
-    import os
 
-    version = out / "onnx-models" / MODEL_DIR.name / "1"
-    if (version / "model.onnx").exists():
-        return version.parent.parent
+    from worker.repository import write_version
+
+    repository = out / "onnx-models"
+    if (repository / MODEL_DIR.name / "1" / "model.onnx").exists():
+        return repository
     if importlib.util.find_spec("tf2onnx") is None:
         print("  tf2onnx is not installed: no ONNX rows", flush=True)
         return None
-    staging = version.with_name(".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+
+    def export(staging: Path) -> None:
+        subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(MODEL_DIR / "1"), "--output",
+                        str(staging / "model.onnx"), "--opset", "17"], check=True, capture_output=True)
+        for name in ("labels.txt", "serving.json"):
+            shutil.copy(MODEL_DIR / "1" / name, staging / name)
+
     print("  exporting the default model to ONNX with tf2onnx...", flush=True)
-    subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(MODEL_DIR / "1"), "--output",
-                    str(staging / "model.onnx"), "--opset", "17"], check=True, capture_output=True)
-    for name in ("labels.txt", "serving.json"):
-        shutil.copy(MODEL_DIR / "1" / name, staging / name)
-    os.rename(staging, version)
-    return version.parent.parent
+    write_version(repository / MODEL_DIR.name, export)
+    return repository
 
 
 def rss_mb(*pids: int) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.config import EdgeConfig
 from edge.imaging import ImageError, preprocess
 from worker.model import Model, load_version
 from worker.repository import check_name, write_version
@@ -83,7 +84,7 @@ def sample_image() -> bytes:
 
 def check_answers(model: Model, sample: bytes) -> list[tuple[str, float]]:
     try:
-        image = preprocess(sample, model.preprocessing, max_pixels=100_000_000)
+        image = preprocess(sample, model.preprocessing, EdgeConfig().max_pixels)
     except ImageError as exc:
         raise ModelError(f"the sample image: {exc.message}") from None
     row = model.predict(image[None])[0]

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.config import EdgeConfig
 from edge.imaging import ImageError, Preprocessing, preprocess
 from worker.model import Model, load_version
 from worker.repository import check_name, write_version
 from worker.serving import ModelError
 
+# The photo suffixes read (client/images.py has the same set; servers never import the client).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-MAX_PIXELS = 40_000_000
 
 
 @dataclass
@@ -57,7 +58,7 @@ def load_photos(paths: list[Path], prep: Preprocessing) -> np.ndarray:
     images = []
     for path in paths:
         try:
-            images.append(preprocess(path.read_bytes(), prep, MAX_PIXELS))
+            images.append(preprocess(path.read_bytes(), prep, EdgeConfig().max_pixels))
         except ImageError as exc:
             raise ModelError(f"{path}: {exc.message}") from None
     return np.stack(images)
@@ -77,22 +78,20 @@ def split(classes: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, n
 
 def fit_softmax(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400, l2: float = 1e-4,
                 lr: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression by full-batch Adam: (kernel features x classes, bias)."""
-    n, d = x.shape
-    w, b = np.zeros((d, classes), np.float64), np.zeros(classes, np.float64)
-    onehot = np.eye(classes)[y]
-    moments = [np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b)]
-    for t in range(1, steps + 1):
-        logits = x @ w + b
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        grad = (p - onehot) / n
-        for param, g, m, v in ((w, x.T @ grad + l2 * w, moments[0], moments[1]),
-                               (b, grad.sum(axis=0), moments[2], moments[3])):
-            m += 0.1 * (g - m)
-            v += 0.001 * (g * g - v)
-            param -= lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
-    return w.astype(np.float32), b.astype(np.float32)
+    """Multinomial logistic regression (a Keras softmax layer, full-batch Adam, zero start, so
+    the same photos give the same head): (kernel features x classes, bias)."""
+    import keras
+    import tensorflow as tf
+
+    head = keras.layers.Dense(classes, activation="softmax", kernel_initializer="zeros",
+                              kernel_regularizer=keras.regularizers.L2(l2))
+    model = keras.Sequential([keras.Input((x.shape[1],)), head])
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
+    # All the steps in one Keras epoch: per-epoch overhead would cost 20x the fit itself.
+    full_batch = tf.data.Dataset.from_tensors((x, y)).repeat()
+    model.fit(full_batch, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
+    kernel, bias = head.get_weights()
+    return kernel, bias
 
 
 def embed(module, images: np.ndarray, batch: int = 32) -> np.ndarray:
