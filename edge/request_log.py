@@ -22,6 +22,10 @@ from edge.metrics import METRICS
 
 HEADER = "X-Request-ID"
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: debug level
+# Refusals (overloaded, not ready, no worker) are counted in the metrics and logged at debug
+# level: an overload storm must not become a log storm (the log line was a quarter of the
+# event loop's time while a worker refused 256 connections, py-spy).
+QUIET_STATUSES = frozenset({429, 503})
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Per-request values handlers read or set.
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -59,7 +63,7 @@ async def request_log(request: web.Request, handler):
         seconds = time.perf_counter() - started
         request.app[METRICS].observe(request, status, seconds)
         ms = seconds * 1000
-        level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
+        level = logging.DEBUG if request.path in QUIET_PATHS or status in QUIET_STATUSES else logging.INFO
         access_log.log(level, "%s %s %d %.1f ms request_id=%s", request.method, request.path, status, ms, rid,
                        extra={"request_id": rid, "method": request.method, "path": request.path,
                               "status": status, "duration_ms": round(ms, 3),

@@ -78,6 +78,23 @@ async def test_full_queue_refuses_at_once(batcher):
     await asyncio.gather(first, *queued)
 
 
+async def test_room_is_reserved_at_admission_and_given_back(batcher):
+    """Images still being read or decoded hold their room, so a full batcher refuses
+    before any work is spent; room an admitted image never takes is given back."""
+    b, _ = batcher  # max_queue 6
+    with b.admit(4) as held:
+        with b.admit(2):
+            assert b.full and b.depth == 6
+            with pytest.raises(QueueFullError):
+                b.admit()
+        assert not b.full and b.depth == 4  # the two that never came (a bad upload) gave their room back
+        results = await asyncio.gather(*(held.submit(image(i)) for i in range(4)))
+        with pytest.raises(RuntimeError):
+            await held.submit(image(5))
+    assert [int(r.probabilities[0]) for r in results] == [0, 1, 2, 3]
+    assert b.depth == 0
+
+
 async def test_caller_that_went_away_does_not_break_the_loop(batcher):
     b, model = batcher
     model.gate.clear()

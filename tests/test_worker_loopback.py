@@ -3,6 +3,8 @@ the batcher, the shared edge and the app's own metrics, without Consul or ZeroMQ
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
@@ -11,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge.app import DECODE_POOL
 from edge.metrics import METRICS
 from tests.conftest import ESPRESSO
-from worker.batcher import Batcher
+from worker import http_api
+from worker.batcher import BatchConfig, Batcher
 from worker.config import WorkerConfig
 from worker.http_api import create_app
 from worker.metrics import BatchMetrics
@@ -61,3 +64,36 @@ async def test_draining_worker_refuses_with_retry_after(worker_app, coffee_jpeg)
         assert (await r.json())["error"]["code"] == "not_ready"
     async with session.get(server.make_url("/readyz")) as r:
         assert r.status == 503
+
+
+async def test_a_full_worker_refuses_before_decoding(worker_app, coffee_jpeg, monkeypatch):
+    """Room is reserved when a request is admitted: with a queue of 2 and two requests
+    being decoded, a third is refused at once and never decoded."""
+    session, server, state, _ = worker_app
+    (batcher,) = state.batchers.values()
+    batcher.config = BatchConfig(max_queue=2)
+    gate, decoding = asyncio.Event(), []
+    real_decode = http_api.decode_image
+
+    async def held_decode(app, data, prep):
+        decoding.append(len(data))
+        await gate.wait()
+        return await real_decode(app, data, prep)
+
+    monkeypatch.setattr(http_api, "decode_image", held_decode)
+
+    async def post() -> tuple[int, dict]:
+        async with session.post(server.make_url("/"), data={"data": coffee_jpeg}) as r:
+            return r.status, await r.json()
+
+    first = [asyncio.ensure_future(post()) for _ in range(2)]
+    for _ in range(500):
+        if len(decoding) == 2:
+            break
+        await asyncio.sleep(0.01)
+    status, body = await asyncio.wait_for(post(), timeout=10)  # not held at the gate with the others
+    assert status == 503 and body["error"]["code"] == "overloaded"
+    assert len(decoding) == 2
+    gate.set()
+    assert [(s, b["predictions"][0]["index"]) for s, b in await asyncio.gather(*first)] == [(200, ESPRESSO)] * 2
+    assert batcher.depth == 0

@@ -1,8 +1,12 @@
 """Dynamic batching: one bounded queue and one inference thread per served model, so
 images for different models are never batched together.
 
-Every entry point (HTTP and ZeroMQ) calls `submit()` with a preprocessed uint8
-image. A collector task takes the first waiting image and whatever else is queued (when
+Room in the queue is reserved when a request is admitted (`admit()`), before its body
+is read or decoded, and used when the preprocessed uint8 image is queued: under overload
+a request is refused before any work is spent on it (an image decoded and then refused
+for want of room cost the decode pool most of the CPU the model needed; see the README's
+"Overload refusals"). Images that arrive preprocessed (ZeroMQ) use `submit()`, both
+steps at once. A collector task takes the first waiting image and whatever else is queued (when
 others were queued, it also waits up to `max_batch_delay_ms` for more), up to
 `max_batch_size`, and runs the batch on a dedicated thread. An image that finds the
 worker idle goes straight to the model. While one batch runs the next one accumulates,
@@ -28,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class QueueFullError(Exception):
-    """The queue is full; the caller should answer 503 with Retry-After."""
+    """No room for another image; the caller should answer 503 with Retry-After."""
 
 
 class InferenceError(Exception):
@@ -83,19 +87,28 @@ class Batcher:
         self.config = config
         self.metrics = metrics or BatchMetrics().for_model(model.name)
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.max_queue)
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()  # admit() keeps it within max_queue
+        self._admitted = 0  # images with room reserved, not yet queued: being read or decoded
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
         self._running = 0  # images in the batch being computed
 
     @property
     def full(self) -> bool:
-        return self._queue.full()
+        return self._admitted + self._queue.qsize() >= self.config.max_queue
 
     @property
     def depth(self) -> int:
-        """Images waiting or being computed."""
-        return self._queue.qsize() + self._running
+        """Images admitted (being decoded), waiting or being computed."""
+        return self._admitted + self._queue.qsize() + self._running
+
+    def admit(self, count: int = 1) -> Admission:
+        """Reserve room for `count` images (QueueFullError when there is none); use it as a
+        context manager, so that room an image never takes is given back."""
+        if self._admitted + self._queue.qsize() + count > self.config.max_queue:
+            raise QueueFullError(f"{self.config.max_queue} images already admitted for {self.model.name}")
+        self._admitted += count
+        return Admission(self, count)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._collect(), name=f"batcher-{self.model.name}")
@@ -112,13 +125,18 @@ class Batcher:
                 item.future.set_exception(InferenceError("the worker is shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def submit(self, image: np.ndarray) -> Prediction:
+    def _release(self, count: int) -> None:
+        self._admitted -= count
+
+    async def _enqueue(self, image: np.ndarray) -> Prediction:
         future = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Pending(image, future))
-        except asyncio.QueueFull:
-            raise QueueFullError(f"{self._queue.maxsize} requests already queued") from None
+        self._queue.put_nowait(_Pending(image, future))
         return await future
+
+    async def submit(self, image: np.ndarray) -> Prediction:
+        """Admit and queue a preprocessed image in one step."""
+        with self.admit() as admission:
+            return await admission.submit(image)
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -163,3 +181,26 @@ class Batcher:
     @staticmethod
     def _predict(model: Model, images: list[np.ndarray]) -> np.ndarray:
         return model.predict(np.stack(images))  # checks one row per image
+
+
+class Admission:
+    """Room for some images in one batcher's queue, reserved by `Batcher.admit()`."""
+
+    def __init__(self, batcher: Batcher, count: int):
+        self._batcher = batcher
+        self._left = count
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._batcher._release(self._left)  # room no image took (a bad image, a client gone)
+        self._left = 0
+
+    async def submit(self, image: np.ndarray) -> Prediction:
+        """Queue one preprocessed image in room reserved for it; its prediction when computed."""
+        if self._left <= 0:
+            raise RuntimeError("more images submitted than admitted")
+        self._left -= 1
+        self._batcher._release(1)
+        return await self._batcher._enqueue(image)

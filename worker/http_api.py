@@ -21,36 +21,35 @@ async def classify(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.check_ready()
     batcher = state.batcher(request.query.get("model"))
-    state.check_capacity(batcher)
     model = batcher.model
     k = parse_top_k(request, state.config.default_top_k, len(model.labels))
 
-    state.in_flight += 1
-    try:
-        started = time.perf_counter()
-        data = await read_image(request, state.config.edge.max_body_bytes, state.config.edge.read_timeout)
-        image = await decode_image(request.app, data, model.preprocessing)
-        decoded = time.perf_counter()
-        predictions, prediction = await classify_image(state, batcher, image, k)
-        request[SERVED_BY] = state.worker_id
-        total_ms = (time.perf_counter() - started) * 1000
-        return web.json_response(
-            {
-                "model": prediction.model.name,
-                "version": prediction.model.version,
-                "predictions": predictions,
-                "worker": state.worker_id,
-                "batch_size": prediction.batch_size,
-                "timings_ms": {
-                    "decode": round((decoded - started) * 1000, 3),
-                    "queue": round(prediction.queue_ms, 3),
-                    "inference": round(prediction.inference_ms, 3),
-                    "total": round(total_ms, 3),
-                },
-            }
-        )
-    finally:
-        state.in_flight -= 1
+    with state.admit(batcher) as admission:  # refused here, before the body is read, when full
+        state.in_flight += 1
+        try:
+            started = time.perf_counter()
+            data = await read_image(request, state.config.edge.max_body_bytes, state.config.edge.read_timeout)
+            image = await decode_image(request.app, data, model.preprocessing)
+            decoded = time.perf_counter()
+            predictions, prediction = await classify_image(state, admission, image, k)
+        finally:
+            state.in_flight -= 1
+    request[SERVED_BY] = state.worker_id
+    return web.json_response(
+        {
+            "model": prediction.model.name,
+            "version": prediction.model.version,
+            "predictions": predictions,
+            "worker": state.worker_id,
+            "batch_size": prediction.batch_size,
+            "timings_ms": {
+                "decode": round((decoded - started) * 1000, 3),
+                "queue": round(prediction.queue_ms, 3),
+                "inference": round(prediction.inference_ms, 3),
+                "total": round((time.perf_counter() - started) * 1000, 3),
+            },
+        }
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -91,7 +90,7 @@ def create_app(state) -> web.Application:
     app.router.add_get("/info", info)
     app.router.add_get("/stats", stats)
     register_state(app, lambda: [
-        ("gauge", "imagecluster_queue_depth", "Images waiting or being computed", state.depth, None),
+        ("gauge", "imagecluster_queue_depth", "Images admitted: being decoded, waiting or computed", state.depth, None),
         ("gauge", "imagecluster_in_flight", "Requests accepted and not yet answered", state.in_flight, None),
         ("gauge", "imagecluster_ready", "1 when the models are loaded and the worker is not draining",
          int(state.ready), None),

@@ -36,18 +36,19 @@ class WorkerInference:
         state.check_ready()
         info = self.model(request.model, request.version)
         batcher = state.batchers[info.name]
-        state.check_capacity(batcher)
-        state.in_flight += len(request)
-        try:
-            if request.tensor is not None:
-                check_tensor(request.tensor, info)
-                images = list(request.tensor)
-            else:
-                prep = batcher.model.preprocessing
-                images = await asyncio.gather(*(decode_image(self.app, data, prep) for data in request.encoded))
-            k = min(max(request.top_k, 1), info.num_classes)
-            answers = await asyncio.gather(*(classify_image(state, batcher, image, k) for image in images))
-        finally:
-            state.in_flight -= len(request)
+        if request.tensor is not None:
+            check_tensor(request.tensor, info)
+        with state.admit(batcher, len(request)) as admission:  # room for every image, or a 503 now
+            state.in_flight += len(request)
+            try:
+                if request.tensor is not None:
+                    images = list(request.tensor)
+                else:
+                    prep = batcher.model.preprocessing
+                    images = await asyncio.gather(*(decode_image(self.app, data, prep) for data in request.encoded))
+                k = min(max(request.top_k, 1), info.num_classes)
+                answers = await asyncio.gather(*(classify_image(state, admission, image, k) for image in images))
+            finally:
+                state.in_flight -= len(request)
         return [Inference(p.model.version, top[:request.top_k], p.probabilities if request.probabilities else None)
                 for top, p in answers]

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from edge.errors import ApiError, retry_later
 from edge.inference import pick_model
-from worker.batcher import Batcher, InferenceError, Prediction, QueueFullError
+from worker.batcher import Admission, Batcher, InferenceError, Prediction, QueueFullError
 from worker.config import WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,13 @@ class WorkerState:
         """The batcher of the model a request names (None or "": the default); 404 when not served."""
         return self.batchers[pick_model(model, self.batchers, self.config.edge.default_model)]
 
-    def check_capacity(self, batcher: Batcher) -> None:
-        """Refuse before reading and decoding a body that the full queue could not take."""
-        if batcher.full:
-            raise overloaded(f"{self.config.batch.max_queue} requests already queued for {batcher.model.name}")
+    def admit(self, batcher: Batcher, count: int = 1) -> Admission:
+        """Room for `count` images in `batcher`'s queue, reserved before any body is read or
+        decoded; 503 overloaded when there is none."""
+        try:
+            return batcher.admit(count)
+        except QueueFullError as exc:
+            raise overloaded(str(exc)) from None
 
     @property
     def depth(self) -> int:
@@ -73,13 +76,11 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[dict]:
     return [{"label": labels[i], "index": int(i), "score": float(probabilities[i])} for i in best]
 
 
-async def classify_image(state: WorkerState, batcher: Batcher, image: np.ndarray,
+async def classify_image(state: WorkerState, admission: Admission, image: np.ndarray,
                          k: int) -> tuple[list[dict], Prediction]:
-    """Queue one preprocessed image for `batcher`'s model; return its top-k and timings. Raises ApiError."""
+    """Queue one preprocessed image in room admitted for it; return its top-k and timings. Raises ApiError."""
     try:
-        prediction = await batcher.submit(image)
-    except QueueFullError as exc:
-        raise overloaded(str(exc)) from None
+        prediction = await admission.submit(image)
     except InferenceError:  # logged by the batcher with its cause
         raise ApiError(500, "inference_failed", "the model failed on the batch this image was in") from None
     state.served += 1

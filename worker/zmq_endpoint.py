@@ -114,8 +114,9 @@ class ZmqEndpoint:
         return batcher
 
     async def _one(self, batcher: Batcher, item_id: str, image, k: int, probabilities: bool) -> ItemResult:
-        try:
-            predictions, p = await classify_image(self.state, batcher, image, k)
+        try:  # each image is admitted on its own: a full queue refuses the rest, not the batch
+            with self.state.admit(batcher) as admission:
+                predictions, p = await classify_image(self.state, admission, image, k)
         except ApiError as exc:
             return ItemResult(item_id, error=_error(exc))
         return ItemResult(item_id, predictions, p.model.version, round(p.queue_ms, 3), round(p.inference_ms, 3),
