@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -20,11 +22,64 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
+import numpy as np  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from proxy_rate import BOUNDARY, LUA, multipart_body, wrk  # noqa: E402
+from proxy_rate import BOUNDARY, multipart_body, to_ms  # noqa: E402
 
 from tests.consul_dev import DevAgent  # noqa: E402
 from tests.processes import worker_and_proxy  # noqa: E402
+
+# Each request carries its send time in X-Request-ID (a token the servers echo); the
+# response callback records (status, microseconds). done() prints them after wrk's report.
+TIMED_LUA = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct {{ long tv_sec; long tv_nsec; }} bench_timespec;
+int clock_gettime(int clk_id, bench_timespec *tp);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_us()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000000 + math.floor(tonumber(ts.tv_nsec) / 1000)
+end
+local f = io.open("{body}", "rb")
+local body = f:read("*all")
+f:close()
+local sent, threads = 0, {{}}
+answers = {{}}  -- a global: done() reads it from each thread with thread:get
+function setup(thread) table.insert(threads, thread) end
+function request()
+  sent = sent + 1
+  return wrk.format("POST", nil, {{["Host"] = wrk.headers["Host"],
+    ["Content-Type"] = "multipart/form-data; boundary={boundary}",
+    ["X-Request-ID"] = string.format("t%d-%d", now_us(), sent)}}, body)
+end
+function response(status, headers, _)
+  local t = tonumber((headers["X-Request-ID"] or ""):match("^t(%d+)-"))
+  if t then table.insert(answers, status * 100000000 + (now_us() - t)) end
+end
+function done()
+  for _, thread in ipairs(threads) do
+    for _, a in ipairs(thread:get("answers")) do io.write("answer ", a, "\\n") end
+  end
+end
+"""
+
+
+def timed_wrk(url: str, connections: int, duration: float, script: Path) -> dict:
+    """wrk's own figures, plus p50/p99 per status from each answer's own timing."""
+    args = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration:g}s", "--latency", "-s", str(script), url]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60).stdout
+    by_status: dict[int, list[float]] = {}
+    for value in re.findall(r"^answer (\d+)$", out, re.M):
+        status, micros = divmod(int(value), 100_000_000)
+        by_status.setdefault(status, []).append(micros / 1000)
+    row = {"per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+           "p99_all_ms": to_ms(dict(re.findall(r"^\s+(99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))["99"])}
+    for status, ms in by_status.items():
+        row[status] = {"count": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 1),
+                       "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+    return row
 
 
 def answered_ok(url: str) -> float:
@@ -47,7 +102,7 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp())
     (tmp / "body").write_bytes(multipart_body((ROOT / ".cache" / "photos" / "coffee.jpg").read_bytes()))
-    (tmp / "post.lua").write_text(LUA.format(boundary=BOUNDARY, body=tmp / "body"))
+    (tmp / "post.lua").write_text(TIMED_LUA.format(boundary=BOUNDARY, body=tmp / "body"))
     agent = DevAgent(log_path=a.out / "consul-refusals.log").start()
     rows = []
     try:
@@ -55,17 +110,20 @@ def main() -> int:
                               ("--max-in-flight", "4"), name="refusals") as (worker, proxy):
             for name, url in (("worker (queue 2)", worker.url), ("proxy (4 in flight)", proxy.url)):
                 before = answered_ok(url)
-                row = {"case": name, **wrk(url + "/", a.connections, a.duration, tmp / "post.lua")}
+                row = {"case": name, **timed_wrk(url + "/", a.connections, a.duration, tmp / "post.lua")}
                 row["accepted_per_second"] = round((answered_ok(url) - before) / a.duration, 1)
                 rows.append(row)
     finally:
         agent.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"| {a.connections} connections, wrk | answers/s | p50 ms | p99 ms | refused (503) | accepted/s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| {a.connections} connections, wrk | answers/s | refused | refusal p50 ms | refusal p99 ms | "
+          "accepted/s | accepted p50 ms | accepted p99 ms | p99 of all (wrk) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['case']} | {r['per_second']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non_2xx']} | "
-              f"{r['accepted_per_second']} |")
+        no, ok = r.get(503, {}), r.get(200, {})
+        print(f"| {r['case']} | {r['per_second']:.0f} | {no.get('count', 0)} | {no.get('p50_ms')} | "
+              f"{no.get('p99_ms')} | {r['accepted_per_second']} | {ok.get('p50_ms')} | {ok.get('p99_ms')} | "
+              f"{r['p99_all_ms']:.1f} |")
     (a.out / "refusals.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
