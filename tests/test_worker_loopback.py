@@ -97,3 +97,14 @@ async def test_a_full_worker_refuses_before_decoding(worker_app, coffee_jpeg, mo
     gate.set()
     assert [(s, b["predictions"][0]["index"]) for s, b in await asyncio.gather(*first)] == [(200, ESPRESSO)] * 2
     assert batcher.depth == 0
+
+
+async def test_more_images_than_the_queue_holds_is_refused_for_good(worker_app):
+    """A request the queue could never take is a 413, not a 503 to retry for ever."""
+    session, server, state, _ = worker_app
+    (name,) = state.batchers
+    n = state.config.batch.max_queue + 1
+    async with session.post(server.make_url(f"/v1/models/{name}:predict"),
+                            json={"instances": [{"b64": "AA=="}] * n}) as r:
+        assert r.status == 413
+        assert f"at most {n - 1}" in (await r.json())["error"]

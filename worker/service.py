@@ -51,7 +51,10 @@ class WorkerState:
 
     def admit(self, batcher: Batcher, count: int = 1) -> Admission:
         """Room for `count` images in `batcher`'s queue, reserved before any body is read or
-        decoded; 503 overloaded when there is none."""
+        decoded; 503 overloaded when there is none, 413 when there never could be."""
+        if count > self.config.batch.max_queue:
+            raise ApiError(413, "too_many_images", f"{count} images in one request; this worker queues at most "
+                                                   f"{self.config.batch.max_queue} (--max-queue)")
         try:
             return batcher.admit(count)
         except QueueFullError as exc:

@@ -9,6 +9,7 @@ time in front of it. Refusals are 503 + Retry-After; the accepted requests still
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -26,7 +27,7 @@ import numpy as np  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from proxy_rate import BOUNDARY, multipart_body, to_ms  # noqa: E402
 
-from tests.consul_dev import DevAgent  # noqa: E402
+from tests.consul_dev import DevAgent, free_port  # noqa: E402
 from tests.processes import worker_and_proxy  # noqa: E402
 
 # Each request carries its send time in X-Request-ID (a token the servers echo); the
@@ -82,6 +83,33 @@ def timed_wrk(url: str, connections: int, duration: float, script: Path) -> dict
     return row
 
 
+# The floor: aiohttp alone, refusing everything, echoing the id (argv[1]: the port).
+BARE_AIOHTTP = """
+import sys
+from aiohttp import web
+async def refuse(request):
+    return web.json_response({"error": {"code": "overloaded", "message": "full"}}, status=503,
+                             headers={"Retry-After": "1", "X-Request-ID": request.headers.get("X-Request-ID", "")})
+app = web.Application()
+app.router.add_post("/", refuse)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=lambda *_: print("ready", flush=True))
+"""
+
+
+@contextlib.contextmanager
+def bare_aiohttp(tmp: Path):
+    """The floor's server, on a free port, until the block ends."""
+    port = free_port()
+    (tmp / "bare.py").write_text(BARE_AIOHTTP)
+    proc = subprocess.Popen([sys.executable, str(tmp / "bare.py"), str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()  # "ready"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def answered_ok(url: str) -> float:
     """POST / answered 200, from the server's own /metrics."""
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
@@ -113,6 +141,9 @@ def main() -> int:
                 row = {"case": name, **timed_wrk(url + "/", a.connections, a.duration, tmp / "post.lua")}
                 row["accepted_per_second"] = round((answered_ok(url) - before) / a.duration, 1)
                 rows.append(row)
+        with bare_aiohttp(tmp) as url:
+            rows.append({"case": "floor: bare aiohttp, 503 at once", "accepted_per_second": 0,
+                         **timed_wrk(url + "/", a.connections, a.duration, tmp / "post.lua")})
     finally:
         agent.stop()
         shutil.rmtree(tmp, ignore_errors=True)
