@@ -63,12 +63,13 @@ async def request_log(request: web.Request, handler):
     finally:
         seconds = time.perf_counter() - started
         request.app[METRICS].observe(request, status, seconds)
-        ms = seconds * 1000
         level = logging.DEBUG if request.path in QUIET_PATHS or status in QUIET_STATUSES else logging.INFO
-        access_log.log(level, "%s %s %d %.1f ms request_id=%s", request.method, request.path, status, ms, rid,
-                       extra={"request_id": rid, "method": request.method, "path": request.path,
-                              "status": status, "duration_ms": round(ms, 3),
-                              "worker": request.get(SERVED_BY)})
+        if access_log.isEnabledFor(level):
+            ms = seconds * 1000
+            access_log.log(level, "%s %s %d %.1f ms request_id=%s", request.method, request.path, status, ms, rid,
+                           extra={"request_id": rid, "method": request.method, "path": request.path,
+                                  "status": status, "duration_ms": round(ms, 3),
+                                  "worker": request.get(SERVED_BY)})
 
 
 def setup_logging(level: str, fmt: str) -> None:

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_edge_flags(p)
     p.add_argument("--max-batch-size", type=int, default=b.max_batch_size)
     p.add_argument("--max-batch-delay-ms", type=float, default=b.max_batch_delay_ms)
-    p.add_argument("--max-queue", type=int, default=b.max_queue, help="queued images before 503s")
+    p.add_argument("--max-queue", type=int, default=b.max_queue, help="images admitted (being decoded or queued) before 503s")
     p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
                    help="the runtime's threads: TFLite, ONNX Runtime, TensorFlow intra-op; 0 = every core")
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads, help="TensorFlow, 0 = default")

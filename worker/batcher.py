@@ -43,7 +43,7 @@ class InferenceError(Exception):
 class BatchConfig:
     max_batch_size: int = 32
     max_batch_delay_ms: float = 2.0
-    max_queue: int = 256
+    max_queue: int = 256  # images admitted (being decoded or queued); beyond, a fast 503
 
 
 @dataclass
