@@ -6,8 +6,10 @@ is read or decoded, and used when the preprocessed uint8 image is queued: under 
 a request is refused before any work is spent on it (an image decoded and then refused
 for want of room cost the decode pool most of the CPU the model needed; see the README's
 "Overload refusals"). Images that arrive preprocessed (ZeroMQ) use `submit()`, both
-steps at once. A collector task takes the first waiting image and whatever else is queued (when
-others were queued, it also waits up to `max_batch_delay_ms` for more), up to
+steps at once.
+
+A collector task takes the first waiting image and whatever else is queued (when others
+were queued, it also waits up to `max_batch_delay_ms` for more), up to
 `max_batch_size`, and runs the batch on a dedicated thread. An image that finds the
 worker idle goes straight to the model. While one batch runs the next one accumulates,
 so under load batches grow by themselves. The knobs mirror TF Serving's (max_batch_size,
