@@ -1,0 +1,112 @@
+"""Us against the best peer, alternating, so that a noisy machine shows as spread and not
+as a lead: mosec (scripts/bench/mosec_baseline.py: the same model file, our
+preprocessing, the same interpreter threads), our worker and our proxy in front of it,
+all started once and measured in turn, round after round (the order rotates each
+round), with wrk (a C load generator, far lighter than the suite's Python client)
+POSTing the same raw JPEG body to each. Each round also measures the in-process ceiling
+(the suite's: decode and preprocess on 2 threads pipelined with the model, no HTTP).
+Prints every round, then the medians of img/s, of the per-round ratios over mosec and of
+the fraction of that round's ceiling.
+
+    .venv/bin/python scripts/bench/versus.py [--rounds 3] [--duration 8] [--connections 1 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from proxy_rate import wrk  # noqa: E402
+from suite import PHOTO, ceiling, mosec_server  # noqa: E402
+
+from tests.consul_dev import DevAgent  # noqa: E402
+from tests.processes import worker_and_proxy  # noqa: E402
+
+RAW_POST = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "image/jpeg"
+local f = io.open("{photo}", "rb")
+wrk.body = f:read("*all")
+f:close()
+"""
+
+
+def rounds(targets: dict[str, str], connections: list[int], n: int, duration: float, script: Path,
+           photo: bytes) -> tuple[list[dict], list[float]]:
+    """Each round measures the ceiling, then every target at every concurrency; the order
+    of the targets rotates by round."""
+    names, rows, ceilings = list(targets), [], []
+    for r in range(n):
+        ceilings.append(ceiling(photo, duration)["per_second"])
+        print(f"  round {r + 1} in-process ceiling {ceilings[-1]:7.1f} img/s", flush=True)
+        order = names[r % len(names):] + names[:r % len(names)]
+        for c in connections:
+            for name in order:
+                wrk(targets[name], c, 2, script)  # warm-up
+                row = {"round": r + 1, "target": name, "connections": c,
+                       **wrk(targets[name], c, duration, script)}
+                print(f"  round {r + 1} c={c:<3d} {name:8s} {row['per_second']:7.1f} img/s  p50 {row['p50_ms']:7.1f} ms"
+                      f"  p99 {row['p99_ms']:7.1f} ms  non-2xx {row['non_2xx']}", flush=True)
+                rows.append(row)
+    return rows, ceilings
+
+
+def summary(rows: list[dict], ceilings: list[float], connections: list[int]) -> str:
+    lines = [f"in-process ceiling, median of the rounds: {statistics.median(ceilings):.1f} img/s", "",
+             "| c | target | median img/s | median p99 ms | per-round img/s over mosec | median ratio | "
+             "median of ceiling |",
+             "|---:|---|---:|---:|---|---:|---:|"]
+    for c in connections:
+        at = [r for r in rows if r["connections"] == c]
+        mosec = {r["round"]: r["per_second"] for r in at if r["target"] == "mosec"}
+        for target in dict.fromkeys(r["target"] for r in at):
+            mine = [r for r in at if r["target"] == target]
+            ratios = [r["per_second"] / mosec[r["round"]] for r in mine]
+            of_ceiling = statistics.median(r["per_second"] / ceilings[r["round"] - 1] for r in mine)
+            lines.append(f"| {c} | {target} | {statistics.median(r['per_second'] for r in mine):.1f} | "
+                         f"{statistics.median(r['p99_ms'] for r in mine):.1f} | "
+                         f"{', '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f}x | "
+                         f"{of_ceiling:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    p.add_argument("--connections", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--photo", type=Path, default=PHOTO)
+    p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
+    a = p.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("needs wrk (apt-get install wrk)")
+    a.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "post.lua").write_text(RAW_POST.format(photo=a.photo.resolve()))
+    print(f"{a.photo.name}, {a.rounds} rounds of {a.duration:g} s per target and concurrency", flush=True)
+    agent = DevAgent(log_path=a.out / "consul-versus.log").start()
+    try:
+        with mosec_server(a.out) as (mosec_url, _), \
+                worker_and_proxy(agent.address, a.out, name="versus") as (worker, proxy):
+            targets = {"mosec": mosec_url + "/inference", "worker": worker.url + "/", "proxy": proxy.url + "/"}
+            rows, ceilings = rounds(targets, a.connections, a.rounds, a.duration, tmp / "post.lua",
+                                    a.photo.read_bytes())
+    finally:
+        agent.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\n" + summary(rows, ceilings, a.connections))
+    (a.out / "versus.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
