@@ -29,9 +29,9 @@ from tests.processes import worker_and_proxy  # noqa: E402
 
 BOUNDARY = "wrkboundary7MA4YWxkTrZu0gW"
 
-LUA = """
+POST_LUA = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "multipart/form-data; boundary={boundary}"
+wrk.headers["Content-Type"] = "{content_type}"
 local f = io.open("{body}", "rb")
 wrk.body = f:read("*all")
 f:close()
@@ -42,6 +42,14 @@ def multipart_body(photo: bytes) -> bytes:
     head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"p.jpg\"\r\n"
             "Content-Type: image/jpeg\r\n\r\n").encode()
     return head + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def wrk_scratch(out: Path) -> Path:
+    """Exit when wrk is missing; make `out`; a fresh directory for request bodies and scripts."""
+    if not shutil.which("wrk"):
+        sys.exit("needs wrk (apt-get install wrk)")
+    out.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp())
 
 
 def to_ms(value: str) -> float:
@@ -72,7 +80,8 @@ def measure(duration: float, connections: int, side: int, out: Path) -> list[dic
     img.save(buf, "JPEG", quality=90)
     tmp = Path(tempfile.mkdtemp())
     (tmp / "body").write_bytes(multipart_body(buf.getvalue()))
-    (tmp / "post.lua").write_text(LUA.format(boundary=BOUNDARY, body=tmp / "body"))
+    (tmp / "post.lua").write_text(POST_LUA.format(content_type=f"multipart/form-data; boundary={BOUNDARY}",
+                                                  body=tmp / "body"))
     print(f"no-op model: coffee resized to {side}x{side}, {len(buf.getvalue())} bytes; wrk -c "
           f"{connections}, {duration:g} s per row", flush=True)
 

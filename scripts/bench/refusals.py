@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from proxy_rate import BOUNDARY, multipart_body, to_ms  # noqa: E402
+from proxy_rate import BOUNDARY, multipart_body, to_ms, wrk_scratch  # noqa: E402
 
 from tests.consul_dev import DevAgent, free_port  # noqa: E402
 from tests.processes import worker_and_proxy  # noqa: E402
@@ -125,10 +124,7 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=256)
     p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
     a = p.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("needs wrk (apt-get install wrk)")
-    a.out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp())
+    tmp = wrk_scratch(a.out)
     (tmp / "body").write_bytes(multipart_body((ROOT / ".cache" / "photos" / "coffee.jpg").read_bytes()))
     (tmp / "post.lua").write_text(TIMED_LUA.format(boundary=BOUNDARY, body=tmp / "body"))
     agent = DevAgent(log_path=a.out / "consul-refusals.log").start()

@@ -18,26 +18,17 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from proxy_rate import wrk  # noqa: E402
+from proxy_rate import POST_LUA, wrk, wrk_scratch  # noqa: E402
 from suite import PHOTO, ceiling, mosec_server  # noqa: E402
 
 from tests.consul_dev import DevAgent  # noqa: E402
 from tests.processes import worker_and_proxy  # noqa: E402
-
-RAW_POST = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "image/jpeg"
-local f = io.open("{photo}", "rb")
-wrk.body = f:read("*all")
-f:close()
-"""
 
 
 def rounds(targets: dict[str, str], connections: list[int], n: int, duration: float, script: Path,
@@ -87,11 +78,8 @@ def main() -> int:
     p.add_argument("--photo", type=Path, default=PHOTO)
     p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
     a = p.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("needs wrk (apt-get install wrk)")
-    a.out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "post.lua").write_text(RAW_POST.format(photo=a.photo.resolve()))
+    tmp = wrk_scratch(a.out)
+    (tmp / "post.lua").write_text(POST_LUA.format(content_type="image/jpeg", body=a.photo.resolve()))
     print(f"{a.photo.name}, {a.rounds} rounds of {a.duration:g} s per target and concurrency", flush=True)
     agent = DevAgent(log_path=a.out / "consul-versus.log").start()
     try:
