@@ -57,6 +57,21 @@ def test_tflite_float_input_with_scaling(tmp_path, tiny_keras):
     assert model.backend == "tflite" and np.allclose(model.predict(batch), expected, atol=1e-5)
 
 
+def test_tflite_batch_spread_over_one_thread_interpreters_keeps_its_order(tmp_path, tiny_keras):
+    """A batch spread over 3 one-thread interpreters (image i on interpreter i mod 3)
+    answers row for row what the model answers; a lone image takes the main interpreter."""
+    import tensorflow as tf
+
+    path = version_dir(tmp_path, "tiny", {"scale": 1 / 255}, ["a", "b", "c"])
+    (path / "model.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(tiny_keras).convert())
+    batch = np.random.default_rng(1).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
+    expected = tiny_keras(batch.astype(np.float32) / 255).numpy()
+    spread = load_model(tmp_path / "tiny", batch_interpreters=3)
+    assert len(spread._predict.keep.keep.interpreters) == 3
+    assert np.allclose(spread.predict(batch), expected, atol=1e-5)
+    assert np.allclose(spread.predict(batch[4:5]), expected[4:5], atol=1e-5)
+
+
 def test_savedmodel_nchw_logits(tmp_path):
     import tensorflow as tf
 

@@ -59,9 +59,10 @@ class Model:
         return out
 
 
-def _open(backend: str, version_dir: Path, spec: ServingSpec, threads: int, inter_op_threads: int):
+def _open(backend: str, version_dir: Path, spec: ServingSpec, threads: int, inter_op_threads: int,
+          batch_interpreters: int):
     if backend == "tflite":
-        return backends.open_tflite(version_dir, threads, spec.output_name)
+        return backends.open_tflite(version_dir, threads, spec.output_name, batch_interpreters)
     if backend == "onnx":
         return backends.open_onnx(version_dir, threads, spec.output_name)
     return backends.open_savedmodel(version_dir, threads, spec.output_name, inter_op_threads)
@@ -80,9 +81,11 @@ def _check_preprocessing(spec: ServingSpec, runner, path: str, where: str) -> No
 
 
 def load_version(version_dir: Path, *, name: str | None = None, backend: str = "auto", intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, preprocessing: str = DEFAULT_PATH) -> Model:
+                 inter_op_threads: int = 0, batch_interpreters: int = 1, preprocessing: str = DEFAULT_PATH) -> Model:
     """One version directory, checked and warmed up. `intra_op_threads` is the runtime's
-    intra-op threads (0: every core); `preprocessing` the path that computes the input."""
+    intra-op threads (0: every core); `batch_interpreters` the one-thread TFLite
+    interpreters a batch is spread over (0: one per core, 1: none); `preprocessing` the
+    path that computes the input."""
     start = time.perf_counter()
     version_dir = Path(version_dir)
     spec = read_spec(version_dir)
@@ -90,7 +93,7 @@ def load_version(version_dir: Path, *, name: str | None = None, backend: str = "
     chosen = backend_for(version_dir, spec) if backend in ("auto", "noop") else backend
     if chosen not in BACKEND_FILES:
         raise ModelError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    runner = _open(chosen, version_dir, spec, intra_op_threads, inter_op_threads)
+    runner = _open(chosen, version_dir, spec, intra_op_threads, inter_op_threads, batch_interpreters)
     _check_preprocessing(spec, runner, preprocessing, where)
     shape = image_shape(tuple(runner.input_shape), spec, where)
     adapt = InputAdapter(spec, runner.input_dtype)

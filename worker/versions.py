@@ -29,6 +29,7 @@ def load_configured_model(config: WorkerConfig, name: str) -> Model:
     """The newest version of model `name` in the repository, on the configured backend."""
     return load_model(config.model_repository / name, backend=config.backend,
                       intra_op_threads=config.intra_op_threads, inter_op_threads=config.inter_op_threads,
+                      batch_interpreters=config.batch_interpreters,
                       preprocessing=config.preprocessing)
 
 

@@ -1,5 +1,6 @@
-"""Interpreter threads against decode threads, measured: one worker per setting, direct
-POSTs of a real photo at concurrency 1 and 32, side by side in one run.
+"""Interpreter threads against decode threads, and a batch spread over one-thread
+interpreters (--batch-interpreters), measured: one worker per setting, direct POSTs of a
+real photo at concurrency 1 and 32, side by side in one run.
 
     .venv/bin/python scripts/bench/threads.py [--duration 8]
 """
@@ -25,18 +26,20 @@ from tests.processes import WorkerProcess, serve_model  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
-SETTINGS = [(1, 1), (1, 2), (2, 1), (2, 2)]  # (interpreter threads, decode threads)
+# (interpreter threads, decode threads, one-thread interpreters a batch is spread over)
+SETTINGS = [(1, 1, 1), (1, 2, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2)]
 
 
 async def run(agent: DevAgent, duration: float, out: Path) -> list[dict]:
     rows = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
         post = poster(s, PHOTO.read_bytes())
-        for interp, decode in SETTINGS:
+        for interp, decode, spread in SETTINGS:
             w = WorkerProcess(agent.address, *serve_model(MODEL_DIR), "--intra-op-threads", str(interp),
-                              "--decode-threads", str(decode), log_path=out / "worker-threads.log").wait_ready()
+                              "--decode-threads", str(decode), "--batch-interpreters", str(spread),
+                              log_path=out / "worker-threads.log").wait_ready()
             try:
-                name = f"interpreter {interp}, decode {decode}"
+                name = f"interpreter {interp}, decode {decode}, batch over {spread}"
                 rows += await measure(name, lambda: post(w.url), [1, 32], duration, lambda: [w.proc.pid])
             finally:
                 w.stop()
