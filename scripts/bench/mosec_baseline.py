@@ -2,7 +2,9 @@
 preprocessing, in its idiomatic shape (a decode stage of 2 processes feeding a batched
 inference stage), the interpreter with the same threads as our worker (all cores), raw
 uint8 tensors between the stages (not mosec's default pickle). Requests are the raw
-image bytes POSTed to /inference, mosec's own convention.
+image bytes POSTed to /inference, mosec's own convention. With MOSEC_INFER_WORKERS=N
+(N > 1) the inference stage is N processes of one-thread interpreters instead: mosec's
+way to do what our worker's --batch-interpreters does.
 
     .venv/bin/python scripts/bench/mosec_baseline.py --port 8000
 """
@@ -24,6 +26,7 @@ from edge.imaging import Preprocessing, configure_decoding, preprocess  # noqa: 
 
 MODEL = ROOT / "models" / "efficientnet_lite0" / "1"
 SHAPE = (224, 224, 3)
+INFER_WORKERS = int(os.environ.get("MOSEC_INFER_WORKERS", "1"))
 
 
 class Decode(Worker):
@@ -48,7 +51,8 @@ class Infer(Worker):
         from ai_edge_litert.interpreter import Interpreter
 
         self.labels = (MODEL / "labels.txt").read_text().splitlines()
-        self.interpreter = Interpreter(model_path=str(MODEL / "model.tflite"), num_threads=os.cpu_count())
+        threads = 1 if INFER_WORKERS > 1 else os.cpu_count()
+        self.interpreter = Interpreter(model_path=str(MODEL / "model.tflite"), num_threads=threads)
         self.inp = self.interpreter.get_input_details()[0]["index"]
         self.out = self.interpreter.get_output_details()[0]["index"]
         self.interpreter.allocate_tensors()
@@ -74,5 +78,5 @@ class Infer(Worker):
 if __name__ == "__main__":
     server = Server()
     server.append_worker(Decode, num=2)
-    server.append_worker(Infer, num=1, max_batch_size=32, max_wait_time=2)
+    server.append_worker(Infer, num=INFER_WORKERS, max_batch_size=32, max_wait_time=2)
     server.run()

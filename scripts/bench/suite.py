@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -63,10 +64,11 @@ def ceiling(photo: bytes, seconds: float, batch: int = 32, model_dir: Path = MOD
     import numpy as np
 
     from edge.imaging import configure_decoding, preprocess
+    from worker.config import WorkerConfig
     from worker.model import load_model
 
     configure_decoding()  # as the worker's decode pool does
-    model = load_model(model_dir)
+    model = load_model(model_dir, batch_interpreters=WorkerConfig().batch_interpreters)  # as the worker does
     prep = model.preprocessing
     with ThreadPoolExecutor(2) as pool:
         def decode_batch():
@@ -128,18 +130,20 @@ def flask_server(out: Path):
 
 
 @contextmanager
-def mosec_server(out: Path):
-    with baseline_server(out, "mosec_baseline.py", "/", "--address", "127.0.0.1") as served:
+def mosec_server(out: Path, infer_workers: int = 1):
+    """mosec; `infer_workers` > 1: that many one-thread inference processes (see mosec_baseline.py)."""
+    env = {**os.environ, "MOSEC_INFER_WORKERS": str(infer_workers)}
+    with baseline_server(out, "mosec_baseline.py", "/", "--address", "127.0.0.1", env=env) as served:
         yield served
 
 
 @contextmanager
-def baseline_server(out: Path, script: str, probe: str, *extra: str):
+def baseline_server(out: Path, script: str, probe: str, *extra: str, env: dict | None = None):
     """A baseline server (scripts/bench/SCRIPT --port N) on a free port: (url, pid)."""
     port = free_port()
     log = open(out / f"{Path(script).stem}.log", "ab")
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench" / script), "--port", str(port), *extra],
-                            stdout=log, stderr=log)
+                            stdout=log, stderr=log, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
