@@ -4,11 +4,13 @@ serving.json says, and answers what the library itself answers in process."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from tests.digits import DIGIT_LABELS, DIGITS_SPEC, digits, features, sklearn_onnx
+from worker.backends import _Interpreters
 from worker.model import load_model
 from worker.serving import softmax
 
@@ -57,19 +59,38 @@ def test_tflite_float_input_with_scaling(tmp_path, tiny_keras):
     assert model.backend == "tflite" and np.allclose(model.predict(batch), expected, atol=1e-5)
 
 
-def test_tflite_batch_spread_over_one_thread_interpreters_keeps_its_order(tmp_path, tiny_keras):
-    """A batch spread over 3 one-thread interpreters (image i on interpreter i mod 3)
-    answers row for row what the model answers; a lone image takes the main interpreter."""
+def test_tflite_one_thread_interpreters_run_batches_side_by_side(tmp_path, tiny_keras):
+    """With 3 one-thread interpreters the model takes 3 batches at once, and batches run
+    from 3 threads together answer row for row what the model answers."""
     import tensorflow as tf
 
     path = version_dir(tmp_path, "tiny", {"scale": 1 / 255}, ["a", "b", "c"])
     (path / "model.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(tiny_keras).convert())
-    batch = np.random.default_rng(1).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
-    expected = tiny_keras(batch.astype(np.float32) / 255).numpy()
-    spread = load_model(tmp_path / "tiny", batch_interpreters=3)
-    assert len(spread._predict.keep.keep.interpreters) == 3
-    assert np.allclose(spread.predict(batch), expected, atol=1e-5)
-    assert np.allclose(spread.predict(batch[4:5]), expected[4:5], atol=1e-5)
+    batches = np.random.default_rng(1).integers(0, 256, (6, 5, 16, 16, 3), dtype=np.uint8)
+    expected = [tiny_keras(b.astype(np.float32) / 255).numpy() for b in batches]
+    model = load_model(tmp_path / "tiny", batch_interpreters=3)
+    assert model.concurrency == 3 and load_model(tmp_path / "tiny", batch_interpreters=1).concurrency == 1
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(model.predict, [*batches, *(b[:1] for b in batches)]))
+    for i, batch_expected in enumerate(expected):
+        assert np.allclose(answers[i], batch_expected, atol=1e-5)
+        assert np.allclose(answers[len(expected) + i], batch_expected[:1], atol=1e-5)
+
+
+def test_a_lone_image_on_an_idle_model_takes_the_main_interpreter():
+    """The main interpreter (every core's threads) serves a lone image that finds nothing
+    else running, and is never handed to two batches; everything else takes a free
+    one-thread interpreter."""
+    pool = _Interpreters("main", ["lane0", "lane1"])
+    with pool.interpreter(1) as alone:
+        with pool.interpreter(1) as beside, pool.interpreter(8) as third:
+            assert alone == "main" and {beside, third} == {"lane0", "lane1"}
+    with pool.interpreter(8) as batch:
+        assert batch in ("lane0", "lane1")
+    with pool.interpreter(1) as again:
+        assert again == "main"  # idle again
+    with _Interpreters("main", []).interpreter(8) as only:
+        assert only == "main"  # no one-thread interpreters: everything runs on main
 
 
 def test_savedmodel_nchw_logits(tmp_path):

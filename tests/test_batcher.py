@@ -19,7 +19,8 @@ class StandInModel:
 
     name = "stand-in"
 
-    def __init__(self):
+    def __init__(self, concurrency: int = 1):
+        self.concurrency = concurrency  # batches the batcher may run at once
         self.fail_next = False
         self.gate = threading.Event()
         self.gate.set()
@@ -118,3 +119,33 @@ async def test_an_idle_batcher_does_not_wait_for_a_batch_to_fill():
     for item in ("a", "b", "c"):
         queue.put_nowait(item)
     assert await asyncio.wait_for(collect_batch(queue, 3, max_delay_ms=60_000), timeout=5) == ["a", "b", "c"]
+
+
+async def test_a_model_that_runs_batches_side_by_side_gets_a_new_one_while_one_runs():
+    """With concurrency 2, a batch is started while the first is still computing (the
+    model's call waits for a second one to arrive: run one at a time, it would time out
+    and fail); with concurrency 1, never two at once."""
+    for concurrency in (2, 1):
+        model = StandInModel(concurrency)
+        both = threading.Barrier(2, timeout=1)
+        overlapped = []
+
+        def predict(batch, original=model.predict):
+            try:
+                both.wait()
+                overlapped.append(True)
+            except threading.BrokenBarrierError:
+                overlapped.append(False)
+            return original(batch)
+
+        model.predict = predict
+        b = Batcher(model, BatchConfig(max_batch_size=4, max_batch_delay_ms=0, max_queue=8))
+        b.start()
+        try:
+            first = asyncio.ensure_future(b.submit(image(1)))
+            await asyncio.sleep(0.2)  # the first batch is computing, waiting at the barrier
+            results = await asyncio.gather(first, b.submit(image(2)))
+        finally:
+            await b.close()
+        assert [int(r.probabilities[0]) for r in results] == [1, 2]
+        assert overlapped == ([True, True] if concurrency == 2 else [False, False])

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the runtime's threads: TFLite, ONNX Runtime, TensorFlow intra-op; 0 = every core")
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads, help="TensorFlow, 0 = default")
     p.add_argument("--batch-interpreters", type=int, default=d.batch_interpreters,
-                   help="TFLite: one-thread interpreters a batch is spread over; 0 = one per core, 1 = none")
+                   help="TFLite: one-thread interpreters running batches side by side; 0 = one per core, 1 = none")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds (default %(default)s)")
     p.add_argument("--heartbeat-ttl", type=float, default=d.heartbeat_ttl, help="Consul TTL check, seconds")
     p.add_argument("--preprocessing", choices=PATHS, default=d.preprocessing,

@@ -10,9 +10,11 @@ steps at once.
 
 A collector task takes the first waiting image and whatever else is queued (when others
 were queued, it also waits up to `max_batch_delay_ms` for more), up to
-`max_batch_size`, and runs the batch on a dedicated thread. An image that finds the
-worker idle goes straight to the model. While one batch runs the next one accumulates,
-so under load batches grow by themselves. The knobs mirror TF Serving's (max_batch_size,
+`max_batch_size`, and runs the batch on an inference thread. An image that finds the
+worker idle goes straight to the model. A model that can run several batches at once
+(`Model.concurrency`: TFLite's one-thread interpreters, one per core) gets a new batch
+whenever one of its slots is free, so no interpreter waits for another; while every
+slot is busy the next batch accumulates, so under load batches grow by themselves. The knobs mirror TF Serving's (max_batch_size,
 batch_timeout_micros, max_enqueued_batches) and Triton's queue policy with rejection.
 """
 
@@ -91,9 +93,12 @@ class Batcher:
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()  # admit() keeps it within max_queue
         self._admitted = 0  # images with room reserved, not yet queued: being read or decoded
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # A swapped-in version of the same model has the same concurrency (same settings).
+        self._executor = ThreadPoolExecutor(max_workers=model.concurrency, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
-        self._running = 0  # images in the batch being computed
+        self._batches: set[asyncio.Task] = set()  # batches being computed
+        self._slot_freed = asyncio.Event()
+        self._running = 0  # images in the batches being computed
 
     @property
     def full(self) -> bool:
@@ -120,7 +125,7 @@ class Batcher:
         self.model = model
 
     async def close(self) -> None:
-        await cancel(self._task)
+        await cancel(self._task, *self._batches)
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if not item.future.done():
@@ -143,15 +148,24 @@ class Batcher:
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            while len(self._batches) >= self.model.concurrency:  # wait for a free slot
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
             batch = await collect_batch(self._queue, self.config.max_batch_size, self.config.max_batch_delay_ms)
             # Callers that went away (cancelled futures) need no computation.
             batch = [item for item in batch if not item.future.done()]
             if batch:
-                await self._run(loop, batch)
+                task = asyncio.create_task(self._run(loop, batch))
+                self._batches.add(task)
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._batches.discard(task)
+        self._slot_freed.set()
 
     async def _run(self, loop, batch: list[_Pending]) -> None:
         started = time.perf_counter()
-        self._running = len(batch)
+        self._running += len(batch)
         model = self.model  # a swap() now takes effect at the next batch
         try:
             probabilities = await loop.run_in_executor(
@@ -165,7 +179,7 @@ class Batcher:
                     item.future.set_exception(InferenceError(f"inference failed: {exc}"))
             return
         finally:
-            self._running = 0
+            self._running -= len(batch)
         finished = time.perf_counter()
         inference_ms = (finished - started) * 1000
         self.metrics.inference.observe(finished - started)

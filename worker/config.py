@@ -28,8 +28,9 @@ class WorkerConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     intra_op_threads: int = 0  # the runtime's threads (TFLite, ONNX Runtime, TF intra-op); 0: every core
     inter_op_threads: int = 0
-    # TFLite: a batch is spread over this many one-thread interpreters (0: one per core; 1:
-    # none, the batch runs on the intra-op interpreter, which a lone image always does)
+    # TFLite: this many one-thread interpreters run batches side by side (0: one per core;
+    # 1: none, every batch runs on the intra-op interpreter, as a lone image on an idle
+    # model always does)
     batch_interpreters: int = 0
     drain_timeout: float = 30.0  # seconds to finish accepted work after a signal
     heartbeat_ttl: float = 5.0  # seconds: Consul TTL check

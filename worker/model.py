@@ -50,6 +50,7 @@ class Model:
     preprocessing: Preprocessing
     load_seconds: float
     _predict: object  # callable: uint8 (N, H, W, C) -> float32 (N, classes)
+    concurrency: int = 1  # batches `predict` may be given at once (the runtime's Runner.concurrency)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 batch; one row per input image."""
@@ -84,8 +85,8 @@ def load_version(version_dir: Path, *, name: str | None = None, backend: str = "
                  inter_op_threads: int = 0, batch_interpreters: int = 1, preprocessing: str = DEFAULT_PATH) -> Model:
     """One version directory, checked and warmed up. `intra_op_threads` is the runtime's
     intra-op threads (0: every core); `batch_interpreters` the one-thread TFLite
-    interpreters a batch is spread over (0: one per core, 1: none); `preprocessing` the
-    path that computes the input."""
+    interpreters that run batches side by side (0: one per core, 1: none); `preprocessing`
+    the path that computes the input."""
     start = time.perf_counter()
     version_dir = Path(version_dir)
     spec = read_spec(version_dir)
@@ -116,7 +117,7 @@ def load_version(version_dir: Path, *, name: str | None = None, backend: str = "
     preprocessing = Preprocessing(shape[0], spec.crop_fraction, spec.resample, preprocessing, CHANNELS[spec.channels])
     return Model(name or version_dir.parent.name, version_dir.name, backend if backend == "noop" else chosen, shape,
                  labels or [str(i) for i in range(probs.shape[1])], preprocessing, time.perf_counter() - start,
-                 predict)
+                 predict, runner.concurrency)
 
 
 def _labels(path: Path) -> list[str]:

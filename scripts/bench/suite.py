@@ -60,7 +60,9 @@ PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
 
 
 def ceiling(photo: bytes, seconds: float, batch: int = 32, model_dir: Path = MODEL_DIR) -> dict:
-    """img/s of decode+preprocess (2 threads) pipelined with batched inference, in process."""
+    """img/s of decode+preprocess (2 threads) pipelined with batched inference, in process:
+    as many inference loops as the model runs batches at once (the worker's batcher does
+    the same), each decoding its next batch while its current one runs."""
     import numpy as np
 
     from edge.imaging import configure_decoding, preprocess
@@ -70,21 +72,27 @@ def ceiling(photo: bytes, seconds: float, batch: int = 32, model_dir: Path = MOD
     configure_decoding()  # as the worker's decode pool does
     model = load_model(model_dir, batch_interpreters=WorkerConfig().batch_interpreters)  # as the worker does
     prep = model.preprocessing
-    with ThreadPoolExecutor(2) as pool:
+    # Three pools: 2 decode threads, and per inference loop one thread that runs it and
+    # one that hands its next batch to the decode threads (a batch handed over from a
+    # decode thread itself could wait for a decode thread forever).
+    with ThreadPoolExecutor(2) as decoders, ThreadPoolExecutor(model.concurrency) as loops, \
+            ThreadPoolExecutor(model.concurrency) as pool:
         def decode_batch():
-            return list(pool.map(lambda _: preprocess(photo, prep, 10**8), range(batch)))
+            return list(decoders.map(lambda _: preprocess(photo, prep, 10**8), range(batch)))
+
+        def infer_loop(deadline: float) -> int:
+            images, pending = 0, pool.submit(decode_batch)
+            while time.perf_counter() < deadline:
+                ready = pending.result()
+                pending = pool.submit(decode_batch)  # decode the next batch while this one runs
+                model.predict(np.stack(ready))
+                images += len(ready)
+            return images  # the last decode finishes untimed, as the pool shuts down
 
         model.predict(np.stack(decode_batch()))  # warm-up
-        images = 0
         started = time.perf_counter()
-        pending = pool.submit(decode_batch)
-        while time.perf_counter() - started < seconds:
-            ready = pending.result()
-            pending = pool.submit(decode_batch)  # decode the next batch while this one runs
-            model.predict(np.stack(ready))
-            images += len(ready)
+        images = sum(loops.map(infer_loop, [started + seconds] * model.concurrency))
         elapsed = time.perf_counter() - started
-        pending.result()
     return {"per_second": round(images / elapsed, 2), "images": images, "seconds": round(elapsed, 3),
             "batch_size": batch, "backend": model.backend}
 

@@ -1,5 +1,5 @@
-"""Interpreter threads against decode threads, and a batch spread over one-thread
-interpreters (--batch-interpreters), measured: one worker per setting, direct POSTs of a
+"""Interpreter threads against decode threads, and one-thread interpreters running
+batches side by side (--batch-interpreters), measured: one worker per setting, direct POSTs of a
 real photo at concurrency 1 and 32, side by side in one run.
 
     .venv/bin/python scripts/bench/threads.py [--duration 8]
@@ -26,7 +26,7 @@ from tests.processes import WorkerProcess, serve_model  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
-# (interpreter threads, decode threads, one-thread interpreters a batch is spread over)
+# (interpreter threads, decode threads, one-thread interpreters running batches side by side)
 SETTINGS = [(1, 1, 1), (1, 2, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2)]
 
 
@@ -39,7 +39,7 @@ async def run(agent: DevAgent, duration: float, out: Path) -> list[dict]:
                               "--decode-threads", str(decode), "--batch-interpreters", str(spread),
                               log_path=out / "worker-threads.log").wait_ready()
             try:
-                name = f"interpreter {interp}, decode {decode}, batch over {spread}"
+                name = f"interpreter {interp}, decode {decode}, one-thread interpreters {spread}"
                 rows += await measure(name, lambda: post(w.url), [1, 32], duration, lambda: [w.proc.pid])
             finally:
                 w.stop()
