@@ -15,12 +15,12 @@ tf = pytest.importorskip("tensorflow")
 
 @pytest.mark.parametrize("shape, out", [((400, 600, 3), (224, 224)), ((97, 131, 3), (224, 224)),
                                         ((1750, 1750, 3), (224, 224)), ((5, 3, 3), (7, 11)),
-                                        ((224, 224, 3), (224, 224))])
+                                        ((224, 224, 3), (224, 224)), ((9, 7, 5), (4, 6))])  # 5: numpy's transpose
 def test_bicubic_matches_tf_image_resize(shape, out):
     image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     ours = resize_bicubic(image, *out)
     theirs = tf.image.resize(image[None].astype(np.float32), out, method="bicubic", antialias=False)[0].numpy()
-    assert ours.dtype == np.float32 and ours.shape == theirs.shape
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape and ours.flags.c_contiguous
     np.testing.assert_allclose(ours, theirs, atol=2e-3)
 
 
