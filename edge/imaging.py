@@ -2,11 +2,9 @@
 
 Pillow reads only the header on open, so the pixel-count limit is enforced before any
 pixel is decoded, and only an allow-list of formats is ever opened (an EPS upload must
-not reach Pillow's EPS plugin, which runs Ghostscript). JPEGs are decoded in draft mode
-straight to the smallest power-of-two reduction that still covers the crop, which is
-most of the decode cost saved on photos. The crop is resized with OpenCV: profiling a
-no-op-model worker showed Pillow's bicubic resize at 35% of all CPU samples (0.95 ms
-for 196 -> 224 px); OpenCV's takes ~0.1 ms.
+not reach Pillow's EPS plugin, which runs Ghostscript). The default path ("exact")
+decodes in full and resizes as the model's reference does (edge/resize.py); the faster
+approximations below trade some of the model's answers for decode time.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ tests/test_resize.py checks this against TensorFlow itself.
 
 Separable and gather-based: each output row is 4 weighted input rows, then each output
 column 4 weighted columns, so the cost is ~4 x out_h x in_w + 4 x out_h x out_w
-multiply-adds per channel, not a dense matrix product (~0.6-1 ms for a 350-420 px crop
+multiply-adds per channel, not a dense matrix product (~0.5-0.9 ms for a 200-450 px crop
 to 224 here, against ~0.3 ms for OpenCV's fixed-point cubic, which is not the same kernel).
 """
 
