@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.tasks import collect_batch
-from worker.batcher import BatchConfig, Batcher, InferenceError, QueueFullError
+from worker.batcher import LANE_BATCH, BatchConfig, Batcher, InferenceError, QueueFullError
 
 pytestmark = pytest.mark.unit
 
@@ -149,3 +149,24 @@ async def test_a_model_that_runs_batches_side_by_side_gets_a_new_one_while_one_r
             await b.close()
         assert [int(r.probabilities[0]) for r in results] == [1, 2]
         assert overlapped == ([True, True] if concurrency == 2 else [False, False])
+
+
+async def test_a_model_with_lanes_gets_small_batches_and_one_ready_ahead():
+    """With lanes (concurrency 2), batches are at most LANE_BATCH images however big
+    max_batch_size is, and three batches are handed out while both lanes are busy: the
+    third waits in the executor, for whichever lane finishes first."""
+    model = StandInModel(concurrency=2)
+    model.gate.clear()  # both lanes block inside their first batch
+    b = Batcher(model, BatchConfig(max_batch_size=32, max_batch_delay_ms=0, max_queue=32))
+    b.start()
+    try:
+        pending = [asyncio.ensure_future(b.submit(image(i))) for i in range(20)]
+        await asyncio.sleep(0.2)
+        assert b._queue.qsize() == 20 - 3 * LANE_BATCH  # three batches handed out, the rest queued
+        model.gate.set()
+        results = await asyncio.gather(*pending)
+    finally:
+        model.gate.set()
+        await b.close()
+    assert [int(r.probabilities[0]) for r in results] == list(range(20))
+    assert max(model.batches) == LANE_BATCH and sum(model.batches) == 20
