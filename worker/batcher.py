@@ -20,7 +20,7 @@ one after another, so a big batch saves nothing and holds images that another la
 finishing sooner, could be running: its batches are at most `LANE_BATCH` images. And one
 batch more than there are lanes is handed out, ready in the executor's queue, so a lane
 that finishes starts the next at once instead of after a round trip through the event
-loop (README, "Batching on lanes": at c=32, p99 639 -> 487 ms and 1.03x -> 1.08x mosec).
+loop (README, "Batching on lanes": at c=32, p99 639 -> 487 ms, 1.03x -> 1.08x mosec).
 
 The knobs mirror TF Serving's (max_batch_size, batch_timeout_micros,
 max_enqueued_batches) and Triton's queue policy with rejection.
