@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", default=None, help="address registered in Consul (default: the Consul agent's)")
     ConsulAddress.add_flags(p)
     add_edge_flags(p)
-    p.add_argument("--max-batch-size", type=int, default=b.max_batch_size)
+    p.add_argument("--max-batch-size", type=int, default=b.max_batch_size,
+                   help="images per batch (default %(default)s; at most 4 on one-thread TFLite interpreters)")
     p.add_argument("--max-batch-delay-ms", type=float, default=b.max_batch_delay_ms)
     p.add_argument("--max-queue", type=int, default=b.max_queue, help="images admitted (being decoded or queued) before 503s")
     p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
