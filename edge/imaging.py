@@ -27,6 +27,7 @@ FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 KNOWN_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 RESAMPLE = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
+ORIENTATION = 0x0112  # the EXIF tag (Pillow's getexif also reads it from XMP)
 
 # How pixels become the model's input. "exact" is the model's reference (TensorFlow's
 # eval path: full decode, its centre crop, its bicubic without antialiasing; see
@@ -102,10 +103,7 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
     """Bytes -> uint8 array (size, size, channels): RGB or grayscale, centre-cropped and resized."""
     img = open_image(data, max_pixels)
     try:
-        if prep.path == "draft":  # ask the JPEG decoder for a reduced size that still covers the crop
-            need = int(np.ceil(prep.size / prep.crop_fraction))
-            img.draft("RGB", (need, need))
-        array = RESIZERS[prep.path](rgb_pixels(img), prep)
+        array = RESIZERS[prep.path](decode(data, img, prep), prep)
     except ImageError:
         raise
     except Exception as exc:  # truncated or corrupt pixel data
@@ -114,6 +112,34 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
     if array.shape != (prep.size, prep.size, 3):
         raise ImageError("corrupt_image", f"decoded to unexpected shape {array.shape}")
     return array if prep.channels == 3 else cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)[..., None]
+
+
+def decode(data: bytes, img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """The image's pixels upright, uint8 RGB: through OpenCV where `opencv_decodes`,
+    else through Pillow (`rgb_pixels`)."""
+    if prep.path == "draft":  # ask the JPEG decoder for a reduced size that still covers the crop
+        need = int(np.ceil(prep.size / prep.crop_fraction))
+        img.draft("RGB", (need, need))
+    elif opencv_decodes(data, img):
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION  # upright already: see opencv_decodes
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        if pixels is not None:
+            return pixels
+    return rgb_pixels(img)
+
+
+def opencv_decodes(data: bytes, img: Image.Image) -> bool:
+    """Whether OpenCV decodes this image: a JPEG in RGB or grayscale, upright (no EXIF or
+    XMP orientation other than 1), whose data ends with the end-of-image marker. OpenCV
+    uses the same libjpeg-turbo with the same settings as Pillow, so the pixels are
+    identical (tests/test_imaging.py), but it decodes straight into the array with the GIL
+    released throughout, where Pillow repacks its 4-byte pixels into 3 while holding the
+    GIL: coffee (600x400) through the exact path on 2 threads, 557 against 407 images/s.
+    Everything else stays with Pillow: CMYK (the two convert it differently), a rotated
+    photo (one way to honour EXIF), and a file that does not end where a JPEG ends (OpenCV
+    would decode a truncated file, greyed where data is missing; Pillow refuses it)."""
+    return (img.format == "JPEG" and img.mode in ("RGB", "L") and data.endswith(b"\xff\xd9")
+            and img.getexif().get(ORIENTATION, 1) == 1)
 
 
 def rgb_pixels(img: Image.Image) -> np.ndarray:

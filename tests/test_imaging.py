@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.imaging import ImageError, Preprocessing, open_image, preprocess
+from edge.imaging import ImageError, Preprocessing, decode, open_image, opencv_decodes, preprocess, rgb_pixels
 
 pytestmark = pytest.mark.unit
 
@@ -59,6 +59,43 @@ def test_exif_orientation_is_honoured():
     out = preprocess(encode(img, "JPEG", exif=exif.tobytes()), PREP, 10**8)
     assert out[112, 200, 0] > 200 and out[112, 200, 2] < 60  # right: red
     assert out[112, 20, 2] > 200 and out[112, 20, 0] < 60  # left: blue
+
+
+def jpeg_variants(photo: Image.Image) -> dict[str, bytes]:
+    return {"q90": encode(photo, "JPEG", quality=90), "q75": encode(photo, "JPEG", quality=75),
+            "progressive": encode(photo, "JPEG", quality=90, progressive=True),
+            "4:4:4": encode(photo, "JPEG", quality=90, subsampling=0),
+            "grayscale": encode(photo.convert("L"), "JPEG", quality=90)}
+
+
+def test_opencv_decodes_upright_jpegs_to_pillows_very_pixels(chelsea_png):
+    """The OpenCV path must not change a single pixel: Pillow's decode is the reference
+    the fidelity figures were measured with."""
+    photo = Image.open(io.BytesIO(chelsea_png)).convert("RGB")
+    for name, data in jpeg_variants(photo).items():
+        assert opencv_decodes(data, Image.open(io.BytesIO(data))), name
+        ours = decode(data, Image.open(io.BytesIO(data)), PREP)
+        pillows = rgb_pixels(Image.open(io.BytesIO(data)))
+        assert ours.dtype == np.uint8 and ours.shape == pillows.shape == (300, 451, 3), name
+        assert np.array_equal(ours, pillows), name
+
+
+def test_pillow_keeps_rotated_cmyk_and_incomplete_jpegs():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))  # data past the header
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>')
+    whole = encode(img, "JPEG")
+    cases = {"exif rotated": encode(img, "JPEG", exif=exif.tobytes()), "xmp rotated": encode(img, "JPEG", xmp=xmp),
+             "cmyk": encode(img.convert("CMYK"), "JPEG"), "truncated": whole[: len(whole) * 2 // 3],
+             "trailing bytes": whole + b"extra"}
+    for name, data in cases.items():
+        assert not opencv_decodes(data, Image.open(io.BytesIO(data))), name
+    assert decode(cases["xmp rotated"], Image.open(io.BytesIO(cases["xmp rotated"])), PREP).shape == (64, 48, 3)
+    with pytest.raises(ImageError) as refused:  # what OpenCV would have decoded, greyed
+        preprocess(cases["truncated"], PREP, 10**8)
+    assert refused.value.code == "corrupt_image"
 
 
 def test_pixel_limit_checked_from_the_header_alone():
