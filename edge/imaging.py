@@ -2,7 +2,9 @@
 
 Pillow reads only the header on open, so the pixel-count limit is enforced before any
 pixel is decoded, and only an allow-list of formats is ever opened (an EPS upload must
-not reach Pillow's EPS plugin, which runs Ghostscript). The default path ("exact")
+not reach Pillow's EPS plugin, which runs Ghostscript). Upright RGB and grayscale JPEGs
+are then decoded by OpenCV, pixel for pixel as Pillow would, but without holding the GIL
+(`opencv_decodes`); everything else by Pillow. The default path ("exact")
 decodes in full and resizes as the model's reference does (edge/resize.py); the faster
 approximations below trade some of the model's answers for decode time.
 """
