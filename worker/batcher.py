@@ -109,7 +109,7 @@ class Batcher:
         self._batch_size = min(config.max_batch_size, LANE_BATCH) if lanes else config.max_batch_size
         self._slots = model.concurrency + 1 if lanes else 1  # batches handed out at once
         self._task: asyncio.Task | None = None
-        self._batches: set[asyncio.Task] = set()  # batches being computed
+        self._batches: set[asyncio.Task] = set()  # batches handed out
         self._slot_freed = asyncio.Event()
         self._running = 0  # images in the batches handed out (computing, or ready for a lane)
 
