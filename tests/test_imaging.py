@@ -80,19 +80,34 @@ def test_opencv_decodes_upright_jpegs_to_pillows_very_pixels(chelsea_png):
         assert np.array_equal(ours, pillows), name
 
 
-def test_pillow_keeps_rotated_cmyk_and_incomplete_jpegs():
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))  # data past the header
-    exif = Image.Exif()
-    exif[0x0112] = 6
+def noise(width: int, height: int) -> Image.Image:
+    """Random pixels: no symmetry hides a wrong rotation, and the data runs past the header."""
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_opencv_turns_every_exif_orientation_upright_as_pillow_does():
+    img = noise(64, 48)
     xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
            b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>')
-    whole = encode(img, "JPEG")
-    cases = {"exif rotated": encode(img, "JPEG", exif=exif.tobytes()), "xmp rotated": encode(img, "JPEG", xmp=xmp),
-             "cmyk": encode(img.convert("CMYK"), "JPEG"), "truncated": whole[: len(whole) * 2 // 3],
+    cases = {"xmp 8": encode(img, "JPEG", xmp=xmp)}
+    for orientation in range(1, 10):  # 9 is no orientation: left as stored, as Pillow does
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        cases[f"exif {orientation}"] = encode(img, "JPEG", exif=exif.tobytes())
+    for name, data in cases.items():
+        assert opencv_decodes(data, Image.open(io.BytesIO(data))), name
+        ours = decode(data, Image.open(io.BytesIO(data)), PREP)
+        pillows = rgb_pixels(Image.open(io.BytesIO(data)))
+        assert ours.shape == pillows.shape and np.array_equal(ours, pillows), name
+    assert decode(cases["exif 6"], Image.open(io.BytesIO(cases["exif 6"])), PREP).shape == (64, 48, 3)
+
+
+def test_pillow_keeps_cmyk_and_incomplete_jpegs():
+    whole = encode(noise(64, 48), "JPEG")
+    cases = {"cmyk": encode(noise(64, 48).convert("CMYK"), "JPEG"), "truncated": whole[: len(whole) * 2 // 3],
              "trailing bytes": whole + b"extra"}
     for name, data in cases.items():
         assert not opencv_decodes(data, Image.open(io.BytesIO(data))), name
-    assert decode(cases["xmp rotated"], Image.open(io.BytesIO(cases["xmp rotated"])), PREP).shape == (64, 48, 3)
     with pytest.raises(ImageError) as refused:  # what OpenCV would have decoded, greyed
         preprocess(cases["truncated"], PREP, 10**8)
     assert refused.value.code == "corrupt_image"
