@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from edge.resize import resize_bicubic, tf_centre_crop
 
@@ -128,19 +128,20 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
 
 
 def decode(data: bytes, img: Image.Image, prep: Preprocessing) -> np.ndarray:
-    """The image's pixels upright, uint8 RGB: through OpenCV where `opencv_decodes`,
-    else through Pillow (`rgb_pixels`)."""
+    """The image's pixels upright, uint8 RGB: decoded by OpenCV where `opencv_decodes`,
+    else by Pillow (`rgb_pixels`), then turned by its orientation as Pillow reads it (EXIF,
+    else XMP; OpenCV's own reading is off), one way for every format."""
+    orientation = img.getexif().get(ORIENTATION, 1)
+    pixels = None
     if prep.path == "draft":  # ask the JPEG decoder for a reduced size that still covers the crop
         need = int(np.ceil(prep.size / prep.crop_fraction))
         img.draft("RGB", (need, need))
     elif opencv_decodes(data, img):
-        # The orientation as Pillow reads it (EXIF, else XMP), not as OpenCV would.
-        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-        if pixels is not None:
-            upright = UPRIGHT.get(img.getexif().get(ORIENTATION, 1))
-            return upright(pixels) if upright else pixels
-    return rgb_pixels(img)
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    if pixels is None:
+        pixels = rgb_pixels(img)
+    upright = UPRIGHT.get(orientation)
+    return upright(pixels) if upright else pixels
 
 
 def opencv_decodes(data: bytes, img: Image.Image) -> bool:
@@ -157,8 +158,7 @@ def opencv_decodes(data: bytes, img: Image.Image) -> bool:
 
 
 def rgb_pixels(img: Image.Image) -> np.ndarray:
-    """The decoded image upright (EXIF orientation) as uint8 RGB; alpha over white."""
-    ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
+    """The decoded image as stored (`decode` turns it upright), uint8 RGB; alpha over white."""
     if img.mode.startswith("I"):
         # 16/32-bit samples: Pillow's convert would clip everything above 255 to white.
         wide = np.asarray(img).astype(np.uint32)
