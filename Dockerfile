@@ -26,7 +26,12 @@ RUN scripts/lib/fetch-deb bookworm darknet /tmp/darknet \
          --labels-dir /tmp/darknet/usr/share/darknet/data \
     && rm -rf /tmp/darknet
 
-RUN useradd --system --uid 10001 --no-create-home app
+# Compile the exact resize now (edge/resize.py) into a cache the app user can read and,
+# on a CPU unlike the build machine's, add to; without it each process compiles at start.
+ENV NUMBA_CACHE_DIR=/app/.numba-cache
+RUN useradd --system --uid 10001 --no-create-home app \
+    && python -c "from edge.resize import compile_now; compile_now()" \
+    && chown -R app /app/.numba-cache
 USER app
 
 EXPOSE 8601 8602 8603 12480 12481

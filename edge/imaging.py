@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from edge.resize import resize_bicubic, tf_centre_crop
+from edge.resize import compile_now, crop_and_resize, tf_centre_crop
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,10 @@ DEFAULT_PATH = "exact"
 
 def configure_decoding() -> None:
     """Process-wide decode settings, applied by each front when it opens its decode pool:
-    the pool already uses every core, and OpenCV's own threads would only contend."""
+    the pool already uses every core, and OpenCV's own threads would only contend. The
+    exact resize is compiled here, before the first request rather than during it."""
     cv2.setNumThreads(1)
+    compile_now()
 
 
 class ImageError(Exception):
@@ -180,8 +182,7 @@ def _reference_crop(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 
 def _exact(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    resized = resize_bicubic(_reference_crop(pixels, prep), prep.size, prep.size)
-    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    return crop_and_resize(pixels, *tf_centre_crop(*pixels.shape[:2], prep.size, prep.crop_fraction), prep.size)
 
 
 def _opencv(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:

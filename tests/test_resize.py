@@ -1,12 +1,14 @@
-"""The reference preprocessing, reproduced with numpy, against TensorFlow itself."""
+"""The reference preprocessing, reproduced without TensorFlow, against TensorFlow itself."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
+from edge import resize
 from edge.imaging import Preprocessing, preprocess
-from edge.resize import resize_bicubic, tf_centre_crop
+from edge.resize import crop_and_resize, resize_bicubic, tf_centre_crop
 
 pytestmark = pytest.mark.unit
 
@@ -15,7 +17,7 @@ tf = pytest.importorskip("tensorflow")
 
 @pytest.mark.parametrize("shape, out", [((400, 600, 3), (224, 224)), ((97, 131, 3), (224, 224)),
                                         ((1750, 1750, 3), (224, 224)), ((5, 3, 3), (7, 11)),
-                                        ((224, 224, 3), (224, 224)), ((9, 7, 5), (4, 6))])  # 5: numpy's transpose
+                                        ((224, 224, 3), (224, 224)), ((9, 7, 3), (4, 6))])
 def test_bicubic_matches_tf_image_resize(shape, out):
     image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     ours = resize_bicubic(image, *out)
@@ -40,3 +42,35 @@ def test_exact_path_is_tensorflows_eval_path(coffee_jpeg):
     theirs = np.clip(np.rint(theirs), 0, 255)
     ours = preprocess(coffee_jpeg, Preprocessing(path="exact"), 10**8)
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1  # float rounding at .5
+
+
+@pytest.mark.parametrize("writeable", [True, False])  # OpenCV's arrays and Pillow's read-only ones
+def test_crop_and_resize_rounds_the_resized_crop(writeable):
+    image = np.random.default_rng(7).integers(0, 256, (300, 451, 3), dtype=np.uint8)
+    image.flags.writeable = writeable
+    top, left, side = tf_centre_crop(300, 451, 224, 0.875)
+    resized = resize_bicubic(image[top:top + side, left:left + side], 224, 224)
+    expected = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(crop_and_resize(image, top, left, side, 224), expected)
+
+
+def test_only_rgb_images_are_resized():
+    with pytest.raises(ValueError, match="RGB"):
+        resize_bicubic(np.zeros((9, 7, 4), np.uint8), 4, 6)
+
+
+def test_the_kernel_compiles_where_numba_cannot_cache(monkeypatch):
+    # A read-only install run by a user without a home: no cache directory is writable.
+    from numba.core import caching
+
+    def unwritable(locator):
+        raise PermissionError(13, "Permission denied", locator.get_cache_path())
+
+    monkeypatch.setattr(caching._CacheLocator, "ensure_cache_path", unwritable)
+    with pytest.raises(RuntimeError, match="no locator"):  # what numba itself does
+        numba.njit(cache=True)(lambda x: x)
+
+    def twice(x):
+        return 2 * x
+
+    assert resize._compiled(twice)(21) == 42
