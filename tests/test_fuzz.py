@@ -1,5 +1,5 @@
 """Bounded fuzzing (hypothesis) of what parses untrusted bytes: image decoding, the
-ZeroMQ wire format, and the HTTP upload reader. Each may refuse its input, but only in
+ZeroMQ wire format, and the HTTP upload reader (with its multipart refusals spelled out). Each may refuse its input, but only in
 its own documented way (ImageError, ProtocolError, a 4xx JSON answer), never crash otherwise.
 Example counts are fixed, so the run is bounded in CI."""
 
@@ -135,3 +135,30 @@ async def test_upload_reader_answers_200_or_4xx(upload_server, case):
         assert answer["bytes"] <= 4096
     else:
         assert answer["error"]["code"]
+
+
+def form(*parts: tuple[str, bytes], close: bool = True, boundary: str = "b0undary") -> bytes:
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + data + b"\r\n"
+                    for name, data in parts)
+    return body + (f"--{boundary}--\r\n".encode() if close else b"")
+
+
+MULTIPART = "multipart/form-data; boundary=b0undary"
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("body, content_type, status, expected", [
+    (form(("note", b"hi"), ("image", b"x" * 10), ("data", b"y")), MULTIPART, 200, 10),  # the first image field
+    (form(("data", b"")), 'multipart/form-data; boundary="b0undary"', 200, 0),  # empty: the decoder's to refuse
+    (form(("data", b"x" * 10)), "multipart/form-data", 400, "bad_multipart"),  # no boundary
+    (form(("data", b"x" * 10))[:-20], MULTIPART, 400, "bad_multipart"),  # cut inside the image part
+    (form(("note", b"hi")), MULTIPART, 400, "missing_image_field"),
+    (form(("note", b"n" * 4000), ("data", b"x" * 200)), MULTIPART, 413, "payload_too_large"),
+])
+async def test_upload_reader_answers_each_multipart_case_in_its_own_way(upload_server, body, content_type, status,
+                                                                        expected):
+    server, session = upload_server
+    async with session.post(server.make_url("/"), data=body, headers={"Content-Type": content_type}) as r:
+        answer = await r.json(content_type=None)
+    assert r.status == status, answer
+    assert answer["bytes"] == expected if status == 200 else answer["error"]["code"] == expected
