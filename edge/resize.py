@@ -65,7 +65,7 @@ def resize_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 or float32 RGB (H, W, 3) -> float32 (height, width, 3), as tf.image.resize
     bicubic (antialias=False). Values may overshoot [0, 255] as TensorFlow's do."""
     in_height, in_width = image.shape[:2]
-    return _resample(_as_rows(image), 0, 0, in_height, in_width, *bicubic_taps(in_height, height),
+    return _resample(_as_rows(image), 0, 0, in_width, *bicubic_taps(in_height, height),
                      *bicubic_taps(in_width, width)).reshape(height, width, 3)
 
 
@@ -73,7 +73,7 @@ def crop_and_resize(image: np.ndarray, top: int, left: int, side: int, size: int
     """uint8 RGB (H, W, 3) -> uint8 (size, size, 3): the square crop at (top, left) resized
     as `resize_bicubic`, rounded half to even and clipped to [0, 255], in one call."""
     taps = bicubic_taps(side, size)
-    return _resample_uint8(_as_rows(image), top, left, side, side, *taps, *taps).reshape(size, size, 3)
+    return _resample_uint8(_as_rows(image), top, left, side, *taps, *taps).reshape(size, size, 3)
 
 
 def compile_now() -> None:
@@ -105,9 +105,10 @@ def _as_rows(image: np.ndarray) -> np.ndarray:
 
 
 @_compiled
-def _resample(rows, top, left, height, width, row_idx, row_w, col_idx, col_w):
+def _resample(rows, top, left, width, row_idx, row_w, col_idx, col_w):
     """float32 (len(row_idx), len(col_idx) * 3): the region of `rows` (H, W * 3) at
-    (top, left), height x width, resized: rows first, then columns. Whole-row views and
+    (top, left), `width` wide and as tall as the row taps reach, resized: rows first, then
+    columns. Whole-row views and
     three channels spelled out keep the inner loops free of index checks and unknown trip
     counts, so they compile to vector code (a channel loop instead: 3x slower)."""
     start, n = left * 3, width * 3
@@ -135,8 +136,8 @@ def _resample(rows, top, left, height, width, row_idx, row_w, col_idx, col_w):
 
 
 @_compiled
-def _resample_uint8(rows, top, left, height, width, row_idx, row_w, col_idx, col_w):
-    resized = _resample(rows, top, left, height, width, row_idx, row_w, col_idx, col_w).ravel()
+def _resample_uint8(rows, top, left, width, row_idx, row_w, col_idx, col_w):
+    resized = _resample(rows, top, left, width, row_idx, row_w, col_idx, col_w).ravel()
     out = np.empty(resized.shape, np.uint8)
     for x in range(len(resized)):
         out[x] = np.uint8(min(max(np.rint(resized[x]), np.float32(0)), np.float32(255)))

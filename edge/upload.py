@@ -34,14 +34,18 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the request body is over the limit of {limit} bytes")
 
 
-async def _read_limited(read_chunk, limit: int, already: int = 0) -> bytes:
-    chunks, total = [], already
-    while chunk := await read_chunk(CHUNK):
+async def _chunks(request: web.Request, limit: int):
+    """The body's chunks as they arrive; 413 as soon as they pass the limit."""
+    total = 0
+    while chunk := await request.content.read(CHUNK):
         total += len(chunk)
         if total > limit:
             raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    return b"".join([chunk async for chunk in _chunks(request, limit)])
 
 
 async def _bounded(request: web.Request, limit: int, timeout_s: float, read) -> bytes:
@@ -64,7 +68,7 @@ async def read_image(request: web.Request, limit: int, timeout_s: float) -> byte
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     """The whole body, whatever its content type (the standard protocols' JSON and binary
     tensors)."""
-    return await _bounded(request, limit, timeout_s, lambda: _read_limited(request.content.read, limit))
+    return await _bounded(request, limit, timeout_s, lambda: _read_limited(request, limit))
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -72,7 +76,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     if ctype == "multipart/form-data":
         return await _read_multipart(request, limit)
     if ctype.startswith("image/") or ctype in RAW_TYPES:
-        return await _read_limited(request.content.read, limit)
+        return await _read_limited(request, limit)
     raise ApiError(
         415,
         "unsupported_media_type",
@@ -88,11 +92,7 @@ async def _read_multipart(request: web.Request, limit: int) -> bytes:
     field = _ImageField()
     try:
         parser = MultipartParser(boundary, field.callbacks())
-        total = 0
-        while chunk := await request.content.read(CHUNK):
-            total += len(chunk)
-            if total > limit:
-                raise _too_large(limit)
+        async for chunk in _chunks(request, limit):
             parser.write(chunk)
             if field.image is not None:  # the rest of the body is not needed
                 return field.image
