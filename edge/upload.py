@@ -15,6 +15,7 @@ event loop's time for a no-op worker's request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
@@ -92,10 +93,14 @@ async def _read_multipart(request: web.Request, limit: int) -> bytes:
     field = _ImageField()
     try:
         parser = MultipartParser(boundary, field.callbacks())
-        async for chunk in _chunks(request, limit):
-            parser.write(chunk)
-            if field.image is not None:  # the rest of the body is not needed
-                return field.image
+        # Closed here when the image is found early: a generator left open is closed by
+        # the garbage collector, through a wake-up of the event loop (a self-pipe write),
+        # 9% of a no-op worker's event loop.
+        async with contextlib.aclosing(_chunks(request, limit)) as chunks:
+            async for chunk in chunks:
+                parser.write(chunk)
+                if field.image is not None:  # the rest of the body is not needed
+                    return field.image
     except FormParserError as exc:  # malformed multipart
         log.info("bad multipart body: %r", exc)
         raise ApiError(400, "bad_multipart", "the multipart body could not be parsed") from None
