@@ -170,3 +170,19 @@ async def test_a_model_with_lanes_gets_small_batches_and_one_ready_ahead():
         await b.close()
     assert [int(r.probabilities[0]) for r in results] == list(range(20))
     assert max(model.batches) == LANE_BATCH and sum(model.batches) == 20
+
+
+def test_top_k_answers_the_best_classes_best_first():
+    from worker.service import top_k
+
+    probabilities = np.random.default_rng(3).random(1000).astype(np.float32)
+    labels = [f"class {i}" for i in range(1000)]
+    ranked = np.argsort(-probabilities, kind="stable")
+    for k in (1, 5, 1000):
+        answer = top_k(probabilities, labels, k)
+        assert [a["index"] for a in answer] == ranked[:k].tolist()
+        assert answer[0] == {"label": f"class {ranked[0]}", "index": int(ranked[0]),
+                             "score": float(probabilities[ranked[0]])}
+    tied = np.zeros(4, np.float32)
+    tied[2] = 1
+    assert [a["index"] for a in top_k(tied, labels[:4], 4)] == [2, 0, 1, 3]
