@@ -10,6 +10,7 @@ import pytest
 
 from edge.tasks import collect_batch
 from worker.batcher import LANE_BATCH, BatchConfig, Batcher, InferenceError, QueueFullError
+from worker.service import top_k
 
 pytestmark = pytest.mark.unit
 
@@ -173,8 +174,6 @@ async def test_a_model_with_lanes_gets_small_batches_and_one_ready_ahead():
 
 
 def test_top_k_answers_the_best_classes_best_first():
-    from worker.service import top_k
-
     probabilities = np.random.default_rng(3).random(1000).astype(np.float32)
     labels = [f"class {i}" for i in range(1000)]
     ranked = np.argsort(-probabilities, kind="stable")
