@@ -151,3 +151,11 @@ def test_decoding_reuses_freed_memory_instead_of_faulting_in_fresh_pages(coffee_
         preprocess(coffee_jpeg, PREP, 10**8)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
     assert faults < 20, f"{faults:.0f} page faults an image"
+
+
+def test_freed_memory_setting_is_skipped_where_malloc_is_not_glibcs(monkeypatch):
+    class OtherLibc:  # musl or macOS: no mallopt to call
+        pass
+
+    monkeypatch.setattr("edge.memory.ctypes.CDLL", lambda name: OtherLibc())
+    assert keep_freed_memory() is False
