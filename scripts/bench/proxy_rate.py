@@ -2,7 +2,9 @@
 nothing: a worker with `--backend noop`, the proxy in front, and `wrk` (a C load
 generator, Debian package `wrk`) posting a small photo at concurrency 32. Beside it, in
 the same run, what bounds it: the proxy answering /healthz (HTTP alone), and the noop
-worker's own HTTP front (its decode, no proxy).
+worker's own HTTP front (its decode, no proxy). Each row also gives what a request cost
+the two server processes, from /proc: CPU (core-ms), minor page faults and voluntary
+context switches. Those move less with this shared machine's speed than req/s does.
 
     .venv/bin/python scripts/bench/proxy_rate.py [--duration 10] [--connections 32]
 """
@@ -10,8 +12,10 @@ worker's own HTTP front (its decode, no proxy).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -73,6 +77,32 @@ def wrk(url: str, connections: int, duration: float, script: Path | None) -> dic
             "socket_errors": errors.group(1) if errors else ""}
 
 
+def process_cost(pids: list[int]) -> dict:
+    """CPU seconds, minor page faults and voluntary context switches of these processes so far."""
+    cost = {"cpu_s": 0.0, "faults": 0, "switches": 0}
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cost["faults"] += int(fields[7])
+        cost["cpu_s"] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                status = (task / "status").read_text()
+                cost["switches"] += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+    return cost
+
+
+def measured_wrk(url: str, connections: int, duration: float, script: Path | None, pids: list[int]) -> dict:
+    """wrk's figures, and what each request cost the server processes `pids`."""
+    before = process_cost(pids)
+    row = wrk(url, connections, duration, script)
+    after = process_cost(pids)
+    requests = max(row["per_second"] * duration, 1)
+    row["cpu_ms_per_request"] = round((after["cpu_s"] - before["cpu_s"]) * 1000 / requests, 3)
+    row["faults_per_request"] = round((after["faults"] - before["faults"]) / requests, 2)
+    row["switches_per_request"] = round((after["switches"] - before["switches"]) / requests, 2)
+    return row
+
+
 def measure(duration: float, connections: int, side: int, out: Path) -> list[dict]:
     """Start Consul, a noop worker and the proxy; wrk each case; stop everything."""
     img = Image.open(ROOT / ".cache" / "photos" / "coffee.jpg").resize((side, side))
@@ -96,10 +126,12 @@ def measure(duration: float, connections: int, side: int, out: Path) -> list[dic
             ]
             for name, url, script in cases:
                 wrk(url, connections, 2, script)  # warm-up
-                row = {"case": name, "connections": connections, **wrk(url, connections, duration, script)}
+                row = {"case": name, "connections": connections,
+                       **measured_wrk(url, connections, duration, script, [worker.proc.pid, proxy.proc.pid])}
                 rows.append(row)
                 print(f"  {name:32s} {row['per_second']:8.1f} req/s  p50 {row['p50_ms']:6.2f} ms  "
-                      f"p99 {row['p99_ms']:6.2f} ms  non-2xx {row['non_2xx']}", flush=True)
+                      f"p99 {row['p99_ms']:6.2f} ms  {row['cpu_ms_per_request']:.2f} core-ms/req  "
+                      f"non-2xx {row['non_2xx']}", flush=True)
     finally:
         agent.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -107,10 +139,12 @@ def measure(duration: float, connections: int, side: int, out: Path) -> list[dic
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| no-op model, wrk | req/s | p50 ms | p90 ms | p99 ms | non-2xx |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| no-op model, wrk | req/s | p50 ms | p90 ms | p99 ms | core-ms/req | faults/req | switches/req "
+             "| non-2xx |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['per_second']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-                     f"{r['p99_ms']:.2f} | {r['non_2xx']} |")
+                     f"{r['p99_ms']:.2f} | {r['cpu_ms_per_request']:.2f} | {r['faults_per_request']:.1f} | "
+                     f"{r['switches_per_request']:.1f} | {r['non_2xx']} |")
     return "\n".join(lines)
 
 
