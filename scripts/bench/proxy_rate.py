@@ -72,7 +72,8 @@ def wrk(url: str, connections: int, duration: float, script: Path | None) -> dic
         raise RuntimeError(f"could not read wrk's latency distribution:\n{out}")
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"per_second": rate, "p50_ms": to_ms(lat["50"]), "p90_ms": to_ms(lat["90"]),
+    return {"per_second": rate, "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "p50_ms": to_ms(lat["50"]), "p90_ms": to_ms(lat["90"]),
             "p99_ms": to_ms(lat["99"]), "non_2xx": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": errors.group(1) if errors else ""}
 
@@ -96,7 +97,7 @@ def measured_wrk(url: str, connections: int, duration: float, script: Path | Non
     before = process_cost(pids)
     row = wrk(url, connections, duration, script)
     after = process_cost(pids)
-    requests = max(row["per_second"] * duration, 1)
+    requests = max(row["requests"], 1)  # the window also holds wrk's start and stop: a little idle time
     row["cpu_ms_per_request"] = round((after["cpu_s"] - before["cpu_s"]) * 1000 / requests, 3)
     row["faults_per_request"] = round((after["faults"] - before["faults"]) / requests, 2)
     row["switches_per_request"] = round((after["switches"] - before["switches"]) / requests, 2)
