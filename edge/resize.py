@@ -108,9 +108,9 @@ def _as_rows(image: np.ndarray) -> np.ndarray:
 def _resample(rows, top, left, width, row_idx, row_w, col_idx, col_w):
     """float32 (len(row_idx), len(col_idx) * 3): the region of `rows` (H, W * 3) at
     (top, left), `width` wide and as tall as the row taps reach, resized: rows first, then
-    columns. Whole-row views and
-    three channels spelled out keep the inner loops free of index checks and unknown trip
-    counts, so they compile to vector code (a channel loop instead: 3x slower)."""
+    columns. Whole-row views and three channels spelled out keep the inner loops free of
+    index checks and unknown trip counts, so they compile to vector code (a channel loop
+    instead: 3x slower)."""
     start, n = left * 3, width * 3
     tall = np.empty((len(row_idx), n), np.float32)
     for i in range(len(row_idx)):
