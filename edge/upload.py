@@ -15,7 +15,6 @@ event loop's time for a no-op worker's request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiohttp import web
@@ -35,18 +34,30 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the request body is over the limit of {limit} bytes")
 
 
-async def _chunks(request: web.Request, limit: int):
-    """The body's chunks as they arrive; 413 as soon as they pass the limit."""
-    total = 0
-    while chunk := await request.content.read(CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(limit)
-        yield chunk
+class _LimitedBody:
+    """The body's chunks as they arrive (b"" at its end); 413 as soon as they pass the
+    limit. A plain reader, not an async generator: a generator left open by a caller that
+    stops early is closed by the garbage collector through a wake-up of the event loop (a
+    self-pipe write per request, 9% of a no-op worker's event loop)."""
+
+    def __init__(self, request: web.Request, limit: int):
+        self._content = request.content
+        self._limit = limit
+        self._total = 0
+
+    async def read(self) -> bytes:
+        chunk = await self._content.read(CHUNK)
+        self._total += len(chunk)
+        if self._total > self._limit:
+            raise _too_large(self._limit)
+        return chunk
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
-    return b"".join([chunk async for chunk in _chunks(request, limit)])
+    body, chunks = _LimitedBody(request, limit), []
+    while chunk := await body.read():
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _bounded(request: web.Request, limit: int, timeout_s: float, read) -> bytes:
@@ -92,15 +103,11 @@ async def _read_multipart(request: web.Request, limit: int) -> bytes:
         raise ApiError(400, "bad_multipart", "the multipart content type has no boundary")
     field = _ImageField()
     try:
-        parser = MultipartParser(boundary, field.callbacks())
-        # Closed here when the image is found early: a generator left open is closed by
-        # the garbage collector, through a wake-up of the event loop (a self-pipe write),
-        # 9% of a no-op worker's event loop.
-        async with contextlib.aclosing(_chunks(request, limit)) as chunks:
-            async for chunk in chunks:
-                parser.write(chunk)
-                if field.image is not None:  # the rest of the body is not needed
-                    return field.image
+        parser, body = MultipartParser(boundary, field.callbacks()), _LimitedBody(request, limit)
+        while chunk := await body.read():
+            parser.write(chunk)
+            if field.image is not None:  # the rest of the body is not needed
+                return field.image
     except FormParserError as exc:  # malformed multipart
         log.info("bad multipart body: %r", exc)
         raise ApiError(400, "bad_multipart", "the multipart body could not be parsed") from None
