@@ -11,6 +11,7 @@ approximations below trade some of the model's answers for decode time.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ UPRIGHT = {
 DEFAULT_PATH = "exact"
 
 
+@functools.cache  # once a process, however many fronts open a decode pool
 def configure_decoding() -> None:
     """Process-wide decode settings, applied by each front when it opens its decode pool:
     the pool already uses every core, and OpenCV's own threads would only contend; freed
