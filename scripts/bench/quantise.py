@@ -6,15 +6,20 @@ Agreement with the float model's answer, on images kept apart from calibration: 
 real photo available offline as shipped (scripts/bench/fidelity.py's set) and 300
 augmented crops of them made with another seed than calibration's. Speed: img/s of the
 model alone on preprocessed images, at batch 1, 8 and 32, with 1 and 2 interpreter
-threads. Prints a table; writes quantise.json.
+threads. Then, with wrk installed, the issue's own measure: img/s and p99 through one
+real worker serving all three models (a dev Consul agent; wrk POSTing the suite's photo
+as the raw body, `?model=` picking the variant, the variants in turn, the order rotating
+each round). Prints the tables; writes quantise.json.
 
-    .venv/bin/python scripts/bench/quantise.py [--models models] [--seconds 3] [--out run/bench]
+    .venv/bin/python scripts/bench/quantise.py [--models models] [--seconds 3] [--rounds 3] [--out run/bench]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,8 +30,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from fidelity import compare, encode, photos  # noqa: E402  (beside this file)
+from proxy_rate import POST_LUA, wrk, wrk_scratch  # noqa: E402
+from suite import PHOTO  # noqa: E402
 
 from edge.imaging import Preprocessing, preprocess  # noqa: E402
+from tests.consul_dev import DevAgent  # noqa: E402
+from tests.processes import WorkerProcess  # noqa: E402
 from worker.model import load_model  # noqa: E402
 from worker.quantise import CALIBRATION_SEED, augmented  # noqa: E402
 
@@ -52,45 +61,110 @@ def speed(model, images: np.ndarray, batch: int, seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
+def through_worker(models: Path, rounds: int, seconds: float, out: Path) -> list[dict]:
+    """wrk at c=1 and c=32 against one worker serving every variant, round after round."""
+    tmp = wrk_scratch(out)
+    (tmp / "post.lua").write_text(POST_LUA.format(content_type="image/jpeg", body=PHOTO))
+    agent = DevAgent(log_path=out / "consul-quantise.log").start()
+    rows = []
+    try:
+        worker = WorkerProcess(agent.address, "--model-repository", str(models), "--models",
+                               ",".join(VARIANTS.values()), log_path=out / "worker-quantise.log").wait_ready()
+        try:
+            names = list(VARIANTS)
+            for r in range(rounds):
+                for c in (1, 32):
+                    for variant in names[r % len(names):] + names[:r % len(names)]:
+                        url = f"{worker.url}/?model={VARIANTS[variant]}"
+                        wrk(url, c, 2, tmp / "post.lua")  # warm-up
+                        rows.append({"round": r + 1, "variant": variant, "connections": c,
+                                     **wrk(url, c, seconds, tmp / "post.lua")})
+                        print(f"  round {r + 1} c={c:<3d} {variant:8s} {rows[-1]['per_second']:7.1f} img/s  "
+                              f"p99 {rows[-1]['p99_ms']:7.1f} ms  non-2xx {rows[-1]['non_2xx']}",
+                              file=sys.stderr, flush=True)
+        finally:
+            worker.stop()
+    finally:
+        agent.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def worker_table(rows: list[dict]) -> str:
+    """Medians over the rounds, and each round's img/s over the float model's in that round."""
+    lines = ["| c | variant | median img/s | median p99 ms | per-round img/s over float | median |",
+             "|---:|---|---:|---:|---|---:|"]
+    for c in (1, 32):
+        at = [r for r in rows if r["connections"] == c]
+        floats = {r["round"]: r["per_second"] for r in at if r["variant"] == "float"}
+        for variant in VARIANTS:
+            mine = [r for r in at if r["variant"] == variant]
+            ratios = [r["per_second"] / floats[r["round"]] for r in mine]
+            lines.append(f"| {c} | {variant} | {statistics.median(r['per_second'] for r in mine):.1f} | "
+                         f"{statistics.median(r['p99_ms'] for r in mine):.1f} | "
+                         f"{', '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f}x |")
+    return "\n".join(lines)
+
+
+def in_process(models: Path, images: np.ndarray, seconds: float) -> list[dict]:
+    """Each variant's agreement with the float model, and its img/s alone."""
+    reference = load_model(models / NAME).predict(images)
+    sure = reference.max(axis=1) >= 0.5  # the float model is confident: an ImageNet class is really there
+    rows = []
+    for variant, name in VARIANTS.items():
+        probs = load_model(models / name).predict(images)
+        agreement = compare(reference, probs)
+        row = {"variant": variant, "top1": agreement["top1_agree"] / len(images),
+               "top1_confident": compare(reference[sure], probs[sure])["top1_agree"] / sure.sum(),
+               "confident": int(sure.sum()),
+               "top5_overlap": agreement["top5_overlap"], "max_top5_diff": agreement["max_top5_diff"],
+               "size_mb": (models / name / "1" / "model.tflite").stat().st_size / 2**20}
+        for threads in (1, 2):
+            model = load_model(models / name, intra_op_threads=threads)
+            for batch in (1, 8, 32):
+                row[f"t{threads}_b{batch}"] = speed(model, images, batch, seconds)
+        rows.append(row)
+        print(f"  {variant}: done", file=sys.stderr, flush=True)
+    return rows
+
+
+def in_process_table(rows: list[dict]) -> str:
+    lines = ["| variant | file MB | top-1 agrees | top-1 agrees, confident | top-5 overlap | largest top-5 diff "
+             "| img/s 1 thread, batch 1 / 8 / 32 | img/s 2 threads, batch 1 / 8 / 32 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        speeds = [" / ".join(f"{r[f't{t}_b{b}']:.1f}" for b in (1, 8, 32)) for t in (1, 2)]
+        lines.append(f"| {r['variant']} | {r['size_mb']:.1f} | {r['top1']:.3f} | {r['top1_confident']:.3f} | "
+                     f"{r['top5_overlap']:.3f} | {r['max_top5_diff']:.3f} | {speeds[0]} | {speeds[1]} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--crops", type=int, default=300)
-    p.add_argument("--seconds", type=float, default=3.0, help="per speed measurement")
+    p.add_argument("--seconds", type=float, default=3.0, help="per in-process speed measurement")
+    p.add_argument("--rounds", type=int, default=3, help="through the worker (0: skip)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per wrk measurement")
     p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
     a = p.parse_args()
     missing = [name for name in VARIANTS.values() if not (a.models / name).is_dir()]
     if missing:
         sys.exit(f"missing {missing} in {a.models}: run .venv/bin/python -m worker.build_model --quantise")
     images = evaluation_set(a.crops)
-    reference = load_model(a.models / NAME).predict(images)
-    sure = reference.max(axis=1) >= 0.5  # the float model is confident: an ImageNet class is really there
-    rows = []
-    for variant, name in VARIANTS.items():
-        probs = load_model(a.models / name).predict(images)
-        agreement = compare(reference, probs)
-        row = {"variant": variant, "top1": agreement["top1_agree"] / len(images),
-               "top1_confident": compare(reference[sure], probs[sure])["top1_agree"] / sure.sum(),
-               "top5_overlap": agreement["top5_overlap"], "max_top5_diff": agreement["max_top5_diff"],
-               "size_mb": (a.models / name / "1" / "model.tflite").stat().st_size / 2**20}
-        for threads in (1, 2):
-            model = load_model(a.models / name, intra_op_threads=threads)
-            for batch in (1, 8, 32):
-                row[f"t{threads}_b{batch}"] = speed(model, images, batch, a.seconds)
-        rows.append(row)
-        print(f"  {variant}: done", file=sys.stderr, flush=True)
+    rows = in_process(a.models, images, a.seconds)
     print(f"{len(images)} images ({len(images) - a.crops} photos as shipped, {a.crops} crops); "
-          f"the float model is confident (p >= 0.5) on {sure.sum()}\n")
-    print("| variant | file MB | top-1 agrees | top-1 agrees, confident | top-5 overlap | largest top-5 diff "
-          "| img/s 1 thread, batch 1 / 8 / 32 | img/s 2 threads, batch 1 / 8 / 32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        speeds = [" / ".join(f"{r[f't{t}_b{b}']:.1f}" for b in (1, 8, 32)) for t in (1, 2)]
-        print(f"| {r['variant']} | {r['size_mb']:.1f} | {r['top1']:.3f} | {r['top1_confident']:.3f} | "
-              f"{r['top5_overlap']:.3f} | "
-              f"{r['max_top5_diff']:.3f} | {speeds[0]} | {speeds[1]} |")
+          f"the float model is confident (p >= 0.5) on {rows[0]['confident']}\n\n{in_process_table(rows)}")
+    served = []
+    if a.rounds and shutil.which("wrk"):
+        served = through_worker(a.models, a.rounds, a.duration, a.out)
+        print(f"\nThrough one worker serving the three ({PHOTO.name} as the raw body, wrk, {a.rounds} rounds "
+              f"of {a.duration:g} s):\n\n{worker_table(served)}")
+    elif a.rounds:
+        print("\nwrk is not installed (apt-get install wrk): skipping the worker measurement")
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "quantise.json").write_text(json.dumps({"images": len(images), "rows": rows}, indent=1))
+    (a.out / "quantise.json").write_text(json.dumps({"images": len(images), "rows": rows, "worker": served},
+                                                    indent=1))
     return 0
 
 
