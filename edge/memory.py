@@ -1,4 +1,5 @@
-"""Keep freed memory in the process for the next image instead of handing it back.
+"""Process-wide memory settings for serving: freed image memory stays in the process for
+the next image, and the objects start-up built stay out of the garbage collector's way.
 
 Each image allocates a few buffers of hundreds of kilobytes to a few megabytes (the
 decoded pixels, the resize's intermediate, the batch), frees them, and allocates the same
@@ -12,11 +13,19 @@ Both thresholds must move together: raising either alone switches off glibc's ow
 adjustment of the other, and preprocessing got slower still. The price is memory kept
 after large images: ~20-55 MB more RSS after a burst of photos up to 3000x2250; lower
 thresholds kept less but sent those photos back to mmap, slower than glibc's defaults.
+
+Python's full collections walk every tracked object, and a served process starts with
+~150k of them (aiohttp, numpy, OpenCV, numba, the model's runtime): 40-110 ms a full
+collection, during which the event loop answers nothing. Requests that outlive a young
+collection (hundreds in flight under load) reach the old generation and trigger a full
+one every second or so in a storm of refusals. Freezing what start-up built (gc.freeze)
+leaves the full collections only what serving made (README, "Overload refusals").
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 
 log = logging.getLogger(__name__)
@@ -41,3 +50,12 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def freeze_startup_objects() -> int:
+    """Collect start-up's garbage, then move every object left into the permanent
+    generation, which later collections skip; the number frozen. Call once serving is
+    set up: objects made later (a new model version) are collected as usual."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -29,6 +29,7 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from discovery.registration import Registration, ServiceInstance, advertised_address
+from edge.memory import freeze_startup_objects
 from proxy.app import DRAINING, create_app
 from proxy.config import ProxyConfig
 from proxy.state import STATE
@@ -85,6 +86,7 @@ class ProxyServer:
             site = web.SockSite(runner, sock)
             await site.start()
             await self._register(resources, sock.getsockname()[1])
+            freeze_startup_objects()
             self._announce_ready(sock)
             while True:
                 await self.signalled.wait()

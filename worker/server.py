@@ -24,6 +24,7 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from discovery.registration import Registration, ServiceInstance, advertised_address
+from edge.memory import freeze_startup_objects
 from edge.metrics import METRICS
 from edge.v2_grpc import start_grpc
 from edge.v2_rest import SERVICE
@@ -69,6 +70,7 @@ class WorkerServer:
             except StartupError as exc:
                 log.error("%s", exc)
                 return 1
+            freeze_startup_objects()
             self.announce_ready(time.perf_counter() - started)
             await self.stop.wait()
             log.info("signal received: draining")
