@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import os
 import subprocess
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -56,6 +59,27 @@ async def test_coffee_is_espresso_with_full_response(worker, coffee_jpeg):
     assert scores == sorted(scores, reverse=True)
     assert set(body["timings_ms"]) == {"decode", "queue", "inference", "total"}
     assert body["timings_ms"]["total"] >= body["timings_ms"]["inference"] > 0
+
+
+def thread_nices(pid: int) -> dict[int, int]:
+    """Each thread's nice value (field 19 of /proc/PID/task/TID/stat)."""
+    nices = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            nices[int(task.name)] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    return nices
+
+
+async def test_compute_threads_run_behind_the_event_loop(worker, coffee_jpeg):
+    """Decoding, batches and the runtime's own threads yield the cores to the event loop
+    (edge/priority.py); the loop's thread keeps the priority the worker started with."""
+    await assert_still_serving(worker, coffee_jpeg)  # the decode and inference threads exist now
+    nices = thread_nices(worker.proc.pid)
+    loop = nices.pop(worker.proc.pid)
+    assert loop == os.getpriority(os.PRIO_PROCESS, 0)  # inherited from this test process, unchanged
+    behind = [n for n in nices.values() if n > loop]
+    # 2 decode threads, the inference threads (one per interpreter lane) and XNNPACK's own
+    assert len(behind) >= 4 and all(n == min(19, loop + 10) for n in behind), nices
 
 
 async def test_real_photos(worker, chelsea_png):

@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from aiohttp import web
 from discovery.registration import Registration, ServiceInstance, advertised_address
 from edge.memory import freeze_startup_objects
 from edge.metrics import METRICS
+from edge.priority import run_behind_event_loop
 from edge.v2_grpc import start_grpc
 from edge.v2_rest import SERVICE
 from worker.batcher import Batcher
@@ -62,6 +64,10 @@ class WorkerServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        # Models load on the default executor, and the threads their runtimes start
+        # (XNNPACK's, ONNX Runtime's) inherit its lower priority; asyncio.run closes it.
+        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="background",
+                                                     initializer=run_behind_event_loop))
         started = time.perf_counter()
         async with AsyncExitStack() as resources:
             try:

@@ -1,0 +1,37 @@
+"""The event loop's thread runs ahead of the threads that compute.
+
+A worker's or proxy's event loop does little per request but is on every request's path:
+it reads bodies, admits or refuses, answers. The threads that decode images and run the
+model do the heavy work, and the model's runtime starts threads of its own (XNNPACK's
+pool, ONNX Runtime's intra-op pool) that inherit their creator's priority. When the cores
+are all busy, Linux's scheduler shares them by weight, so every compute thread runs at a
+lower priority (nice +10) and the loop wins the core whenever it has work. Idle cores
+still go to the compute threads and the loop's share is small, so throughput holds: a
+worker refusing a storm of 256 connections answered 8% more and its refusal p99 fell
+from 55-71 to 52 ms; at c=32 and c=1 on the real model it stayed within noise (README,
+"Overload refusals").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+log = logging.getLogger(__name__)
+
+BEHIND = 10  # nice increment: a nice-0 thread gets ~10x its CPU share when both want a core
+NICEST = 19
+
+
+def run_behind_event_loop() -> None:
+    """Lower the calling thread's priority (a thread pool's initializer, or the thread that
+    creates a model runtime's threads). Linux sets priority per thread; elsewhere this
+    would lower the whole process, so it does nothing."""
+    if not hasattr(threading, "get_native_id") or not os.path.exists("/proc/self/task"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(NICEST, os.getpriority(os.PRIO_PROCESS, tid) + BEHIND))
+    except OSError as exc:  # a sandbox that forbids it: serve at equal priority
+        log.debug("could not lower thread %d's priority: %s", tid, exc)
