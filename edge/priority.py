@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 
 log = logging.getLogger(__name__)
 
-BEHIND = 10  # nice increment: a nice-0 thread gets ~10x its CPU share when both want a core
+BEHIND = 10  # nice increment: a nice-0 thread gets ~9x the CPU of a nice-10 one when both want a core
 NICEST = 19
 
 
@@ -28,7 +29,7 @@ def run_behind_event_loop() -> None:
     """Lower the calling thread's priority (a thread pool's initializer, or the thread that
     creates a model runtime's threads). Linux sets priority per thread; elsewhere this
     would lower the whole process, so it does nothing."""
-    if not hasattr(threading, "get_native_id") or not os.path.exists("/proc/self/task"):
+    if sys.platform != "linux":
         return
     tid = threading.get_native_id()
     try:

@@ -1,0 +1,42 @@
+"""edge/priority.py: compute threads run behind the event loop's thread."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from edge.priority import BEHIND, NICEST, run_behind_event_loop
+
+pytestmark = [pytest.mark.unit, pytest.mark.skipif(sys.platform != "linux", reason="priority per thread is Linux's")]
+
+
+def nice_of_this_thread() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_a_pool_initialised_with_it_runs_behind_and_the_caller_does_not():
+    before = nice_of_this_thread()
+    with ThreadPoolExecutor(2, initializer=run_behind_event_loop) as pool:
+        nices = set(pool.map(lambda _: nice_of_this_thread(), range(8)))
+    assert nices == {min(NICEST, before + BEHIND)}
+    assert nice_of_this_thread() == before  # priority is per thread: the caller keeps its own
+
+
+def test_threads_started_by_a_lowered_thread_inherit_it():
+    """As the threads a model runtime starts from the thread that loads the model do."""
+    seen = []
+
+    def loader():
+        run_behind_event_loop()
+        child = threading.Thread(target=lambda: seen.append(nice_of_this_thread()))
+        child.start()
+        child.join()
+
+    thread = threading.Thread(target=loader)
+    thread.start()
+    thread.join()
+    assert seen == [min(NICEST, nice_of_this_thread() + BEHIND)]
