@@ -29,7 +29,7 @@ def create_edge_app(config: EdgeConfig, classify: Handler, healthz: Handler, rea
     """The app both fronts start from, with the routes they share: the classify contract
     (POST / and /classify), liveness, readiness and metrics."""
     # client_max_size guards aiohttp's own body readers; ours stream with the same limit.
-    app = web.Application(middlewares=[request_log, json_errors, bearer_auth(config.auth_token)],
+    app = web.Application(middlewares=[request_log, json_errors, *bearer_auth(config.auth_token)],
                           client_max_size=config.max_body_bytes)
     app[EDGE_CONFIG] = config
     app[METRICS] = HttpMetrics(CollectorRegistry())

