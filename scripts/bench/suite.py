@@ -18,6 +18,10 @@
   protocol (the request its usual client sends), at the highest concurrency only;
 - proxy: POST to the proxy, which forwards to that worker over ZeroMQ;
 - p2p: the client library's lookup on the proxy, then POST to the worker;
+- direct-raw, proxy-raw: the worker and the proxy sent the photo as the raw body, the
+  request mosec gets: the ratios over mosec are printed for these too, like for like
+  (the multipart rows above are our documented contract, `-F data=@`, and the client
+  builds each form on the same cores);
 
 each at concurrency 1, 8 and 32 with a real photo; then, when `wrk` is installed, the
 proxy with a no-op model (scripts/bench/proxy_rate.py). Each configuration runs with only
@@ -257,7 +261,7 @@ def over_mosec(rows: list[dict]) -> str:
     """Our img/s over mosec's, per configuration and concurrency."""
     by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
     parts = []
-    for config in ("direct", "proxy", "p2p"):
+    for config in ("direct", "proxy", "p2p", "direct-raw", "proxy-raw"):
         parts += [f"{config} c={c}: {by[(config, c)] / by[('mosec', c)]:.2f}x"
                   for _, c in sorted(k for k in by if k[0] == "mosec") if (config, c) in by]
     return "; ".join(parts)
@@ -283,11 +287,10 @@ async def run_all(args, photo: bytes) -> list[dict]:
     rows: list[dict] = []
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as s:
-        post = poster(s, photo)
+        post, raw = poster(s, photo), raw_poster(s, photo)
         with flask_server(args.out) as (url, pid):
             rows += await measure("flask", lambda: post(url), args.concurrency, args.duration, lambda: [pid])
         with mosec_server(args.out) as (url, pid):
-            raw = raw_poster(s, photo)
             rows += await measure("mosec", lambda: raw(url + "/inference"), args.concurrency, args.duration,
                                   lambda: mosec_pids(pid))
 
@@ -310,6 +313,9 @@ async def run_all(args, photo: bytes) -> list[dict]:
                 for name, send in protocol_senders(s, w, photo).items():  # at the highest concurrency only
                     rows += await measure(name, send, args.concurrency[-1:], args.duration, lambda: [w.proc.pid])
                 rows += await measure("proxy", lambda: post(proxy.url), args.concurrency, args.duration, both)
+                rows += await measure("direct-raw", lambda: raw(w.url), args.concurrency, args.duration,
+                                      lambda: [w.proc.pid])
+                rows += await measure("proxy-raw", lambda: raw(proxy.url), args.concurrency, args.duration, both)
                 async with Client(proxy.url, session=s) as client:
                     rows += await measure("p2p", lambda: client.classify(photo, mode="p2p"), args.concurrency,
                                           args.duration, both)
