@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from fidelity import compare, encode, photos  # noqa: E402  (beside this file)
-from proxy_rate import POST_LUA, wrk, wrk_scratch  # noqa: E402
+from proxy_rate import POST_LUA, wrk_scratch  # noqa: E402
 from suite import PHOTO  # noqa: E402
+from versus import in_turn  # noqa: E402
 
 from edge.imaging import Preprocessing, preprocess  # noqa: E402
 from tests.consul_dev import DevAgent  # noqa: E402
@@ -71,17 +72,9 @@ def through_worker(models: Path, rounds: int, seconds: float, out: Path) -> list
         worker = WorkerProcess(agent.address, "--model-repository", str(models), "--models",
                                ",".join(VARIANTS.values()), log_path=out / "worker-quantise.log").wait_ready()
         try:
-            names = list(VARIANTS)
-            for r in range(rounds):
-                for c in (1, 32):
-                    for variant in names[r % len(names):] + names[:r % len(names)]:
-                        url = f"{worker.url}/?model={VARIANTS[variant]}"
-                        wrk(url, c, 2, tmp / "post.lua")  # warm-up
-                        rows.append({"round": r + 1, "variant": variant, "connections": c,
-                                     **wrk(url, c, seconds, tmp / "post.lua")})
-                        print(f"  round {r + 1} c={c:<3d} {variant:8s} {rows[-1]['per_second']:7.1f} img/s  "
-                              f"p99 {rows[-1]['p99_ms']:7.1f} ms  non-2xx {rows[-1]['non_2xx']}",
-                              file=sys.stderr, flush=True)
+            targets = {variant: f"{worker.url}/?model={name}" for variant, name in VARIANTS.items()}
+            for r in range(1, rounds + 1):
+                rows += in_turn(targets, [1, 32], r, seconds, tmp / "post.lua")
         finally:
             worker.stop()
     finally:
@@ -96,9 +89,9 @@ def worker_table(rows: list[dict]) -> str:
              "|---:|---|---:|---:|---|---:|"]
     for c in (1, 32):
         at = [r for r in rows if r["connections"] == c]
-        floats = {r["round"]: r["per_second"] for r in at if r["variant"] == "float"}
+        floats = {r["round"]: r["per_second"] for r in at if r["target"] == "float"}
         for variant in VARIANTS:
-            mine = [r for r in at if r["variant"] == variant]
+            mine = [r for r in at if r["target"] == variant]
             ratios = [r["per_second"] / floats[r["round"]] for r in mine]
             lines.append(f"| {c} | {variant} | {statistics.median(r['per_second'] for r in mine):.1f} | "
                          f"{statistics.median(r['p99_ms'] for r in mine):.1f} | "

@@ -34,23 +34,30 @@ from tests.consul_dev import DevAgent  # noqa: E402
 from tests.processes import worker_and_proxy  # noqa: E402
 
 
+def in_turn(targets: dict[str, str], connections: list[int], round_no: int, duration: float,
+            script: Path) -> list[dict]:
+    """One round: every target at every concurrency with wrk, after a warm-up; the order
+    of the targets rotates by round, so none always runs first."""
+    names, rows = list(targets), []
+    order = names[(round_no - 1) % len(names):] + names[:(round_no - 1) % len(names)]
+    for c in connections:
+        for name in order:
+            wrk(targets[name], c, 2, script)  # warm-up
+            row = {"round": round_no, "target": name, "connections": c, **wrk(targets[name], c, duration, script)}
+            print(f"  round {round_no} c={c:<3d} {name:8s} {row['per_second']:7.1f} img/s  p50 {row['p50_ms']:7.1f} ms"
+                  f"  p99 {row['p99_ms']:7.1f} ms  non-2xx {row['non_2xx']}", flush=True)
+            rows.append(row)
+    return rows
+
+
 def rounds(targets: dict[str, str], connections: list[int], n: int, duration: float, script: Path,
            photo: bytes) -> tuple[list[dict], list[float]]:
-    """Each round measures the ceiling, then every target at every concurrency; the order
-    of the targets rotates by round."""
-    names, rows, ceilings = list(targets), [], []
-    for r in range(n):
+    """Each round measures the ceiling, then every target in turn."""
+    rows, ceilings = [], []
+    for r in range(1, n + 1):
         ceilings.append(ceiling(photo, duration)["per_second"])
-        print(f"  round {r + 1} in-process ceiling {ceilings[-1]:7.1f} img/s", flush=True)
-        order = names[r % len(names):] + names[:r % len(names)]
-        for c in connections:
-            for name in order:
-                wrk(targets[name], c, 2, script)  # warm-up
-                row = {"round": r + 1, "target": name, "connections": c,
-                       **wrk(targets[name], c, duration, script)}
-                print(f"  round {r + 1} c={c:<3d} {name:8s} {row['per_second']:7.1f} img/s  p50 {row['p50_ms']:7.1f} ms"
-                      f"  p99 {row['p99_ms']:7.1f} ms  non-2xx {row['non_2xx']}", flush=True)
-                rows.append(row)
+        print(f"  round {r} in-process ceiling {ceilings[-1]:7.1f} img/s", flush=True)
+        rows += in_turn(targets, connections, r, duration, script)
     return rows, ceilings
 
 
