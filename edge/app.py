@@ -17,7 +17,7 @@ from edge.config import EdgeConfig
 from edge.errors import ApiError, json_errors
 from edge.imaging import ImageError, Preprocessing, configure_decoding, preprocess
 from edge.metrics import METRICS, HttpMetrics, metrics_handler
-from edge.priority import run_behind_event_loop
+from edge.priority import compute_pool
 from edge.request_log import request_log
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,8 +41,7 @@ def create_edge_app(config: EdgeConfig, classify: Handler, healthz: Handler, rea
 
     async def decode_pool(app: web.Application):
         configure_decoding()
-        app[DECODE_POOL] = pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode",
-                                                     initializer=run_behind_event_loop)
+        app[DECODE_POOL] = pool = compute_pool(config.decode_threads, "decode")
         yield
         pool.shutdown(wait=False, cancel_futures=True)
 

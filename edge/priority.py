@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +37,9 @@ def run_behind_event_loop() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(NICEST, os.getpriority(os.PRIO_PROCESS, tid) + BEHIND))
     except OSError as exc:  # a sandbox that forbids it: serve at equal priority
         log.debug("could not lower thread %d's priority: %s", tid, exc)
+
+
+def compute_pool(max_workers: int | None, name: str) -> ThreadPoolExecutor:
+    """A thread pool for work that computes (decoding, batches, loading a model): each of
+    its threads runs behind the event loop from its start."""
+    return ThreadPoolExecutor(max_workers, thread_name_prefix=name, initializer=run_behind_event_loop)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from edge.priority import BEHIND, NICEST, run_behind_event_loop
+from edge.priority import BEHIND, NICEST, compute_pool, run_behind_event_loop
 
 pytestmark = [pytest.mark.unit, pytest.mark.skipif(sys.platform != "linux", reason="priority per thread is Linux's")]
 
@@ -20,7 +19,7 @@ def nice_of_this_thread() -> int:
 
 def test_a_pool_initialised_with_it_runs_behind_and_the_caller_does_not():
     before = nice_of_this_thread()
-    with ThreadPoolExecutor(2, initializer=run_behind_event_loop) as pool:
+    with compute_pool(2, "test") as pool:
         nices = set(pool.map(lambda _: nice_of_this_thread(), range(8)))
     assert nices == {min(NICEST, before + BEHIND)}
     assert nice_of_this_thread() == before  # priority is per thread: the caller keeps its own

@@ -31,12 +31,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.priority import run_behind_event_loop
+from edge.priority import compute_pool
 from edge.tasks import cancel, collect_batch
 from worker.metrics import BatchMetrics, ModelMetrics
 from worker.model import Model
@@ -106,8 +105,7 @@ class Batcher:
         self._admitted = 0  # images with room reserved, not yet queued: being read or decoded
         # A swapped-in version of the same model has the same concurrency (same settings).
         lanes = model.concurrency > 1
-        self._executor = ThreadPoolExecutor(max_workers=model.concurrency, thread_name_prefix="inference",
-                                            initializer=run_behind_event_loop)
+        self._executor = compute_pool(model.concurrency, "inference")
         self._batch_size = min(config.max_batch_size, LANE_BATCH) if lanes else config.max_batch_size
         self._slots = model.concurrency + 1 if lanes else 1  # batches handed out at once
         self._task: asyncio.Task | None = None

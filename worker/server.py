@@ -19,7 +19,6 @@ import signal
 import socket
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 from aiohttp import web
@@ -27,7 +26,7 @@ from aiohttp import web
 from discovery.registration import Registration, ServiceInstance, advertised_address
 from edge.memory import freeze_startup_objects
 from edge.metrics import METRICS
-from edge.priority import run_behind_event_loop
+from edge.priority import compute_pool
 from edge.v2_grpc import start_grpc
 from edge.v2_rest import SERVICE
 from worker.batcher import Batcher
@@ -66,8 +65,7 @@ class WorkerServer:
             loop.add_signal_handler(sig, self.stop.set)
         # Models load on the default executor, and the threads their runtimes start
         # (XNNPACK's, ONNX Runtime's) inherit its lower priority; asyncio.run closes it.
-        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="background",
-                                                     initializer=run_behind_event_loop))
+        loop.set_default_executor(compute_pool(None, "background"))
         started = time.perf_counter()
         async with AsyncExitStack() as resources:
             try:
