@@ -37,17 +37,6 @@ def test_onnx_serves_a_scikit_learn_pipeline(tmp_path):
     assert np.allclose(served, expected, atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def tiny_keras():
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((16, 16, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
-
-
 def test_tflite_float_input_with_scaling(tmp_path, tiny_keras):
     import tensorflow as tf
 

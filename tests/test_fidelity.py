@@ -65,7 +65,7 @@ def write_reference() -> None:
     from edge.imaging import Preprocessing, preprocess
     from worker.model import load_model
 
-    model = load_model(PROJECT_ROOT / "models" / "efficientnet_lite0", preprocessing="exact")
+    model = load_model(PROJECT_ROOT / "models" / "efficientnet_lite0", preprocessing="exact", fp32=True)
     out = {}
     for name, path in photo_files().items():
         probs = model.predict(preprocess(path.read_bytes(), Preprocessing(path="exact"), 10**9)[None])[0]

@@ -105,7 +105,7 @@ def test_savedmodel_classifies_real_photos(model, photos):
 
 @pytest.mark.unit
 def test_tflite_backend_agrees_with_savedmodel(model, photos):
-    lite = load_model(MODEL_DIR, backend="tflite")
+    lite = load_model(MODEL_DIR, backend="tflite", fp32=True)  # the export itself; fp16: test_model_host.py
     assert lite.backend == "tflite" and lite.input_shape == model.input_shape and lite.labels == model.labels
     batch = np.stack(list(photos.values()))
     lite_probs, full_probs = lite.predict(batch), model.predict(batch)

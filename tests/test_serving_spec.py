@@ -29,6 +29,7 @@ pytestmark = pytest.mark.unit
     ({"std": [1, 0, 1]}, "std"),
     ({"labels": ""}, "labels"),
     ({"backend": "torchscript"}, "backend"),
+    ({"precision": "fp8"}, "precision"),
 ])
 def test_bad_fields_are_named(tmp_path, raw, field):
     (tmp_path / "serving.json").write_text(json.dumps(raw))
@@ -45,7 +46,8 @@ def test_not_json_and_defaults(tmp_path):
 
 
 def test_per_channel_values_and_round_trip():
-    spec = parse_spec({"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": 0.25, "channels": "BGR"}, "x")
+    spec = parse_spec({"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": 0.25, "channels": "BGR",
+                       "precision": "fp16"}, "x")
     assert spec.std == (0.25,) and len(spec.mean) == 3 and spec.scaled
     assert parse_spec(spec.to_json(), "again") == spec
     assert ServingSpec().to_json() == {}

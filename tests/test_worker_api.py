@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, stalled_upload
+from worker.model_host import native_fp16
 
 pytestmark = pytest.mark.system
 
@@ -78,8 +79,20 @@ async def test_compute_threads_run_behind_the_event_loop(worker, coffee_jpeg):
     loop = nices.pop(worker.proc.pid)
     assert loop == os.getpriority(os.PRIO_PROCESS, 0)  # inherited from this test process, unchanged
     behind = [n for n in nices.values() if n > loop]
-    # 2 decode threads, the inference threads (one per interpreter lane) and XNNPACK's own
-    assert len(behind) >= 4 and all(n == min(19, loop + 10) for n in behind), nices
+    # 2 decode threads, the inference threads (one per interpreter lane) and XNNPACK's own;
+    # in fp16, XNNPACK runs in child processes (worker/model_host.py), started from a lowered thread
+    assert len(behind) >= (3 if native_fp16() else 4) and all(n == min(19, loop + 10) for n in behind), nices
+    hosts = [n for child in children(worker.proc.pid) for n in thread_nices(child).values()]
+    assert len(hosts) >= (3 if native_fp16() else 0) and all(n == min(19, loop + 10) for n in hosts), hosts
+
+
+def children(pid: int) -> list[int]:
+    """The process's child processes (/proc/PID/task/TID/children)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 async def test_real_photos(worker, chelsea_png):
@@ -135,6 +148,7 @@ async def test_health_ready_info(worker):
     assert model["version"] == "1" and info["default_model"] == "efficientnet_lite0"
     assert model["input_shape"] == [224, 224, 3] and model["num_labels"] == 1000
     assert model["backend"] == "tflite"
+    assert model["precision"] == ("fp16" if native_fp16() else "fp32")  # its serving.json allows fp16
 
 
 def _png(img: Image.Image) -> bytes:
@@ -228,12 +242,13 @@ async def test_concurrent_requests_all_answered(worker, coffee_jpeg):
 async def test_savedmodel_backend_agrees_with_tflite(worker, start_worker, coffee_jpeg, chelsea_png):
     savedmodel = start_worker("--backend", "savedmodel")
     rocket = (SKIMAGE_DATA / "rocket.jpg").read_bytes()
+    bound = 0.02 if native_fp16() else 2e-3  # the shared worker runs the TFLite model in fp16 where it can
     for photo in (coffee_jpeg, chelsea_png, rocket):
         _, lite, _ = await post_file(worker.url, "data", photo)
         status, full, _ = await post_file(savedmodel.url, "data", photo)
         assert status == 200
         assert [p["index"] for p in full["predictions"][:1]] == [p["index"] for p in lite["predictions"][:1]]
-        assert full["predictions"][0]["score"] == pytest.approx(lite["predictions"][0]["score"], abs=2e-3)
+        assert full["predictions"][0]["score"] == pytest.approx(lite["predictions"][0]["score"], abs=bound)
     async with aiohttp.ClientSession() as s:
         async with s.get(savedmodel.url + "/info") as r:
             assert (await r.json())["models"]["efficientnet_lite0"]["backend"] == "savedmodel"

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads, help="TensorFlow, 0 = default")
     p.add_argument("--batch-interpreters", type=int, default=d.batch_interpreters,
                    help="TFLite: one-thread interpreters running batches side by side; 0 = one per core, 1 = none")
+    p.add_argument("--fp32", action="store_true",
+                   help="run every model in fp32, even one whose serving.json allows fp16 on a CPU that has it "
+                        "(the default model's does: README, \"Half precision\")")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds (default %(default)s)")
     p.add_argument("--heartbeat-ttl", type=float, default=d.heartbeat_ttl, help="Consul TTL check, seconds")
     p.add_argument("--preprocessing", choices=PATHS, default=d.preprocessing,

@@ -5,7 +5,8 @@ where dynamic) and dtype, and `run(x) -> 2-D float output` for one batch already
 model's own input form (worker/serving.py adapts the uint8 images). The choice is made
 by what the version directory holds (worker/serving.py, `backend_for`) or by --backend.
 - tflite: ai-edge-litert's interpreter with XNNPACK; never imports TensorFlow, so a
-  worker starts in well under a second and stays small.
+  worker starts in well under a second and stays small. A model whose serving.json
+  allows fp16 runs in half precision on a CPU that has it (worker/model_host.py).
 - onnx: ONNX Runtime's CPU provider (an export from PyTorch, a scikit-learn pipeline...).
 - savedmodel: TensorFlow; any signature with one input.
 """
@@ -55,10 +56,12 @@ def _pick_output(outputs: list[tuple[str, tuple]], wanted: str | None, where: st
     return matrices[0]
 
 
-def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_interpreters: int = 1) -> Runner:
+def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_interpreters: int = 1,
+                fp16: bool = False) -> Runner:
     """One interpreter on `threads` threads (0: every core) for a lone image that finds the
     model idle, and `batch_interpreters` interpreters of one thread each (0: one per core;
-    1: none) that run that many batches at once (see _Interpreters)."""
+    1: none) that run that many batches at once (see _Interpreters). With `fp16`, each of
+    them is a child process running the model in half precision (worker/model_host.py)."""
     from ai_edge_litert.interpreter import Interpreter
 
     path = version_dir / "model.tflite"
@@ -73,7 +76,10 @@ def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_
     out_names = [(o["name"], tuple(o["shape_signature"])) for o in outputs]
     out = outputs[[n for n, _ in out_names].index(_pick_output(out_names, output_name, str(path)))]
     signature = tuple(None if d < 0 else int(d) for d in inp["shape_signature"][1:])
+    dtype = _float_or_uint8(inp["dtype"], str(path))
     count = batch_interpreters or os.cpu_count()
+    if fp16:
+        return _fp16_runner(path, threads, count, out["name"], signature, dtype)
     lanes = [Interpreter(model_path=str(path), num_threads=1) for _ in range(count)] if count > 1 else []
     pool = _Interpreters(interpreter, lanes)
 
@@ -94,8 +100,29 @@ def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_
                 rows.append(it.get_tensor(out["index"])[0].copy())
         return np.stack(rows)
 
-    return Runner(signature, _float_or_uint8(inp["dtype"], str(path)), run, prepare, keep=pool,
-                  concurrency=max(1, len(lanes)))
+    return Runner(signature, dtype, run, prepare, keep=pool, concurrency=max(1, len(lanes)))
+
+
+def _fp16_runner(path: Path, threads: int, count: int, output_name: str, signature: tuple,
+                 dtype: np.dtype) -> Runner:
+    """The same pool of a main model and one-thread lanes, each a ModelHost: its child
+    process starts once the input shape is known (`prepare`)."""
+    from worker.model_host import ModelHost
+
+    holder: dict = {}
+
+    def prepare(shape: tuple) -> None:
+        def host(n: int) -> ModelHost:
+            return ModelHost(path, n, output_name, shape, dtype)
+
+        holder["pool"] = _Interpreters(host(threads or os.cpu_count()), [host(1) for _ in range(count)]
+                                       if count > 1 else [])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with holder["pool"].interpreter(len(batch)) as host:
+            return host.run(batch)
+
+    return Runner(signature, dtype, run, prepare, keep=holder, concurrency=max(1, count))
 
 
 class _Interpreters:

@@ -32,6 +32,7 @@ class WorkerConfig:
     # 1: none, every batch runs on the intra-op interpreter, as a lone image on an idle
     # model always does)
     batch_interpreters: int = 0
+    fp32: bool = False  # run every model in fp32, even one whose serving.json allows fp16 (the default model's does)
     drain_timeout: float = 30.0  # seconds to finish accepted work after a signal
     heartbeat_ttl: float = 5.0  # seconds: Consul TTL check
     default_top_k: int = 5

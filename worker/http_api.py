@@ -65,7 +65,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     state = request.app[STATE]
     models = {
-        name: {"version": m.version, "backend": m.backend, "input_shape": list(m.input_shape),
+        name: {"version": m.version, "backend": m.backend, "precision": m.precision, "input_shape": list(m.input_shape),
                "num_labels": len(m.labels), "load_seconds": round(m.load_seconds, 3)}
         for name, m in state.models.items()
     }

@@ -16,6 +16,7 @@ import numpy as np
 
 from edge.imaging import DEFAULT_PATH, PATHS, Preprocessing
 from worker import backends
+from worker.model_host import native_fp16
 from worker.serving import (
     BACKEND_FILES,
     CHANNELS,
@@ -51,6 +52,7 @@ class Model:
     load_seconds: float
     _predict: object  # callable: uint8 (N, H, W, C) -> float32 (N, classes)
     concurrency: int = 1  # batches `predict` may be given at once (the runtime's Runner.concurrency)
+    precision: str = "fp32"  # the arithmetic the model runs in: fp32, or fp16 (worker/model_host.py)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 batch; one row per input image."""
@@ -61,9 +63,9 @@ class Model:
 
 
 def _open(backend: str, version_dir: Path, spec: ServingSpec, threads: int, inter_op_threads: int,
-          batch_interpreters: int):
+          batch_interpreters: int, fp16: bool):
     if backend == "tflite":
-        return backends.open_tflite(version_dir, threads, spec.output_name, batch_interpreters)
+        return backends.open_tflite(version_dir, threads, spec.output_name, batch_interpreters, fp16)
     if backend == "onnx":
         return backends.open_onnx(version_dir, threads, spec.output_name)
     return backends.open_savedmodel(version_dir, threads, spec.output_name, inter_op_threads)
@@ -82,11 +84,13 @@ def _check_preprocessing(spec: ServingSpec, runner, path: str, where: str) -> No
 
 
 def load_version(version_dir: Path, *, name: str | None = None, backend: str = "auto", intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, batch_interpreters: int = 1, preprocessing: str = DEFAULT_PATH) -> Model:
+                 inter_op_threads: int = 0, batch_interpreters: int = 1, preprocessing: str = DEFAULT_PATH,
+                 fp32: bool = False) -> Model:
     """One version directory, checked and warmed up. `intra_op_threads` is the runtime's
     intra-op threads (0: every core); `batch_interpreters` the one-thread TFLite
     interpreters that run batches side by side (0: one per core, 1: none); `preprocessing`
-    the path that computes the input."""
+    the path that computes the input; `fp32` keeps a model whose serving.json allows fp16
+    in fp32."""
     start = time.perf_counter()
     version_dir = Path(version_dir)
     spec = read_spec(version_dir)
@@ -94,7 +98,8 @@ def load_version(version_dir: Path, *, name: str | None = None, backend: str = "
     chosen = backend_for(version_dir, spec) if backend in ("auto", "noop") else backend
     if chosen not in BACKEND_FILES:
         raise ModelError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    runner = _open(chosen, version_dir, spec, intra_op_threads, inter_op_threads, batch_interpreters)
+    fp16 = uses_fp16(spec, chosen, backend == "noop" or fp32)
+    runner = _open(chosen, version_dir, spec, intra_op_threads, inter_op_threads, batch_interpreters, fp16)
     _check_preprocessing(spec, runner, preprocessing, where)
     shape = image_shape(tuple(runner.input_shape), spec, where)
     adapt = InputAdapter(spec, runner.input_dtype)
@@ -117,7 +122,14 @@ def load_version(version_dir: Path, *, name: str | None = None, backend: str = "
     preprocessing = Preprocessing(shape[0], spec.crop_fraction, spec.resample, preprocessing, CHANNELS[spec.channels])
     return Model(name or version_dir.parent.name, version_dir.name, backend if backend == "noop" else chosen, shape,
                  labels or [str(i) for i in range(probs.shape[1])], preprocessing, time.perf_counter() - start,
-                 predict, runner.concurrency)
+                 predict, runner.concurrency, "fp16" if fp16 else "fp32")
+
+
+def uses_fp16(spec: ServingSpec, backend: str, fp32: bool) -> bool:
+    """Whether the model runs in half precision: its serving.json allows it, it is a
+    TFLite model, fp32 is not forced, and the CPU has native half-precision arithmetic
+    (elsewhere XNNPACK would emulate it, slower than fp32)."""
+    return spec.precision == "fp16" and backend == "tflite" and not fp32 and native_fp16()
 
 
 def _labels(path: Path) -> list[str]:

@@ -18,6 +18,7 @@ at least 98% of the images kept apart from calibration.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,8 +89,10 @@ def build_variants(float_dir: Path, models_dir: Path, photo_dir: Path) -> list[P
 
         def fill(staging: Path, variant=variant) -> None:
             (staging / "model.tflite").write_bytes(convert(float_dir, variant, photo_dir))
-            for name in ("labels.txt", "serving.json"):
-                shutil.copy(float_dir / name, staging / name)
+            shutil.copy(float_dir / "labels.txt", staging / "labels.txt")
+            # fp16 was measured on the float model, not on these
+            serving = {k: v for k, v in json.loads((float_dir / "serving.json").read_text()).items() if k != "precision"}
+            (staging / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
 
         written.append(write_version(model_dir, fill))
         print(f"built {written[-1]}")

@@ -17,7 +17,9 @@ optional and unknown fields are refused, so a typo cannot pass silently:
       "resample": "bicubic",        bicubic | bilinear
       "reference": "tf_eval",       the preprocessing the model was validated with
       "output": "probabilities",    probabilities | logits (softmax applied)
-      "output_name": "probs"        which output, when the model has several
+      "output_name": "probs",       which output, when the model has several
+      "precision": "fp16"           fp32 | fp16: fp16 allows half precision where the runtime
+                                    and CPU have it (TFLite on AVX512-FP16 or Arm FP16), else fp32
     }
 
 Images always travel as uint8 (N, H, W, C) tensors (the worker protocol); the channel
@@ -42,6 +44,7 @@ CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}
 LAYOUTS = ("NHWC", "NCHW", "flat")
 DTYPES = ("uint8", "float32")
 OUTPUTS = ("probabilities", "logits")
+PRECISIONS = ("fp32", "fp16")
 
 
 class ModelError(Exception):
@@ -64,6 +67,7 @@ class ServingSpec:
     reference: str = "tf_eval"
     output: str = "probabilities"
     output_name: str | None = None
+    precision: str = "fp32"
 
     @property
     def scaled(self) -> bool:
@@ -114,6 +118,7 @@ def parse_spec(raw: dict, where: str) -> ServingSpec:
     choice("output", OUTPUTS)
     choice("resample", RESAMPLE)
     choice("reference", REFERENCES)
+    choice("precision", PRECISIONS)
     for name in ("labels", "output_name"):
         if name in raw and not (isinstance(raw[name], str) and raw[name]):
             raise bad(name, "a non-empty string")

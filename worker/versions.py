@@ -30,7 +30,7 @@ def load_configured_model(config: WorkerConfig, name: str) -> Model:
     return load_model(config.model_repository / name, backend=config.backend,
                       intra_op_threads=config.intra_op_threads, inter_op_threads=config.inter_op_threads,
                       batch_interpreters=config.batch_interpreters,
-                      preprocessing=config.preprocessing)
+                      preprocessing=config.preprocessing, fp32=config.fp32)
 
 
 def load_configured_models(config: WorkerConfig) -> list[Model]:

@@ -23,7 +23,7 @@ from worker.service import top_k  # noqa: E402
 
 def create_app(model_dir: Path, backend: str) -> Flask:
     configure_decoding()  # as the worker's decode pool does
-    model = load_model(model_dir, backend=backend)
+    model = load_model(model_dir, backend=backend, fp32=True)  # the original approach: the model as exported
     app = Flask(__name__)
 
     @app.post("/")

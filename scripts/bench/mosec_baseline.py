@@ -4,7 +4,10 @@ inference stage), the interpreter with the same threads as our worker (all cores
 uint8 tensors between the stages (not mosec's default pickle). Requests are the raw
 image bytes POSTed to /inference, mosec's own convention. With MOSEC_INFER_WORKERS=N
 (N > 1) the inference stage is N processes of one-thread interpreters instead: mosec's
-way to do what our worker's --batch-interpreters does.
+way to do what our worker's --batch-interpreters does. With MOSEC_FP16=1 the model runs
+in half precision through ai-edge-litert's CompiledModel with XNNPACK's FORCE_FP16 flag,
+as our worker does on a CPU with native fp16 (worker/model_host.py); mosec's inference
+processes each have a GIL of their own, so that API holding the GIL costs it nothing.
 
     .venv/bin/python scripts/bench/mosec_baseline.py --port 8000
 """
@@ -27,6 +30,7 @@ from edge.imaging import Preprocessing, configure_decoding, preprocess  # noqa: 
 MODEL = ROOT / "models" / "efficientnet_lite0" / "1"
 SHAPE = (224, 224, 3)
 INFER_WORKERS = int(os.environ.get("MOSEC_INFER_WORKERS", "1"))
+FP16 = os.environ.get("MOSEC_FP16") == "1"
 
 
 class Decode(Worker):
@@ -48,14 +52,9 @@ class Decode(Worker):
 class Infer(Worker):
     def __init__(self):
         super().__init__()
-        from ai_edge_litert.interpreter import Interpreter
-
         self.labels = (MODEL / "labels.txt").read_text().splitlines()
         threads = 1 if INFER_WORKERS > 1 else os.cpu_count()
-        self.interpreter = Interpreter(model_path=str(MODEL / "model.tflite"), num_threads=threads)
-        self.inp = self.interpreter.get_input_details()[0]["index"]
-        self.out = self.interpreter.get_output_details()[0]["index"]
-        self.interpreter.allocate_tensors()
+        self.run_one = fp16_model(threads) if FP16 else fp32_model(threads)
 
     def deserialize_ipc(self, data: bytes) -> np.ndarray:
         return np.frombuffer(data, dtype=np.uint8).reshape(SHAPE)
@@ -63,9 +62,7 @@ class Infer(Worker):
     def forward(self, batch: list[np.ndarray]) -> list[dict]:
         answers = []
         for image in batch:  # one after another: what XNNPACK does fastest on CPU
-            self.interpreter.set_tensor(self.inp, image[None])
-            self.interpreter.invoke()
-            probs = self.interpreter.get_tensor(self.out)[0]
+            probs = self.run_one(image)
             best = np.argsort(-probs)[:5]
             answers.append({"predictions": [{"label": self.labels[i], "index": int(i), "score": float(probs[i])}
                                             for i in best]})
@@ -73,6 +70,38 @@ class Infer(Worker):
 
     def serialize(self, data: dict) -> bytes:
         return json.dumps(data).encode()
+
+
+def fp32_model(threads: int):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(MODEL / "model.tflite"), num_threads=threads)
+    inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+    interpreter.allocate_tensors()
+
+    def run_one(image: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(inp, image[None])
+        interpreter.invoke()
+        return interpreter.get_tensor(out)[0]
+    return run_one
+
+
+def fp16_model(threads: int):
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import CpuOptions, Options
+
+    force_fp16 = 0x3 | 0x4  # XNNPACK's default QS8 | QU8, and FORCE_FP16
+    model = CompiledModel.from_file(str(MODEL / "model.tflite"), options=Options(
+        hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=threads,
+                                                                              xnnpack_flags=force_fp16)))
+    inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
+
+    def run_one(image: np.ndarray) -> np.ndarray:
+        inputs[0].write(image[None])
+        model.run_by_index(0, inputs, outputs)
+        return outputs[0].read(1000, np.float32)
+    return run_one
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
-"""The quantised variants against the float model: agreement and speed, in process.
+"""The default model in half precision and the quantised variants, against the float
+model in fp32: agreement and speed, in process and through a worker.
 
-`python -m worker.build_model --quantise` writes efficientnet_lite0_int8 (full integer)
-and efficientnet_lite0_dynamic (dynamic range) beside the float model (worker/quantise.py).
+The default model runs in fp16 where the CPU has native half precision (its serving.json
+allows it; worker/model_host.py); here it is also staged as efficientnet_lite0_fp32, the
+same file kept in fp32, which is the reference. `python -m worker.build_model --quantise`
+writes efficientnet_lite0_int8 (full integer) and efficientnet_lite0_dynamic (dynamic
+range) beside the float model (worker/quantise.py).
 Agreement with the float model's answer, on images kept apart from calibration: every
 real photo available offline as shipped (scripts/bench/fidelity.py's set) and 300
 augmented crops of them made with another seed than calibration's. Speed: img/s of the
 model alone on preprocessed images, at batch 1, 8 and 32, with 1 and 2 interpreter
 threads. Then, with wrk installed, the issue's own measure: img/s and p99 through one
-real worker serving all three models (a dev Consul agent; wrk POSTing the suite's photo
+real worker serving every variant (a dev Consul agent; wrk POSTing the suite's photo
 as the raw body, `?model=` picking the variant, the variants in turn, the order rotating
 each round). Prints the tables; writes quantise.json.
 
@@ -38,11 +42,30 @@ from edge.imaging import Preprocessing, preprocess  # noqa: E402
 from tests.consul_dev import DevAgent  # noqa: E402
 from tests.processes import WorkerProcess  # noqa: E402
 from worker.model import load_model  # noqa: E402
+from worker.model_host import native_fp16  # noqa: E402
 from worker.quantise import CALIBRATION_SEED, augmented  # noqa: E402
 
 NAME = "efficientnet_lite0"
-VARIANTS = {"float": NAME, "int8": f"{NAME}_int8", "dynamic": f"{NAME}_dynamic"}
+VARIANTS = {"float": f"{NAME}_fp32", "fp16": NAME, "int8": f"{NAME}_int8", "dynamic": f"{NAME}_dynamic"}
 EVAL_SEED = CALIBRATION_SEED + 1
+
+
+def staged(models: Path, into: Path) -> Path:
+    """A repository of every variant: links to the built ones, and the default model's file
+    as efficientnet_lite0_fp32 with a serving.json that keeps it in fp32."""
+    into.mkdir(parents=True, exist_ok=True)
+    for name in VARIANTS.values():
+        if name != VARIANTS["float"] and not (into / name).exists():
+            (into / name).symlink_to((models / name).resolve())
+    fp32 = into / VARIANTS["float"] / "1"
+    fp32.mkdir(parents=True, exist_ok=True)
+    for name in ("model.tflite", "labels.txt"):
+        if not (fp32 / name).exists():
+            (fp32 / name).symlink_to((models / NAME / "1" / name).resolve())
+    serving = json.loads((models / NAME / "1" / "serving.json").read_text())
+    serving.pop("precision", None)
+    (fp32 / "serving.json").write_text(json.dumps(serving))
+    return into
 
 
 def evaluation_set(crops: int) -> np.ndarray:
@@ -101,7 +124,7 @@ def worker_table(rows: list[dict]) -> str:
 
 def in_process(models: Path, images: np.ndarray, seconds: float) -> list[dict]:
     """Each variant's agreement with the float model, and its img/s alone."""
-    reference = load_model(models / NAME).predict(images)
+    reference = load_model(models / VARIANTS["float"]).predict(images)
     sure = reference.max(axis=1) >= 0.5  # the float model is confident: an ImageNet class is really there
     rows = []
     for variant, name in VARIANTS.items():
@@ -141,17 +164,20 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per wrk measurement")
     p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
     a = p.parse_args()
-    missing = [name for name in VARIANTS.values() if not (a.models / name).is_dir()]
+    missing = [name for name in VARIANTS.values() if name != VARIANTS["float"] and not (a.models / name).is_dir()]
     if missing:
         sys.exit(f"missing {missing} in {a.models}: run .venv/bin/python -m worker.build_model --quantise")
+    if not native_fp16():
+        print("note: this CPU has no native half precision: the fp16 row runs fp32 here")
+    models = staged(a.models, a.out / "quantise-models")
     images = evaluation_set(a.crops)
-    rows = in_process(a.models, images, a.seconds)
+    rows = in_process(models, images, a.seconds)
     print(f"{len(images)} images ({len(images) - a.crops} photos as shipped, {a.crops} crops); "
           f"the float model is confident (p >= 0.5) on {rows[0]['confident']}\n\n{in_process_table(rows)}")
     served = []
     if a.rounds and shutil.which("wrk"):
-        served = through_worker(a.models, a.rounds, a.duration, a.out)
-        print(f"\nThrough one worker serving the three ({PHOTO.name} as the raw body, wrk, {a.rounds} rounds "
+        served = through_worker(models, a.rounds, a.duration, a.out)
+        print(f"\nThrough one worker serving all four ({PHOTO.name} as the raw body, wrk, {a.rounds} rounds "
               f"of {a.duration:g} s):\n\n{worker_table(served)}")
     elif a.rounds:
         print("\nwrk is not installed (apt-get install wrk): skipping the worker measurement")

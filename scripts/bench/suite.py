@@ -142,9 +142,10 @@ def flask_server(out: Path):
 
 
 @contextmanager
-def mosec_server(out: Path, infer_workers: int = 1):
-    """mosec; `infer_workers` > 1: that many one-thread inference processes (see mosec_baseline.py)."""
-    env = {**os.environ, "MOSEC_INFER_WORKERS": str(infer_workers)}
+def mosec_server(out: Path, infer_workers: int = 1, fp16: bool = False):
+    """mosec; `infer_workers` > 1: that many one-thread inference processes; `fp16`: the
+    model in half precision (see mosec_baseline.py)."""
+    env = {**os.environ, "MOSEC_INFER_WORKERS": str(infer_workers), "MOSEC_FP16": "1" if fp16 else "0"}
     with baseline_server(out, "mosec_baseline.py", "/", "--address", "127.0.0.1", env=env) as served:
         yield served
 

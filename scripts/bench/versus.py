@@ -1,8 +1,10 @@
 """Us against the best peer, alternating, so that a noisy machine shows as spread and not
 as a lead: mosec (scripts/bench/mosec_baseline.py: the same model file, our
-preprocessing) in two shapes (one inference process on every core's threads, and
+preprocessing) in three shapes (one inference process on every core's threads;
 `mosec-1t`: one one-thread inference process per core, the mosec way to what our
---batch-interpreters does), our worker and our proxy in front of it,
+--batch-interpreters does; `mosec-fp16`: mosec-1t with the model in half precision, as
+our worker runs it on a CPU with native fp16), our worker and our proxy in front of it,
+and `worker-fp32`: a second worker kept in fp32 by --fp32 (outside the proxy's service),
 all started once and measured in turn, round after round (the order rotates each
 round), with wrk (a C load generator, far lighter than the suite's Python client)
 POSTing the same raw JPEG body to each. Each round also measures the in-process ceiling
@@ -31,7 +33,7 @@ from proxy_rate import POST_LUA, wrk, wrk_scratch  # noqa: E402
 from suite import PHOTO, ceiling, mosec_server  # noqa: E402
 
 from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import worker_and_proxy  # noqa: E402
+from tests.processes import WorkerProcess, serve_model, worker_and_proxy  # noqa: E402
 
 
 def in_turn(targets: dict[str, str], connections: list[int], round_no: int, duration: float,
@@ -97,11 +99,18 @@ def main() -> int:
     agent = DevAgent(log_path=a.out / "consul-versus.log").start()
     try:
         with mosec_server(a.out) as (mosec_url, _), mosec_server(a.out, os.cpu_count()) as (mosec_1t_url, _), \
+                mosec_server(a.out, os.cpu_count(), fp16=True) as (mosec_fp16_url, _), \
                 worker_and_proxy(agent.address, a.out, name="versus") as (worker, proxy):
-            targets = {"mosec": mosec_url + "/inference", "mosec-1t": mosec_1t_url + "/inference",
-                       "worker": worker.url + "/", "proxy": proxy.url + "/"}
-            rows, ceilings = rounds(targets, a.connections, a.rounds, a.duration, tmp / "post.lua",
-                                    a.photo.read_bytes())
+            fp32 = WorkerProcess(agent.address, *serve_model(ROOT / "models" / "efficientnet_lite0"), "--fp32",
+                                 "--service-name", "versus-fp32", log_path=a.out / "worker-versus-fp32.log")
+            try:
+                targets = {"mosec": mosec_url + "/inference", "mosec-1t": mosec_1t_url + "/inference",
+                           "mosec-fp16": mosec_fp16_url + "/inference", "worker": worker.url + "/",
+                           "worker-fp32": fp32.wait_ready().url + "/", "proxy": proxy.url + "/"}
+                rows, ceilings = rounds(targets, a.connections, a.rounds, a.duration, tmp / "post.lua",
+                                        a.photo.read_bytes())
+            finally:
+                fp32.stop()
     finally:
         agent.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,96 @@
+"""Half precision (worker/model_host.py): the CPUs it runs on, the child process that
+runs it (answering as the in-process interpreter does, started afresh after it dies,
+gone once closed), and the default model's fp16 answers against its fp32 ones. (How
+much faster it is, is scripts/bench/quantise.py's and versus.py's job: figures, not
+assertions.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge.imaging import preprocess
+from tests.conftest import MODEL_DIR, SKIMAGE_DATA
+from worker.model import load_model, uses_fp16
+from worker.model_host import XNNPACK_QS8_QU8, ModelHost, ModelHostError, cpu_has_fp16, native_fp16
+from worker.quantise import CALIBRATION_SEED, augmented
+from worker.serving import ServingSpec
+
+NO_FP16 = "this CPU has no native half precision (AVX512-FP16, Arm FP16): the worker runs fp32 here"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("cpuinfo, native", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_fp16 amx_tile\n", True),
+    ("processor\t: 0\nFeatures\t: fp asimd evtstrm aes fphp asimdhp cpuid\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 f16c avx512f avx512_bf16\n", False),  # conversions only
+    ("", False),
+])
+def test_which_cpus_run_fp16(cpuinfo, native):
+    assert cpu_has_fp16(cpuinfo) is native
+
+
+@pytest.mark.unit
+def test_fp16_only_where_allowed_and_for_tflite():
+    allowed = ServingSpec(precision="fp16")
+    assert uses_fp16(allowed, "tflite", fp32=False) is native_fp16()
+    assert not uses_fp16(allowed, "tflite", fp32=True)  # the worker's --fp32
+    assert not uses_fp16(allowed, "onnx", fp32=False)
+    assert not uses_fp16(ServingSpec(), "tflite", fp32=False)  # a model's own serving.json decides
+
+
+@pytest.mark.loopback
+def test_a_host_answers_as_the_library_and_outlives_its_child(tmp_path, tiny_keras):
+    """With XNNPACK's default flags (fp32, any CPU) the child answers what Keras does; killed,
+    the batch in its hands fails and the next one starts a new child; closed, it exits."""
+    import tensorflow as tf
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(tiny_keras).convert())
+    from ai_edge_litert.interpreter import Interpreter
+
+    output = Interpreter(model_path=str(path)).get_output_details()[0]["name"]
+    batch = np.random.default_rng(0).random((5, 16, 16, 3), dtype=np.float32)
+    expected = tiny_keras(batch).numpy()
+    host = ModelHost(path, 1, output, (16, 16, 3), np.float32, flags=XNNPACK_QS8_QU8)
+    np.testing.assert_allclose(host.run(batch), expected, atol=1e-5)
+
+    first = host.proc
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=5)
+    with pytest.raises(ModelHostError, match="died"):
+        host.run(batch)
+    np.testing.assert_allclose(host.run(batch[:2]), expected[:2], atol=1e-5)
+    assert host.proc.pid != first.pid
+
+    second = host.proc
+    host.close()
+    assert second.wait(timeout=5) == 0  # it read end-of-file and left
+
+
+@pytest.mark.loopback
+def test_a_host_that_cannot_load_its_model_says_so(tmp_path):
+    (tmp_path / "model.tflite").write_bytes(b"not a model")
+    with pytest.raises(ModelHostError, match="did not start"):
+        ModelHost(tmp_path / "model.tflite", 1, "scores", (8, 8, 3), np.uint8)
+
+
+@pytest.mark.loopback
+@pytest.mark.skipif(not native_fp16(), reason=NO_FP16)
+def test_the_default_model_in_fp16_agrees_with_fp32():
+    """The test photos and 60 augmented crops kept apart from calibration's seed: the same
+    top-1 on at least 98% (99% measured on 316 images), the photos' scores within 0.02."""
+    fp16, fp32 = load_model(MODEL_DIR), load_model(MODEL_DIR, fp32=True)
+    assert (fp16.precision, fp32.precision) == ("fp16", "fp32")
+    photos = [Image.open(SKIMAGE_DATA / name).convert("RGB") for name in ("coffee.png", "chelsea.png", "rocket.jpg")]
+    prep = fp32.preprocessing
+    shipped = np.stack([preprocess((SKIMAGE_DATA / name).read_bytes(), prep, 10**8)
+                        for name in ("coffee.png", "chelsea.png", "rocket.jpg")])
+    crops = np.stack([preprocess(data, prep, 10**8) for data in augmented(photos, 60, CALIBRATION_SEED + 2)])
+    np.testing.assert_allclose(fp16.predict(shipped), fp32.predict(shipped), atol=0.02)
+    half, full = fp16.predict(crops), fp32.predict(crops)
+    assert (half.argmax(1) == full.argmax(1)).mean() >= 0.98

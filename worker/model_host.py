@@ -1,0 +1,206 @@
+"""A float TFLite model run in half precision (fp16), in a child process of its own.
+
+XNNPACK runs a float model in fp16 when asked by a flag, about twice as fast as fp32 on
+a CPU with native half-precision arithmetic (x86 AVX512-FP16, Arm FP16): the default
+model, one thread, 274 against 143 img/s on a Xeon with AVX512-FP16, top-1 the same on
+99% of held-out images (README, "Half precision"). The only Python API that passes
+XNNPACK flags, ai-edge-litert's CompiledModel, holds the GIL while the model runs: in the
+worker's process it would stall the event loop and every decode thread (two models on
+two threads ran one after the other: 112 img/s against 135 for one alone). A child
+process has a GIL of its own, and the worker waits on a socket with its GIL released:
+two one-thread children did 482 img/s while a Python thread in the parent still ticked
+~880 times a second.
+
+Messages over a socketpair: the parent sends a batch as a 4-byte image count and the raw
+input bytes, the child answers the scores as float32 rows. The child exits when the
+parent closes its end, or dies.
+
+    python -m worker.model_host MODEL_PATH THREADS OUTPUT_NAME SHAPE DTYPE FD   (the child)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# XNNPACK delegate flags (tflite/delegates/xnnpack/xnnpack_delegate.h): the default
+# QS8 | QU8, and FORCE_FP16.
+XNNPACK_QS8_QU8 = 0x3
+XNNPACK_FORCE_FP16 = 0x4
+COUNT = struct.Struct("<I")
+
+
+def cpu_has_fp16(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's text names native half-precision arithmetic, which
+    XNNPACK's fp16 kernels need to be faster than fp32: x86 avx512_fp16, Arm asimdhp."""
+    words = set()
+    for line in re.findall(r"^(?:flags|Features)\s*:(.*)$", cpuinfo, re.M):
+        words.update(line.split())
+    return bool(words & {"avx512_fp16", "asimdhp"})
+
+
+def native_fp16() -> bool:
+    """Whether this machine's CPU does half precision natively (Linux; False elsewhere)."""
+    try:
+        return cpu_has_fp16(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+
+
+class ModelHostError(RuntimeError):
+    """The child process could not load the model, or died."""
+
+
+class ModelHost:
+    """One child process running the model on `threads` threads; `run` one batch at a
+    time (the caller's pool hands a host to one batch at once). A child that died is
+    started afresh by the next batch."""
+
+    def __init__(self, path: Path, threads: int, output_name: str, shape: tuple, dtype: np.dtype,
+                 flags: int = XNNPACK_QS8_QU8 | XNNPACK_FORCE_FP16):
+        self.args = [str(path), str(threads), output_name, ",".join(map(str, shape)), np.dtype(dtype).name, str(flags)]
+        self.sock: socket.socket | None = None
+        self._start()
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            proc = subprocess.Popen([sys.executable, "-m", "worker.model_host", *self.args, str(theirs.fileno())],
+                                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        self.sock, self.proc = ours, proc
+        self._finalizer = weakref.finalize(self, _stop, ours, proc)
+        ready = _receive(ours, 1 + COUNT.size)
+        if ready is None or ready[:1] != b"R":
+            self.close()
+            raise ModelHostError(f"the model host for {self.args[0]} did not start (its log above says why)")
+        (self.classes,) = COUNT.unpack(ready[1:])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (len(batch), classes) for a batch in the model's input form."""
+        if self.sock is None:
+            self._start()
+        batch = np.ascontiguousarray(batch)
+        try:
+            self.sock.sendall(COUNT.pack(len(batch)))
+            self.sock.sendall(batch.data)
+            answer = _receive(self.sock, len(batch) * self.classes * 4)
+        except OSError:
+            answer = None
+        if answer is None:
+            self.close()
+            raise ModelHostError(f"the model host for {self.args[0]} died (pid {self.proc.pid}); "
+                                 "the next batch starts a new one")
+        return np.frombuffer(answer, np.float32).reshape(len(batch), self.classes)
+
+    def close(self) -> None:
+        self._finalizer()
+        self.sock = None
+
+
+def _stop(sock: socket.socket, proc: subprocess.Popen) -> None:
+    sock.close()  # the child reads end-of-file and exits
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _receive(sock: socket.socket, size: int) -> bytearray | None:
+    """Exactly `size` bytes, or None at end-of-file."""
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            return None
+        got += n
+    return buf
+
+
+# The child.
+
+def _compile(path: str, threads: int, flags: int):
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import CpuOptions, Options
+
+    options = Options(hardware_accelerators=HardwareAccelerator.CPU,
+                      cpu_options=CpuOptions(num_threads=threads, xnnpack_flags=flags))
+    return CompiledModel.from_file(path, options=options)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def serve(sock: socket.socket, path: str, threads: int, output_name: str, shape: tuple, dtype: np.dtype,
+          flags: int) -> None:
+    """Load the model, say ready with the number of classes, then answer batches until
+    the parent hangs up."""
+    with _quiet_stderr():  # LiteRT logs ~30 lines per model about accelerators it looks for
+        model = _compile(path, threads, flags)
+        signature = next(iter(model.get_signature_list()))
+        if tuple(model.get_input_tensor_details(signature).popitem()[1]["shape"][1:]) != shape:
+            model.resize_input_tensor(0, [1, *shape], strict=False)
+        outputs = list(model.get_output_tensor_details(signature).values())
+        index = [detail["name"] for detail in outputs].index(output_name)
+        classes = int(np.prod(outputs[index]["shape"][1:]))
+        inputs, results = model.create_input_buffers(0), model.create_output_buffers(0)
+        inputs[0].write(np.zeros((1, *shape), dtype))
+        model.run_by_index(0, inputs, results)  # the first run's set-up, quiet too
+    image_bytes = int(np.prod(shape)) * dtype.itemsize
+    sock.sendall(b"R" + COUNT.pack(classes))
+    while (head := _receive(sock, COUNT.size)) is not None:
+        (count,) = COUNT.unpack(head)
+        data = _receive(sock, count * image_bytes)
+        if data is None:
+            return
+        batch = np.frombuffer(data, dtype).reshape(count, 1, *shape)
+        rows = []
+        for image in batch:
+            inputs[0].write(image)
+            model.run_by_index(0, inputs, results)
+            rows.append(results[index].read(classes, np.float32))
+        sock.sendall(np.stack(rows).astype(np.float32, copy=False).tobytes())
+
+
+def main(argv: list[str]) -> int:
+    path, threads, output_name, shape, dtype, flags, fd = argv
+    # The worker drains on SIGTERM or Ctrl-C (which reaches the whole process group): the
+    # child keeps answering until the worker closes its end or exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(fd))
+    try:
+        serve(sock, path, int(threads), output_name, tuple(int(d) for d in shape.split(",")), np.dtype(dtype),
+              int(flags))
+    except Exception as exc:  # the parent reads end-of-file; the reason goes to the shared log
+        print(f"model host for {path}: {exc!r}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
