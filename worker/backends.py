@@ -17,6 +17,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +116,10 @@ def _fp16_runner(path: Path, threads: int, count: int, output_name: str, signatu
         def host(n: int) -> ModelHost:
             return ModelHost(path, n, output_name, shape, dtype)
 
-        holder["pool"] = _Interpreters(host(threads or os.cpu_count()), [host(1) for _ in range(count)]
-                                       if count > 1 else [])
+        # Side by side: each child takes ~0.4 s to import its runtime and load the model.
+        with ThreadPoolExecutor(1 + count) as starting:
+            main, *lanes = starting.map(host, [threads or os.cpu_count(), *([1] * count if count > 1 else [])])
+        holder["pool"] = _Interpreters(main, lanes)
 
     def run(batch: np.ndarray) -> np.ndarray:
         with holder["pool"].interpreter(len(batch)) as host:
