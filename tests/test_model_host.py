@@ -6,6 +6,7 @@ assertions.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -70,6 +71,30 @@ def test_a_host_answers_as_the_library_and_outlives_its_child(tmp_path, tiny_ker
     second = host.proc
     host.close()
     assert second.wait(timeout=5) == 0  # it read end-of-file and left
+
+
+@pytest.mark.unit
+def test_a_model_whose_hosts_cannot_start_is_served_in_fp32(tmp_path, tiny_keras, monkeypatch):
+    """A runtime that cannot run the model in fp16 (say, a build without fp16 kernels) costs
+    speed, not the model: it is served in fp32, in process."""
+    import tensorflow as tf
+
+    from worker import model as model_module
+
+    version = tmp_path / "tiny" / "1"
+    version.mkdir(parents=True)
+    (version / "model.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(tiny_keras).convert())
+    (version / "serving.json").write_text(json.dumps({"precision": "fp16"}))
+
+    def cannot_start(self):
+        raise ModelHostError("no fp16 kernels in this build")
+
+    monkeypatch.setattr(model_module, "native_fp16", lambda: True)
+    monkeypatch.setattr(ModelHost, "_start", cannot_start)
+    model = load_model(tmp_path / "tiny")
+    batch = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    assert model.precision == "fp32"
+    np.testing.assert_allclose(model.predict(batch), tiny_keras(batch.astype(np.float32)).numpy(), atol=1e-5)
 
 
 @pytest.mark.loopback

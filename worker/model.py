@@ -8,6 +8,7 @@ The runtime is chosen by the file present unless --backend names one (worker/bac
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 
 from edge.imaging import DEFAULT_PATH, PATHS, Preprocessing
 from worker import backends
-from worker.model_host import native_fp16
+from worker.model_host import ModelHostError, native_fp16
 from worker.serving import (
     BACKEND_FILES,
     CHANNELS,
@@ -28,6 +29,8 @@ from worker.serving import (
     read_spec,
     softmax,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BACKENDS", "Model", "ModelError", "load_model", "load_version", "newest_version"]
 
@@ -71,6 +74,19 @@ def _open(backend: str, version_dir: Path, spec: ServingSpec, threads: int, inte
     return backends.open_savedmodel(version_dir, threads, spec.output_name, inter_op_threads)
 
 
+def _prepared(backend: str, version_dir: Path, spec: ServingSpec, threads: int, inter_op_threads: int,
+              batch_interpreters: int, preprocessing: str, fp16: bool):
+    """The runtime opened, checked against serving.json and sized for the input: (runner,
+    one image's shape as it travels, the adapter to the model's input form)."""
+    where = str(version_dir / "serving.json")
+    runner = _open(backend, version_dir, spec, threads, inter_op_threads, batch_interpreters, fp16)
+    _check_preprocessing(spec, runner, preprocessing, where)
+    shape = image_shape(tuple(runner.input_shape), spec, where)
+    adapt = InputAdapter(spec, runner.input_dtype)
+    runner.prepare(adapt(np.zeros((1, *shape), dtype=np.uint8)).shape[1:])
+    return runner, shape, adapt
+
+
 def _check_preprocessing(spec: ServingSpec, runner, path: str, where: str) -> None:
     if path not in PATHS:
         raise ModelError(f"preprocessing path {path!r} is not one of {PATHS}")
@@ -94,16 +110,17 @@ def load_version(version_dir: Path, *, name: str | None = None, backend: str = "
     start = time.perf_counter()
     version_dir = Path(version_dir)
     spec = read_spec(version_dir)
-    where = str(version_dir / "serving.json")
     chosen = backend_for(version_dir, spec) if backend in ("auto", "noop") else backend
     if chosen not in BACKEND_FILES:
         raise ModelError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     fp16 = uses_fp16(spec, chosen, backend == "noop" or fp32)
-    runner = _open(chosen, version_dir, spec, intra_op_threads, inter_op_threads, batch_interpreters, fp16)
-    _check_preprocessing(spec, runner, preprocessing, where)
-    shape = image_shape(tuple(runner.input_shape), spec, where)
-    adapt = InputAdapter(spec, runner.input_dtype)
-    runner.prepare(adapt(np.zeros((1, *shape), dtype=np.uint8)).shape[1:])
+    opening = (chosen, version_dir, spec, intra_op_threads, inter_op_threads, batch_interpreters, preprocessing)
+    try:
+        runner, shape, adapt = _prepared(*opening, fp16)
+    except ModelHostError as exc:  # e.g. a runtime build without fp16 kernels: serving beats failing
+        log.warning("%s: cannot run in half precision (%s); serving it in fp32", version_dir, exc)
+        fp16 = False
+        runner, shape, adapt = _prepared(*opening, fp16)
     labels = _labels(version_dir / spec.labels)
     if backend == "noop":
         if not labels:

@@ -79,7 +79,7 @@ class ModelHost:
         ours, theirs = socket.socketpair()
         with theirs:
             proc = subprocess.Popen([sys.executable, "-m", "worker.model_host", *self.args, str(theirs.fileno())],
-                                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+                                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=_child_env())
         self.sock, self.proc = ours, proc
         self._finalizer = weakref.finalize(self, _stop, ours, proc)
         ready = _receive(ours, 1 + COUNT.size)
@@ -108,6 +108,14 @@ class ModelHost:
     def close(self) -> None:
         self._finalizer()
         self.sock = None
+
+
+def _child_env() -> dict:
+    """This environment, with the project on the module path: the worker may have been
+    started from anywhere."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
 
 
 def _stop(sock: socket.socket, proc: subprocess.Popen) -> None:
