@@ -63,11 +63,14 @@ def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_
     model idle, and `batch_interpreters` interpreters of one thread each (0: one per core;
     1: none) that run that many batches at once (see _Interpreters). With `fp16`, each of
     them is a child process running the model in half precision (worker/model_host.py)."""
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     path = version_dir / "model.tflite"
+    # In fp16 this interpreter only reads the model's inputs and outputs: no XNNPACK, which
+    # would pack the weights for nothing.
+    details_only = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if fp16 else {}
     try:
-        interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
+        interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count(), **details_only)
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a TFLite model TFLite can load ({exc})") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()

@@ -15,13 +15,12 @@ Messages over a socketpair: the parent sends a batch as a 4-byte image count and
 input bytes, the child answers the scores as float32 rows. The child exits when the
 parent closes its end, or dies.
 
-    python -m worker.model_host MODEL_PATH THREADS OUTPUT_NAME SHAPE DTYPE FD   (the child)
+    python -m worker.model_host MODEL_PATH THREADS OUTPUT_NAME SHAPE DTYPE FLAGS FD   (the child)
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import signal
@@ -33,8 +32,6 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 # XNNPACK delegate flags (tflite/delegates/xnnpack/xnnpack_delegate.h): the default
 # QS8 | QU8, and FORCE_FP16.

@@ -7,6 +7,9 @@
 - mosec: the best peer measured (scripts/bench/mosec_baseline.py: the same model.tflite,
   our preprocessing, a decode stage feeding a batched inference stage, the same
   interpreter threads); the suite prints our rows over its rows as ratios;
+- mosec-fp16: mosec with one one-thread inference process per core running the model in
+  half precision, as our worker does on a CPU with native fp16 (README, "Half
+  precision"); our rows over it are printed too;
 - direct-savedmodel: a worker with the SavedModel backend, POST straight to it;
 - direct: a worker with the default TFLite backend, POST straight to it;
 - direct-opencv: the same with --preprocessing opencv (the faster approximation of the
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -203,7 +207,8 @@ async def direct_worker(name: str, agent, args, post, *flags: str, model_dir: Pa
     w = WorkerProcess(agent.address, *serve_model(model_dir), *flags,
                       log_path=args.out / f"worker-{name}.log").wait_ready()
     try:
-        return await measure(name, lambda: post(w.url), args.concurrency, args.duration, lambda: [w.proc.pid])
+        return await measure(name, lambda: post(w.url), args.concurrency, args.duration,
+                             lambda: with_children(w.proc.pid))
     finally:
         w.stop()
 
@@ -252,19 +257,23 @@ def raw_poster(session: aiohttp.ClientSession, photo: bytes):
     return post
 
 
-def mosec_pids(pid: int) -> list[int]:
-    """mosec's process and the stage processes it spawned (for RSS)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return [pid, *map(int, children.read_text().split())] if children.exists() else [pid]
+def with_children(pid: int) -> list[int]:
+    """The process and those it spawned, from any of its threads (for RSS): mosec's stage
+    processes, a worker's fp16 model hosts."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            pids += map(int, (task / "children").read_text().split())
+    return pids
 
 
-def over_mosec(rows: list[dict]) -> str:
-    """Our img/s over mosec's, per configuration and concurrency."""
+def over_mosec(rows: list[dict], baseline: str = "mosec") -> str:
+    """Our img/s over the `baseline` mosec's, per configuration and concurrency."""
     by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
     parts = []
     for config in ("direct", "proxy", "p2p", "direct-raw", "proxy-raw"):
-        parts += [f"{config} c={c}: {by[(config, c)] / by[('mosec', c)]:.2f}x"
-                  for _, c in sorted(k for k in by if k[0] == "mosec") if (config, c) in by]
+        parts += [f"{config} c={c}: {by[(config, c)] / by[(baseline, c)]:.2f}x"
+                  for _, c in sorted(k for k in by if k[0] == baseline) if (config, c) in by]
     return "; ".join(parts)
 
 
@@ -293,7 +302,10 @@ async def run_all(args, photo: bytes) -> list[dict]:
             rows += await measure("flask", lambda: post(url), args.concurrency, args.duration, lambda: [pid])
         with mosec_server(args.out) as (url, pid):
             rows += await measure("mosec", lambda: raw(url + "/inference"), args.concurrency, args.duration,
-                                  lambda: mosec_pids(pid))
+                                  lambda: with_children(pid))
+        with mosec_server(args.out, os.cpu_count(), fp16=True) as (url, pid):
+            rows += await measure("mosec-fp16", lambda: raw(url + "/inference"), args.concurrency, args.duration,
+                                  lambda: with_children(pid))
 
         agent = DevAgent(log_path=args.out / "consul.log").start()
         try:
@@ -308,14 +320,15 @@ async def run_all(args, photo: bytes) -> list[dict]:
             proxy = ProxyProcess(agent.address, log_path=args.out / "proxy.log")
             try:
                 proxy.wait_live(1)
-                both = lambda: [w.proc.pid, proxy.proc.pid]  # noqa: E731
+                both = lambda: [*with_children(w.proc.pid), proxy.proc.pid]  # noqa: E731
                 rows += await measure("direct", lambda: post(w.url), args.concurrency, args.duration,
-                                      lambda: [w.proc.pid])
+                                      lambda: with_children(w.proc.pid))
                 for name, send in protocol_senders(s, w, photo).items():  # at the highest concurrency only
-                    rows += await measure(name, send, args.concurrency[-1:], args.duration, lambda: [w.proc.pid])
+                    rows += await measure(name, send, args.concurrency[-1:], args.duration,
+                                          lambda: with_children(w.proc.pid))
                 rows += await measure("proxy", lambda: post(proxy.url), args.concurrency, args.duration, both)
                 rows += await measure("direct-raw", lambda: raw(w.url), args.concurrency, args.duration,
-                                      lambda: [w.proc.pid])
+                                      lambda: with_children(w.proc.pid))
                 rows += await measure("proxy-raw", lambda: raw(proxy.url), args.concurrency, args.duration, both)
                 async with Client(proxy.url, session=s) as client:
                     rows += await measure("p2p", lambda: client.classify(photo, mode="p2p"), args.concurrency,
@@ -405,6 +418,7 @@ def main() -> int:
     print(f"\nimg/s with the exact preprocessing (direct) over OpenCV's approximation (direct-opencv): "
           f"{preprocessing_cost(rows)}")
     print(f"img/s over mosec's (same model file, preprocessing and interpreter threads): {over_mosec(rows)}")
+    print(f"img/s over mosec-fp16's (the model in half precision, as ours): {over_mosec(rows, 'mosec-fp16')}")
     if "onnx" in ceilings:
         print(f"ONNX Runtime over TFLite (the same network, img/s): {onnx_over_tflite(rows, ceilings)}")
     if noop_rows:
