@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 
 from edge.auth import ENV_VAR
+from edge.cores import usable_cores
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class EdgeConfig:
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000  # ~ a 7700x5200 photo; bigger is refused before decoding
     read_timeout: float = 30.0  # seconds for the whole body to arrive (else 408)
-    decode_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    decode_threads: int = field(default_factory=usable_cores)
     auth_token: str | None = None  # shared secret required on every route but health (edge/auth.py)
     log_level: str = "INFO"
     log_format: str = "text"

@@ -13,7 +13,6 @@ by what the version directory holds (worker/serving.py, `backend_for`) or by --b
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.cores import usable_cores
 from worker.serving import ModelError
 
 
@@ -70,7 +70,7 @@ def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_
     # would pack the weights for nothing.
     details_only = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if fp16 else {}
     try:
-        interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count(), **details_only)
+        interpreter = Interpreter(model_path=str(path), num_threads=threads or usable_cores(), **details_only)
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a TFLite model TFLite can load ({exc})") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
@@ -81,7 +81,7 @@ def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_
     out = outputs[[n for n, _ in out_names].index(_pick_output(out_names, output_name, str(path)))]
     signature = tuple(None if d < 0 else int(d) for d in inp["shape_signature"][1:])
     dtype = _float_or_uint8(inp["dtype"], str(path))
-    count = batch_interpreters or os.cpu_count()
+    count = batch_interpreters or usable_cores()
     if fp16:
         return _fp16_runner(path, threads, count, out["name"], signature, dtype)
     lanes = [Interpreter(model_path=str(path), num_threads=1) for _ in range(count)] if count > 1 else []
@@ -121,7 +121,7 @@ def _fp16_runner(path: Path, threads: int, count: int, output_name: str, signatu
 
         # Side by side: each child takes ~0.4 s to import its runtime and load the model.
         with ThreadPoolExecutor(1 + count) as starting:
-            main, *lanes = starting.map(host, [threads or os.cpu_count(), *([1] * count if count > 1 else [])])
+            main, *lanes = starting.map(host, [threads or usable_cores(), *([1] * count if count > 1 else [])])
         holder["pool"] = _Interpreters(main, lanes)
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -173,7 +173,7 @@ def open_onnx(version_dir: Path, threads: int, output_name: str | None) -> Runne
 
     path = version_dir / "model.onnx"
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count()
+    options.intra_op_num_threads = threads or usable_cores()
     options.inter_op_num_threads = 1
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
