@@ -213,6 +213,16 @@ def _running(pid: int) -> bool:
         return False
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started, from any of its threads (/proc/PID/task/TID/children):
+    a worker's fp16 model hosts, started from its loader thread."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def client_cli(proxy_url: str, *args: str) -> subprocess.CompletedProcess:
     """`python -m client --proxy URL ARGS...` as a user runs it."""
     return subprocess.run([sys.executable, "-m", "client", "--proxy", proxy_url, *args], cwd=PROJECT_ROOT,

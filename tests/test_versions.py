@@ -13,11 +13,13 @@ import aiohttp
 import pytest
 
 from client import Client
+from edge.cores import usable_cores
 from proxy.config import ProxyConfig
 from proxy.policy import VersionSplit
 from proxy.state import ProxyState
 from tests.conftest import ESPRESSO, MODEL_DIR
-from tests.processes import serve_model, wait_for
+from tests.processes import child_pids, serve_model, wait_for
+from worker.model_host import native_fp16
 
 SERVED_FILES = ("model.tflite", "labels.txt", "serving.json")  # all the TFLite backend reads
 
@@ -107,6 +109,11 @@ async def test_hot_swap_under_load_loses_nothing(start_worker, start_proxy, tmp_
              what="version 3 in Meta")
     async with aiohttp.ClientSession() as s, s.get(worker.url + "/info") as r:
         assert (await r.json())["models"]["efficientnet_lite0"]["version"] == "3"
+    # In fp16 each version runs in child processes (worker/model_host.py): the old
+    # versions' are gone, only version 3's remain (a main one, and one per lane).
+    lanes = usable_cores() if usable_cores() > 1 else 0
+    wait_for(lambda: len(child_pids(worker.proc.pid)) == ((1 + lanes) if native_fp16() else 0),
+             what="only the newest version's model hosts")
 
 
 @pytest.mark.system

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, stalled_upload
+from tests.processes import child_pids
 from worker.model_host import native_fp16
 
 pytestmark = pytest.mark.system
@@ -82,17 +83,8 @@ async def test_compute_threads_run_behind_the_event_loop(worker, coffee_jpeg):
     # 2 decode threads, the inference threads (one per interpreter lane) and XNNPACK's own;
     # in fp16, XNNPACK runs in child processes (worker/model_host.py), started from a lowered thread
     assert len(behind) >= (3 if native_fp16() else 4) and all(n == min(19, loop + 10) for n in behind), nices
-    hosts = [n for child in children(worker.proc.pid) for n in thread_nices(child).values()]
+    hosts = [n for child in child_pids(worker.proc.pid) for n in thread_nices(child).values()]
     assert len(hosts) >= (3 if native_fp16() else 0) and all(n == min(19, loop + 10) for n in hosts), hosts
-
-
-def children(pid: int) -> list[int]:
-    """The process's child processes (/proc/PID/task/TID/children)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 async def test_real_photos(worker, chelsea_png):

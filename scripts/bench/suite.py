@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -61,7 +60,7 @@ import proxy_rate  # noqa: E402  (beside this file)
 from client import Client  # noqa: E402
 from client.load import run_load  # noqa: E402
 from tests.consul_dev import DevAgent, free_port  # noqa: E402
-from tests.processes import ProxyProcess, WorkerProcess, serve_model, stop_process  # noqa: E402
+from tests.processes import ProxyProcess, WorkerProcess, child_pids, serve_model, stop_process  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
@@ -258,13 +257,9 @@ def raw_poster(session: aiohttp.ClientSession, photo: bytes):
 
 
 def with_children(pid: int) -> list[int]:
-    """The process and those it spawned, from any of its threads (for RSS): mosec's stage
-    processes, a worker's fp16 model hosts."""
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            pids += map(int, (task / "children").read_text().split())
-    return pids
+    """The process and those it spawned (for RSS): mosec's stage processes, a worker's fp16
+    model hosts."""
+    return [pid, *child_pids(pid)]
 
 
 def over_mosec(rows: list[dict], baseline: str = "mosec") -> str:
