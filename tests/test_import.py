@@ -4,6 +4,8 @@ own steps (photo folders, stratified hold-out, the softmax fit)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,18 @@ def test_imports_numbered_versions_and_leaves_no_staging(tmp_path, digits_onnx, 
     assert "sample image: 7 " in out  # digit 7, served back through the real decode path
     assert sorted(p.name for p in (repo / "digits").iterdir()) == ["1", "2"]
     assert (repo / "digits/2/serving.json").exists() and (repo / "digits/2/labels.txt").exists()
+
+
+def test_an_import_may_allow_half_precision(tmp_path, tiny_keras, capsys):
+    """--precision fp16 lands in serving.json, and the staged version is checked as a worker
+    would serve it: in fp16 on a CPU with native half precision (worker/model_host.py)."""
+    tiny_keras.save(tmp_path / "tiny.keras")
+    repo = tmp_path / "models"
+    argv = ["import", str(tmp_path / "tiny.keras"), "--name", "tiny", "--repository", str(repo),
+            "--scale", "0.00392157", "--precision", "fp16"]
+    assert main(argv) == 0
+    assert "(tflite, input 16x16x3, 3 classes)" in capsys.readouterr().out
+    assert json.loads((repo / "tiny" / "1" / "serving.json").read_text())["precision"] == "fp16"
 
 
 @pytest.mark.parametrize("source, extra, message", [

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from worker.serving import CHANNELS, LAYOUTS, OUTPUTS, ModelError, parse_spec
+from worker.serving import CHANNELS, LAYOUTS, OUTPUTS, PRECISIONS, ModelError, parse_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--crop-fraction", type=float, help="centre crop before resizing (default 0.875; 1: none)")
     i.add_argument("--resample", choices=["bicubic", "bilinear"])
     i.add_argument("--output", choices=OUTPUTS, help="probabilities (default) or logits (softmax applied)")
+    i.add_argument("--precision", choices=PRECISIONS,
+                   help="fp16 lets a TFLite model run in half precision on a CPU that has it (README, "
+                        "\"Half precision\"): check first that it answers as fp32 on your images")
     i.add_argument("--sample", type=Path, help="an image to check the model with (default: a synthetic one)")
     r = sub.add_parser("retrain", help="a new head on the default model's backbone, from DATA_DIR/CLASS/*.jpg")
     r.add_argument("data_dir", type=Path)
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace):
     raw = {field: getattr(args, field) for field in ("channels", "layout", "scale", "mean", "std",
-                                                      "crop_fraction", "resample", "output")}
+                                                      "crop_fraction", "resample", "output", "precision")}
     if args.size:
         if len(set(args.size)) != 1 or len(args.size) > 2:
             raise ModelError(f"--size {' '.join(map(str, args.size))}: only square inputs are served")
