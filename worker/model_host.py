@@ -21,6 +21,7 @@ parent closes its end, or dies.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -49,6 +50,7 @@ def cpu_has_fp16(cpuinfo: str) -> bool:
     return bool(words & {"avx512_fp16", "asimdhp"})
 
 
+@functools.cache  # a fact of the machine: read once, not at every model load
 def native_fp16() -> bool:
     """Whether this machine's CPU does half precision natively (Linux; False elsewhere)."""
     try:
@@ -138,7 +140,9 @@ def _receive(sock: socket.socket, size: int) -> bytearray | None:
 
 # The child.
 
-def _compile(path: str, threads: int, flags: int):
+def compiled_model(path: str, threads: int, flags: int):
+    """ai-edge-litert's CompiledModel on the CPU with these XNNPACK flags (it holds the GIL
+    while it runs: use it in a process of its own)."""
     from ai_edge_litert.compiled_model import CompiledModel
     from ai_edge_litert.hardware_accelerator import HardwareAccelerator
     from ai_edge_litert.options import CpuOptions, Options
@@ -165,7 +169,7 @@ def serve(sock: socket.socket, path: str, threads: int, output_name: str, shape:
     """Load the model, say ready with the number of classes, then answer batches until
     the parent hangs up."""
     with _quiet_stderr():  # LiteRT logs ~30 lines per model about accelerators it looks for
-        model = _compile(path, threads, flags)
+        model = compiled_model(path, threads, flags)
         signature = next(iter(model.get_signature_list()))
         if tuple(model.get_input_tensor_details(signature).popitem()[1]["shape"][1:]) != shape:
             model.resize_input_tensor(0, [1, *shape], strict=False)

@@ -21,6 +21,7 @@ import io
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from PIL import Image, ImageEnhance
 
 from edge.config import EdgeConfig
 from edge.imaging import Preprocessing, preprocess
+from worker.serving import read_spec
 
 VARIANTS = ("int8", "dynamic")
 CALIBRATION_SEED = 1  # scripts/bench/quantise.py evaluates on other seeds' crops
@@ -91,7 +93,7 @@ def build_variants(float_dir: Path, models_dir: Path, photo_dir: Path) -> list[P
             (staging / "model.tflite").write_bytes(convert(float_dir, variant, photo_dir))
             shutil.copy(float_dir / "labels.txt", staging / "labels.txt")
             # fp16 was measured on the float model, not on these
-            serving = {k: v for k, v in json.loads((float_dir / "serving.json").read_text()).items() if k != "precision"}
+            serving = replace(read_spec(float_dir), precision="fp32").to_json()
             (staging / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
 
         written.append(write_version(model_dir, fill))

@@ -87,14 +87,9 @@ def fp32_model(threads: int):
 
 
 def fp16_model(threads: int):
-    from ai_edge_litert.compiled_model import CompiledModel
-    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
-    from ai_edge_litert.options import CpuOptions, Options
+    from worker.model_host import XNNPACK_FORCE_FP16, XNNPACK_QS8_QU8, compiled_model
 
-    force_fp16 = 0x3 | 0x4  # XNNPACK's default QS8 | QU8, and FORCE_FP16
-    model = CompiledModel.from_file(str(MODEL / "model.tflite"), options=Options(
-        hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=threads,
-                                                                              xnnpack_flags=force_fp16)))
+    model = compiled_model(str(MODEL / "model.tflite"), threads, XNNPACK_QS8_QU8 | XNNPACK_FORCE_FP16)
     inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
 
     def run_one(image: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from tests.processes import WorkerProcess  # noqa: E402
 from worker.model import load_model  # noqa: E402
 from worker.model_host import native_fp16  # noqa: E402
 from worker.quantise import CALIBRATION_SEED, augmented  # noqa: E402
+from worker.serving import read_spec  # noqa: E402
 
 NAME = "efficientnet_lite0"
 VARIANTS = {"float": f"{NAME}_fp32", "fp16": NAME, "int8": f"{NAME}_int8", "dynamic": f"{NAME}_dynamic"}
@@ -62,9 +64,7 @@ def staged(models: Path, into: Path) -> Path:
     for name in ("model.tflite", "labels.txt"):
         if not (fp32 / name).exists():
             (fp32 / name).symlink_to((models / NAME / "1" / name).resolve())
-    serving = json.loads((models / NAME / "1" / "serving.json").read_text())
-    serving.pop("precision", None)
-    (fp32 / "serving.json").write_text(json.dumps(serving))
+    (fp32 / "serving.json").write_text(json.dumps(replace(read_spec(models / NAME / "1"), precision="fp32").to_json()))
     return into
 
 
