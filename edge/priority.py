@@ -1,4 +1,5 @@
-"""The event loop's thread runs ahead of the threads that compute.
+"""The event loop's thread runs ahead of the threads that compute (which are named in the
+kernel, so that system tools can tell them apart).
 
 A worker's or proxy's event loop does little per request but is on every request's path:
 it reads bodies, admits or refuses, answers. The threads that decode images and run the
@@ -19,6 +20,7 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,25 @@ def run_behind_event_loop() -> None:
         log.debug("could not lower thread %d's priority: %s", tid, exc)
 
 
+def name_os_thread(name: str | None = None) -> None:
+    """Give the calling thread its Python name (or `name`) in the kernel too (Linux keeps
+    15 characters), so that `top -H`, `ps -L`, perf and /proc show `decode_0` or
+    `inference_1` where they showed `python`; threads it starts inherit the name."""
+    name = name or threading.current_thread().name
+    if sys.platform != "linux":
+        return
+    try:
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name[:15])
+    except OSError as exc:
+        log.debug("could not name thread %s: %s", name, exc)
+
+
+def _start_compute_thread() -> None:
+    run_behind_event_loop()
+    name_os_thread()
+
+
 def compute_pool(max_workers: int | None, name: str) -> ThreadPoolExecutor:
     """A thread pool for work that computes (decoding, batches, loading a model): each of
-    its threads runs behind the event loop from its start."""
-    return ThreadPoolExecutor(max_workers, thread_name_prefix=name, initializer=run_behind_event_loop)
+    its threads runs behind the event loop from its start, named `NAME_N` in the kernel."""
+    return ThreadPoolExecutor(max_workers, thread_name_prefix=name, initializer=_start_compute_thread)

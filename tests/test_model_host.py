@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +61,8 @@ def test_a_host_answers_as_the_library_and_outlives_its_child(tmp_path, tiny_ker
     expected = tiny_keras(batch).numpy()
     host = ModelHost(path, 1, output, (16, 16, 3), np.float32, flags=XNNPACK_QS8_QU8)
     np.testing.assert_allclose(host.run(batch), expected, atol=1e-5)
+    if sys.platform == "linux":  # named for top and ps, beside the worker's threads
+        assert Path(f"/proc/{host.proc.pid}/comm").read_text().strip() == "model_host"
 
     first = host.proc
     os.kill(first.pid, signal.SIGKILL)

@@ -1,10 +1,11 @@
-"""edge/priority.py: compute threads run behind the event loop's thread."""
+"""edge/priority.py: compute threads run behind the event loop's thread, named in the kernel."""
 
 from __future__ import annotations
 
 import os
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,15 @@ def test_threads_started_by_a_lowered_thread_inherit_it():
     thread.start()
     thread.join()
     assert seen == [min(NICEST, nice_of_this_thread() + BEHIND)]
+
+
+def kernel_name_of_this_thread() -> str:
+    return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+
+def test_a_pools_threads_carry_their_names_in_the_kernel():
+    caller = kernel_name_of_this_thread()
+    with compute_pool(2, "decode") as pool:
+        names = set(pool.map(lambda _: (threading.current_thread().name, kernel_name_of_this_thread()), range(8)))
+    assert names and all(python == kernel and kernel.startswith("decode_") for python, kernel in names)
+    assert kernel_name_of_this_thread() == caller

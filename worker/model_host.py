@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.priority import name_os_thread
+
 # XNNPACK delegate flags (tflite/delegates/xnnpack/xnnpack_delegate.h): the default
 # QS8 | QU8, and FORCE_FP16.
 XNNPACK_QS8_QU8 = 0x3
@@ -197,6 +199,7 @@ def serve(sock: socket.socket, path: str, threads: int, output_name: str, shape:
 
 def main(argv: list[str]) -> int:
     path, threads, output_name, shape, dtype, flags, fd = argv
+    name_os_thread("model_host")  # `top` and `ps -L` show it beside the worker's threads; its runtime's inherit it
     # The worker drains on SIGTERM or Ctrl-C (which reaches the whole process group): the
     # child keeps answering until the worker closes its end or exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
