@@ -6,7 +6,11 @@ names its own): a process's main thread is its event loop, and a worker's fp16 m
 are child processes. It says what bounds the throughput: the model, decoding, or the
 serving around them.
 
-    .venv/bin/python scripts/bench/cpu_split.py [--duration 8] [--rounds 2] [--connections 32]
+`--pinned` makes this machine two one-core hosts, by CPU affinity: the worker (and its
+model hosts) on one core, Consul, the proxy and wrk on another. Forwarded, the proxy
+decodes and the worker only runs the model; sent straight to the worker, it does both.
+
+    .venv/bin/python scripts/bench/cpu_split.py [--duration 8] [--rounds 2] [--connections 32] [--pinned]
 """
 
 from __future__ import annotations
@@ -29,9 +33,31 @@ from proxy_rate import POST_LUA, wrk, wrk_scratch  # noqa: E402
 from suite import PHOTO  # noqa: E402
 
 from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import child_pids, worker_and_proxy  # noqa: E402
+from tests.processes import ProxyProcess, WorkerProcess, child_pids, serve_model  # noqa: E402
 
 TARGETS = ("direct", "proxy")
+MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
+
+
+@contextlib.contextmanager
+def cluster(consul: str, out: Path, worker_cpus: set[int] | None):
+    """A ready worker (the default model) and a proxy routing to it; the worker started on
+    `worker_cpus` (it sizes its threads by them, edge/cores.py) while this process and the
+    rest stay where they are."""
+    with contextlib.ExitStack() as stack:
+        ours = os.sched_getaffinity(0)
+        if worker_cpus:
+            os.sched_setaffinity(0, worker_cpus)  # a child inherits its parent's affinity
+        try:
+            worker = WorkerProcess(consul, *serve_model(MODEL_DIR), log_path=out / "worker-cpu-split.log")
+        finally:
+            os.sched_setaffinity(0, ours)
+        stack.callback(worker.stop)
+        worker.wait_ready()
+        proxy = ProxyProcess(consul, log_path=out / "proxy-cpu-split.log")
+        stack.callback(proxy.stop)
+        proxy.wait_live(1)
+        yield worker, proxy
 
 
 def thread_group(role: str, pid: int, tid: int, name: str) -> str:
@@ -99,14 +125,22 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--photo", type=Path, default=PHOTO)
     p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
+    p.add_argument("--pinned", action="store_true", help="the worker on one core, everything else on another")
     args = p.parse_args()
+    worker_cpus = None
+    if args.pinned:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            sys.exit("--pinned needs two CPUs")
+        os.sched_setaffinity(0, {cpus[0]})  # Consul, the proxy and wrk (started from here) on the first
+        worker_cpus = {cpus[1]}
     tmp = wrk_scratch(args.out)
     script = tmp / "post.lua"
     script.write_text(POST_LUA.format(content_type="image/jpeg", body=args.photo.resolve()))
     runs: dict[str, list[dict]] = {t: [] for t in TARGETS}
     agent = DevAgent(log_path=args.out / "consul-cpu-split.log").start()
     try:
-        with worker_and_proxy(agent.address, args.out, name="cpu-split") as (worker, proxy):
+        with cluster(agent.address, args.out, worker_cpus) as (worker, proxy):
             roles = {worker.proc.pid: "worker", proxy.proc.pid: "proxy"}
             urls = {"direct": worker.url + "/", "proxy": proxy.url + "/"}
             for round_ in range(args.rounds):
@@ -118,7 +152,7 @@ def main() -> int:
                           f"{sum(run['groups'].values()):.2f} core-ms/img", flush=True)
     finally:
         agent.stop()
-    (args.out / "cpu_split.json").write_text(json.dumps(runs, indent=2) + "\n")
+    (args.out / f"cpu_split{'-pinned' if args.pinned else ''}.json").write_text(json.dumps(runs, indent=2) + "\n")
     print("\n" + table(runs))
     return 0
 
