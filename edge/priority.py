@@ -45,9 +45,9 @@ def name_os_thread(name: str | None = None) -> None:
     """Give the calling thread its Python name (or `name`) in the kernel too (Linux keeps
     15 characters), so that `top -H`, `ps -L`, perf and /proc show `decode_0` or
     `inference_1` where they showed `python`; threads it starts inherit the name."""
-    name = name or threading.current_thread().name
     if sys.platform != "linux":
         return
+    name = name or threading.current_thread().name
     try:
         Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name[:15])
     except OSError as exc:

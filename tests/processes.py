@@ -235,11 +235,26 @@ def serve_model(model_dir: Path) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
+def on_cpus(cpus: set[int] | None):
+    """Processes started inside run on `cpus` (a child inherits its parent's CPU affinity,
+    and a worker sizes its threads by it); None: where this process runs."""
+    ours = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, ours)
+
+
+@contextlib.contextmanager
 def worker_and_proxy(consul: str, out: Path, worker_args: tuple[str, ...] = (), proxy_args: tuple[str, ...] = (),
-                     name: str = "bench"):
-    """A ready worker (the default model) and a proxy routing to it; both stopped after."""
+                     name: str = "bench", worker_cpus: set[int] | None = None):
+    """A ready worker (the default model, started on `worker_cpus` when given) and a proxy
+    routing to it; both stopped after."""
     model_dir = PROJECT_ROOT / "models" / "efficientnet_lite0"
-    worker = WorkerProcess(consul, *serve_model(model_dir), *worker_args, log_path=out / f"worker-{name}.log")
+    with on_cpus(worker_cpus):
+        worker = WorkerProcess(consul, *serve_model(model_dir), *worker_args, log_path=out / f"worker-{name}.log")
     try:
         worker.wait_ready()
         proxy = ProxyProcess(consul, *proxy_args, log_path=out / f"proxy-{name}.log")

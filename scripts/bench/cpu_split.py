@@ -33,31 +33,9 @@ from proxy_rate import POST_LUA, wrk, wrk_scratch  # noqa: E402
 from suite import PHOTO  # noqa: E402
 
 from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import ProxyProcess, WorkerProcess, child_pids, serve_model  # noqa: E402
+from tests.processes import child_pids, worker_and_proxy  # noqa: E402
 
 TARGETS = ("direct", "proxy")
-MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
-
-
-@contextlib.contextmanager
-def cluster(consul: str, out: Path, worker_cpus: set[int] | None):
-    """A ready worker (the default model) and a proxy routing to it; the worker started on
-    `worker_cpus` (it sizes its threads by them, edge/cores.py) while this process and the
-    rest stay where they are."""
-    with contextlib.ExitStack() as stack:
-        ours = os.sched_getaffinity(0)
-        if worker_cpus:
-            os.sched_setaffinity(0, worker_cpus)  # a child inherits its parent's affinity
-        try:
-            worker = WorkerProcess(consul, *serve_model(MODEL_DIR), log_path=out / "worker-cpu-split.log")
-        finally:
-            os.sched_setaffinity(0, ours)
-        stack.callback(worker.stop)
-        worker.wait_ready()
-        proxy = ProxyProcess(consul, log_path=out / "proxy-cpu-split.log")
-        stack.callback(proxy.stop)
-        proxy.wait_live(1)
-        yield worker, proxy
 
 
 def thread_group(role: str, pid: int, tid: int, name: str) -> str:
@@ -140,7 +118,7 @@ def main() -> int:
     runs: dict[str, list[dict]] = {t: [] for t in TARGETS}
     agent = DevAgent(log_path=args.out / "consul-cpu-split.log").start()
     try:
-        with cluster(agent.address, args.out, worker_cpus) as (worker, proxy):
+        with worker_and_proxy(agent.address, args.out, name="cpu-split", worker_cpus=worker_cpus) as (worker, proxy):
             roles = {worker.proc.pid: "worker", proxy.proc.pid: "proxy"}
             urls = {"direct": worker.url + "/", "proxy": proxy.url + "/"}
             for round_ in range(args.rounds):
