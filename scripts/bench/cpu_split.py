@@ -10,7 +10,14 @@ serving around them.
 model hosts) on one core, Consul, the proxy and wrk on another. Forwarded, the proxy
 decodes and the worker only runs the model; sent straight to the worker, it does both.
 
-    .venv/bin/python scripts/bench/cpu_split.py [--duration 8] [--rounds 2] [--connections 32] [--pinned]
+`--noop` serves a no-op model (`--backend noop`) and posts coffee at 224x224, as
+proxy_rate.py does: what bounds the rate of everything around the model.
+
+Before the servers start it also decodes the photo in a loop, in this process, on one
+thread (`preprocess` alone): the decode rows less that figure are what handing images
+to the decode pool costs (its queue, waking its threads, the GIL passed back and forth).
+
+    .venv/bin/python scripts/bench/cpu_split.py [--duration 8] [--rounds 2] [--connections 32] [--pinned] [--noop]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import re
 import statistics
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,9 +37,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 
-from proxy_rate import POST_LUA, wrk, wrk_scratch  # noqa: E402
+from proxy_rate import POST_LUA, small_photo, wrk, wrk_scratch  # noqa: E402
 from suite import PHOTO  # noqa: E402
 
+from edge.imaging import Preprocessing, configure_decoding, preprocess  # noqa: E402
 from tests.consul_dev import DevAgent  # noqa: E402
 from tests.processes import child_pids, worker_and_proxy  # noqa: E402
 
@@ -77,14 +86,27 @@ def measure(url: str, roles: dict[int, str], seconds: float, connections: int, s
             "groups": {group: round(ms / images, 3) for group, ms in spent.items()}}
 
 
-def table(runs: dict[str, list[dict]]) -> str:
+def serial_decode_ms(photo: bytes, images: int = 300) -> float:
+    """CPU ms per image to decode and resize `photo` for the default model, one image after
+    another on this thread: the work itself, with no pool around it."""
+    configure_decoding()
+    prep = Preprocessing()
+    for _ in range(20):  # warm: caches, the allocator
+        preprocess(photo, prep, 1 << 40)
+    started = time.process_time()
+    for _ in range(images):
+        preprocess(photo, prep, 1 << 40)
+    return (time.process_time() - started) * 1000 / images
+
+
+def table(runs: dict[str, list[dict]], model: str = "the default model") -> str:
     """Median over rounds: img/s, p99, then core-ms per image by group, biggest first."""
     def median(target, pick):
         return statistics.median(pick(r) for r in runs[target])
 
     groups = sorted({g for rows in runs.values() for r in rows for g in r["groups"]},
                     key=lambda g: -max(median(t, lambda r: r["groups"].get(g, 0.0)) for t in TARGETS))
-    lines = ["| c=32, raw JPEG body | " + " | ".join(TARGETS) + " |", "|---|" + "---:|" * len(TARGETS),
+    lines = [f"| c=32, raw JPEG body, {model} | " + " | ".join(TARGETS) + " |", "|---|" + "---:|" * len(TARGETS),
              "| img/s | " + " | ".join(f"{median(t, lambda r: r['per_second']):.1f}" for t in TARGETS) + " |",
              "| p99 ms | " + " | ".join(f"{median(t, lambda r: r['p99_ms']):.0f}" for t in TARGETS) + " |",
              "| **core-ms per image** | " + " | ".join(
@@ -104,6 +126,7 @@ def main() -> int:
     p.add_argument("--photo", type=Path, default=PHOTO)
     p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
     p.add_argument("--pinned", action="store_true", help="the worker on one core, everything else on another")
+    p.add_argument("--noop", action="store_true", help="a no-op model, and coffee at 224x224 unless --photo")
     args = p.parse_args()
     worker_cpus = None
     if args.pinned:
@@ -113,12 +136,19 @@ def main() -> int:
         os.sched_setaffinity(0, {cpus[0]})  # Consul, the proxy and wrk (started from here) on the first
         worker_cpus = {cpus[1]}
     tmp = wrk_scratch(args.out)
+    photo = args.photo.resolve()
+    if args.noop and args.photo == PHOTO:
+        photo = tmp / "coffee-224.jpg"
+        photo.write_bytes(small_photo(224))
     script = tmp / "post.lua"
-    script.write_text(POST_LUA.format(content_type="image/jpeg", body=args.photo.resolve()))
+    script.write_text(POST_LUA.format(content_type="image/jpeg", body=photo))
+    worker_args = ("--backend", "noop") if args.noop else ()
+    serial = serial_decode_ms(photo.read_bytes())
     runs: dict[str, list[dict]] = {t: [] for t in TARGETS}
     agent = DevAgent(log_path=args.out / "consul-cpu-split.log").start()
     try:
-        with worker_and_proxy(agent.address, args.out, name="cpu-split", worker_cpus=worker_cpus) as (worker, proxy):
+        with worker_and_proxy(agent.address, args.out, worker_args, name="cpu-split",
+                              worker_cpus=worker_cpus) as (worker, proxy):
             roles = {worker.proc.pid: "worker", proxy.proc.pid: "proxy"}
             urls = {"direct": worker.url + "/", "proxy": proxy.url + "/"}
             for round_ in range(args.rounds):
@@ -130,8 +160,10 @@ def main() -> int:
                           f"{sum(run['groups'].values()):.2f} core-ms/img", flush=True)
     finally:
         agent.stop()
-    (args.out / f"cpu_split{'-pinned' if args.pinned else ''}.json").write_text(json.dumps(runs, indent=2) + "\n")
-    print("\n" + table(runs))
+    name = "cpu_split" + "-noop" * args.noop + "-pinned" * args.pinned
+    (args.out / f"{name}.json").write_text(json.dumps(runs, indent=2) + "\n")
+    print("\n" + table(runs, "no-op model" if args.noop else "the default model"))
+    print(f"\nDecoding the photo alone, one image after another on one thread: {serial:.2f} ms an image")
     return 0
 
 

@@ -104,16 +104,21 @@ def measured_wrk(url: str, connections: int, duration: float, script: Path | Non
     return row
 
 
+def small_photo(side: int) -> bytes:
+    """coffee resized to side x side, as a JPEG (quality 90): the no-op benchmarks' image."""
+    buf = io.BytesIO()
+    Image.open(ROOT / ".cache" / "photos" / "coffee.jpg").resize((side, side)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
 def measure(duration: float, connections: int, side: int, out: Path) -> list[dict]:
     """Start Consul, a noop worker and the proxy; wrk each case; stop everything."""
-    img = Image.open(ROOT / ".cache" / "photos" / "coffee.jpg").resize((side, side))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
+    photo = small_photo(side)
     tmp = Path(tempfile.mkdtemp())
-    (tmp / "body").write_bytes(multipart_body(buf.getvalue()))
+    (tmp / "body").write_bytes(multipart_body(photo))
     (tmp / "post.lua").write_text(POST_LUA.format(content_type=f"multipart/form-data; boundary={BOUNDARY}",
                                                   body=tmp / "body"))
-    print(f"no-op model: coffee resized to {side}x{side}, {len(buf.getvalue())} bytes; wrk -c "
+    print(f"no-op model: coffee resized to {side}x{side}, {len(photo)} bytes; wrk -c "
           f"{connections}, {duration:g} s per row", flush=True)
 
     rows = []
