@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -85,6 +86,22 @@ async def test_compute_threads_run_behind_the_event_loop(worker, coffee_jpeg):
     assert len(behind) >= (3 if native_fp16() else 4) and all(n == min(19, loop + 10) for n in behind), nices
     hosts = [n for child in child_pids(worker.proc.pid) for n in thread_nices(child).values()]
     assert len(hosts) >= (3 if native_fp16() else 0) and all(n == min(19, loop + 10) for n in hosts), hosts
+
+
+@pytest.mark.skipif(not native_fp16(), reason="the model runs in process (fp32) on a CPU without native fp16")
+async def test_model_hosts_killed_under_load_fail_no_request(worker, coffee_jpeg):
+    """The OOM killer's choice, say: every request in flight still gets its answer, each
+    batch that lost its child running again on a new one (worker/model_host.py)."""
+    hosts = child_pids(worker.proc.pid)
+    assert hosts
+    requests = [asyncio.create_task(post_raw(worker.url, coffee_jpeg, "image/jpeg")) for _ in range(24)]
+    await asyncio.sleep(0.05)  # some of them in the hosts' hands
+    for pid in hosts:
+        os.kill(pid, signal.SIGKILL)
+    answers = await asyncio.gather(*requests)
+    assert [status for status, _ in answers] == [200] * 24, answers
+    assert all(body["predictions"][0]["index"] == ESPRESSO for _, body in answers)
+    assert set(child_pids(worker.proc.pid)) - set(hosts)  # new children answered
 
 
 async def test_real_photos(worker, chelsea_png):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import signal
@@ -35,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.priority import name_os_thread
+
+log = logging.getLogger(__name__)
 
 # XNNPACK delegate flags (tflite/delegates/xnnpack/xnnpack_delegate.h): the default
 # QS8 | QU8, and FORCE_FP16.
@@ -68,7 +71,7 @@ class ModelHostError(RuntimeError):
 class ModelHost:
     """One child process running the model on `threads` threads; `run` one batch at a
     time (the caller's pool hands a host to one batch at once). A child that died is
-    started afresh by the next batch."""
+    started afresh by the batch that finds it gone."""
 
     def __init__(self, path: Path, threads: int, output_name: str, shape: tuple, dtype: np.dtype,
                  flags: int = XNNPACK_QS8_QU8 | XNNPACK_FORCE_FP16):
@@ -90,21 +93,34 @@ class ModelHost:
         (self.classes,) = COUNT.unpack(ready[1:])
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (len(batch), classes) for a batch in the model's input form."""
+        """float32 (len(batch), classes) for a batch in the model's input form. A child
+        that died (the OOM killer's choice, say) is replaced, and the batch is run once
+        more on the new one: the requests in it do not fail for a crash they did not
+        cause. A batch that kills that child too fails."""
+        batch = np.ascontiguousarray(batch)
+        answer = self._exchange(batch)
+        if answer is None:
+            log.warning("the model host for %s (pid %d) died: running its batch on a new one",
+                        self.args[0], self.proc.pid)
+            self.close()
+            answer = self._exchange(batch)
+        if answer is None:
+            self.close()
+            raise ModelHostError(f"the model host for {self.args[0]} died twice on one batch (pid {self.proc.pid}); "
+                                 "the next batch starts a new one")
+        return np.frombuffer(answer, np.float32).reshape(len(batch), self.classes)
+
+    def _exchange(self, batch: np.ndarray) -> bytearray | None:
+        """The child's answer to `batch` (a child started first if there is none), or
+        None if it died before answering."""
         if self.sock is None:
             self._start()
-        batch = np.ascontiguousarray(batch)
         try:
             self.sock.sendall(COUNT.pack(len(batch)))
             self.sock.sendall(batch.data)
-            answer = _receive(self.sock, len(batch) * self.classes * 4)
+            return _receive(self.sock, len(batch) * self.classes * 4)
         except OSError:
-            answer = None
-        if answer is None:
-            self.close()
-            raise ModelHostError(f"the model host for {self.args[0]} died (pid {self.proc.pid}); "
-                                 "the next batch starts a new one")
-        return np.frombuffer(answer, np.float32).reshape(len(batch), self.classes)
+            return None
 
     def close(self) -> None:
         self._finalizer()
