@@ -9,12 +9,14 @@ import json
 import os
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, stalled_upload
 from tests.processes import child_pids
@@ -94,6 +96,7 @@ async def test_model_hosts_killed_under_load_fail_no_request(worker, coffee_jpeg
     batch that lost its child running again on a new one (worker/model_host.py)."""
     hosts = child_pids(worker.proc.pid)
     assert hosts
+    restarts = model_host_restarts(worker)
     requests = [asyncio.create_task(post_raw(worker.url, coffee_jpeg, "image/jpeg")) for _ in range(24)]
     await asyncio.sleep(0.05)  # some of them in the hosts' hands
     for pid in hosts:
@@ -102,6 +105,14 @@ async def test_model_hosts_killed_under_load_fail_no_request(worker, coffee_jpeg
     assert [status for status, _ in answers] == [200] * 24, answers
     assert all(body["predictions"][0]["index"] == ESPRESSO for _, body in answers)
     assert set(child_pids(worker.proc.pid)) - set(hosts)  # new children answered
+    assert model_host_restarts(worker) > restarts  # counted, for alerts
+
+
+def model_host_restarts(worker) -> float:
+    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return next(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                if s.name == "imagecluster_model_host_restarts_total")
 
 
 async def test_real_photos(worker, chelsea_png):

@@ -13,6 +13,7 @@ from edge.request_log import SERVED_BY
 from edge.tfserving import add_tfserving_routes
 from edge.upload import parse_top_k, read_image
 from edge.v2_rest import SERVICE, add_v2_routes
+from worker import model_host
 from worker.inference import WorkerInference
 from worker.service import STATE, classify_image
 
@@ -94,5 +95,8 @@ def create_app(state) -> web.Application:
         ("gauge", "imagecluster_in_flight", "Requests accepted and not yet answered", state.in_flight, None),
         ("gauge", "imagecluster_ready", "1 when the models are loaded and the worker is not draining",
          int(state.ready), None),
+        ("counter", "imagecluster_model_host_restarts_total",
+         "fp16 model host processes found dead and started afresh (their batch ran again)", model_host.restarts(),
+         None),
     ])
     return app

@@ -30,6 +30,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import weakref
 from pathlib import Path
 
@@ -38,6 +39,8 @@ import numpy as np
 from edge.priority import name_os_thread
 
 log = logging.getLogger(__name__)
+_restarts = 0  # children found dead and started afresh, in this process
+_restarts_lock = threading.Lock()
 
 # XNNPACK delegate flags (tflite/delegates/xnnpack/xnnpack_delegate.h): the default
 # QS8 | QU8, and FORCE_FP16.
@@ -102,6 +105,7 @@ class ModelHost:
         if answer is None:
             log.warning("the model host for %s (pid %d) died: running its batch on a new one",
                         self.args[0], self.proc.pid)
+            _count_restart()
             self.close()
             answer = self._exchange(batch)
         if answer is None:
@@ -125,6 +129,18 @@ class ModelHost:
     def close(self) -> None:
         self._finalizer()
         self.sock = None
+
+
+def restarts() -> int:
+    """How many model host children this process found dead and started afresh (the
+    worker's imagecluster_model_host_restarts_total): an OOM killer at work shows here."""
+    return _restarts
+
+
+def _count_restart() -> None:
+    global _restarts
+    with _restarts_lock:  # lanes' threads may find their children dead at once
+        _restarts += 1
 
 
 def _child_env() -> dict:
