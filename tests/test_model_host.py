@@ -97,10 +97,29 @@ def test_a_batch_whose_new_child_dies_too_fails_and_the_next_starts_afresh(tmp_p
     host.proc.kill()
     host.proc.wait(timeout=5)
     monkeypatch.setattr(ModelHost, "_start", start_then_die)
-    with pytest.raises(ModelHostError, match="died twice"):
+    with pytest.raises(ModelHostError, match="failed twice"):
         host.run(batch)
     monkeypatch.undo()
     np.testing.assert_allclose(host.run(batch), tiny_keras(batch).numpy(), atol=1e-5)
+    host.close()
+
+
+@pytest.mark.loopback
+def test_a_hung_child_is_replaced_and_its_batch_answered(tmp_path, tiny_keras):
+    """A child that stops answering (SIGSTOP here; a runtime stuck for good in life) is
+    killed once its answer is hung_after + 1 s an image late, and the batch runs again."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(tiny_keras).convert())
+    output = Interpreter(model_path=str(path)).get_output_details()[0]["name"]
+    batch = np.random.default_rng(2).random((1, 16, 16, 3), dtype=np.float32)
+    host = ModelHost(path, 1, output, (16, 16, 3), np.float32, flags=XNNPACK_QS8_QU8, hung_after=0.2)
+    stuck = host.proc
+    os.kill(stuck.pid, signal.SIGSTOP)
+    np.testing.assert_allclose(host.run(batch), tiny_keras(batch).numpy(), atol=1e-5)
+    assert host.proc.pid != stuck.pid and stuck.poll() == -signal.SIGKILL
     host.close()
 
 

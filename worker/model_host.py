@@ -73,12 +73,15 @@ class ModelHostError(RuntimeError):
 
 class ModelHost:
     """One child process running the model on `threads` threads; `run` one batch at a
-    time (the caller's pool hands a host to one batch at once). A child that died is
-    started afresh by the batch that finds it gone."""
+    time (the caller's pool hands a host to one batch at once). A child that died, or
+    gave no answer within `hung_after` seconds plus a second an image (stopped, or stuck
+    in its runtime: far beyond any model's pace), is started afresh by the batch that
+    finds it so."""
 
     def __init__(self, path: Path, threads: int, output_name: str, shape: tuple, dtype: np.dtype,
-                 flags: int = XNNPACK_QS8_QU8 | XNNPACK_FORCE_FP16):
+                 flags: int = XNNPACK_QS8_QU8 | XNNPACK_FORCE_FP16, hung_after: float = 30.0):
         self.args = [str(path), str(threads), output_name, ",".join(map(str, shape)), np.dtype(dtype).name, str(flags)]
+        self.hung_after = hung_after
         self.sock: socket.socket | None = None
         self._start()
 
@@ -97,34 +100,40 @@ class ModelHost:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 (len(batch), classes) for a batch in the model's input form. A child
-        that died (the OOM killer's choice, say) is replaced, and the batch is run once
-        more on the new one: the requests in it do not fail for a crash they did not
-        cause. A batch that kills that child too fails."""
+        that died (the OOM killer's choice, say) or hung is replaced, and the batch is
+        run once more on the new one: the requests in it do not fail for a fault they did
+        not cause. A batch that fails that child too fails."""
         batch = np.ascontiguousarray(batch)
         answer = self._exchange(batch)
         if answer is None:
-            log.warning("the model host for %s (pid %d) died: running its batch on a new one",
+            log.warning("the model host for %s (pid %d) died or hung: running its batch on a new one",
                         self.args[0], self.proc.pid)
             _count_restart()
-            self.close()
+            self._discard()
             answer = self._exchange(batch)
         if answer is None:
-            self.close()
-            raise ModelHostError(f"the model host for {self.args[0]} died twice on one batch (pid {self.proc.pid}); "
+            self._discard()
+            raise ModelHostError(f"the model host for {self.args[0]} failed twice on one batch (pid {self.proc.pid}); "
                                  "the next batch starts a new one")
         return np.frombuffer(answer, np.float32).reshape(len(batch), self.classes)
 
     def _exchange(self, batch: np.ndarray) -> bytearray | None:
         """The child's answer to `batch` (a child started first if there is none), or
-        None if it died before answering."""
+        None if it died or hung before answering."""
         if self.sock is None:
             self._start()
+        self.sock.settimeout(self.hung_after + len(batch))
         try:
             self.sock.sendall(COUNT.pack(len(batch)))
             self.sock.sendall(batch.data)
             return _receive(self.sock, len(batch) * self.classes * 4)
-        except OSError:
+        except OSError:  # TimeoutError included
             return None
+
+    def _discard(self) -> None:
+        """Kill the child now (a hung one would not read the end-of-file) and forget it."""
+        self.proc.kill()
+        self.close()
 
     def close(self) -> None:
         self._finalizer()
