@@ -47,6 +47,9 @@ _restarts_lock = threading.Lock()
 XNNPACK_QS8_QU8 = 0x3
 XNNPACK_FORCE_FP16 = 0x4
 COUNT = struct.Struct("<I")
+# A child's answer is late (hung) after ModelHost.hung_after seconds plus this per image:
+# far beyond a large model's pace on one thread (the default model: ~4 ms an image).
+SECONDS_AN_IMAGE = 5.0
 
 
 def cpu_has_fp16(cpuinfo: str) -> bool:
@@ -74,9 +77,8 @@ class ModelHostError(RuntimeError):
 class ModelHost:
     """One child process running the model on `threads` threads; `run` one batch at a
     time (the caller's pool hands a host to one batch at once). A child that died, or
-    gave no answer within `hung_after` seconds plus a second an image (stopped, or stuck
-    in its runtime: far beyond any model's pace), is started afresh by the batch that
-    finds it so."""
+    gave no answer within `hung_after` seconds plus SECONDS_AN_IMAGE an image (stopped,
+    or stuck in its runtime), is started afresh by the batch that finds it so."""
 
     def __init__(self, path: Path, threads: int, output_name: str, shape: tuple, dtype: np.dtype,
                  flags: int = XNNPACK_QS8_QU8 | XNNPACK_FORCE_FP16, hung_after: float = 30.0):
@@ -122,7 +124,7 @@ class ModelHost:
         None if it died or hung before answering."""
         if self.sock is None:
             self._start()
-        self.sock.settimeout(self.hung_after + len(batch))
+        self.sock.settimeout(self.hung_after + SECONDS_AN_IMAGE * len(batch))
         try:
             self.sock.sendall(COUNT.pack(len(batch)))
             self.sock.sendall(batch.data)
