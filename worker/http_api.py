@@ -96,7 +96,7 @@ def create_app(state) -> web.Application:
         ("gauge", "imagecluster_ready", "1 when the models are loaded and the worker is not draining",
          int(state.ready), None),
         ("counter", "imagecluster_model_host_restarts_total",
-         "fp16 model host processes found dead or hung and started afresh (their batch ran again)", model_host.restarts(),
-         None),
+         "fp16 model host processes found dead or hung and started afresh (their batch ran again)",
+         model_host.restarts(), None),
     ])
     return app
