@@ -124,12 +124,12 @@ class ModelHost:
         None if it died or hung before answering."""
         if self.sock is None:
             self._start()
-        self.sock.settimeout(self.hung_after + SECONDS_AN_IMAGE * len(batch))
+        _give_up_after(self.sock, self.hung_after + SECONDS_AN_IMAGE * len(batch))
         try:
             self.sock.sendall(COUNT.pack(len(batch)))
             self.sock.sendall(batch.data)
             return _receive(self.sock, len(batch) * self.classes * 4)
-        except OSError:  # TimeoutError included
+        except OSError:  # BlockingIOError: it gave up
             return None
 
     def _discard(self) -> None:
@@ -140,6 +140,17 @@ class ModelHost:
     def close(self) -> None:
         self._finalizer()
         self.sock = None
+
+
+def _give_up_after(sock: socket.socket, seconds: float) -> None:
+    """Each send and receive on this blocking socket fails with BlockingIOError after
+    `seconds` (the kernel's SO_SNDTIMEO and SO_RCVTIMEO). Python's own socket timeout
+    polls before every call, taking the GIL back once more each time: with it the default
+    model served 0.976x at c=32 (5 of 6 alternating rounds behind), with these 0.99x (the
+    noise)."""
+    interval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
 
 
 def restarts() -> int:
