@@ -47,20 +47,26 @@ def test_fp16_only_where_allowed_and_for_tflite():
     assert not uses_fp16(ServingSpec(), "tflite", fp32=False)  # a model's own serving.json decides
 
 
-@pytest.mark.loopback
-def test_a_host_answers_as_the_library_and_outlives_its_child(tmp_path, tiny_keras):
-    """With XNNPACK's default flags (fp32, any CPU) the child answers what Keras does; killed,
-    the next batch runs on a new child; closed, it exits."""
+@pytest.fixture
+def tiny_host_args(tmp_path, tiny_keras) -> tuple:
+    """ModelHost's arguments for the tiny Keras model as a .tflite, in fp32 (XNNPACK's
+    default flags: any CPU)."""
     import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
 
     path = tmp_path / "model.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(tiny_keras).convert())
-    from ai_edge_litert.interpreter import Interpreter
-
     output = Interpreter(model_path=str(path)).get_output_details()[0]["name"]
+    return path, 1, output, (16, 16, 3), np.float32
+
+
+@pytest.mark.loopback
+def test_a_host_answers_as_the_library_and_outlives_its_child(tiny_host_args, tiny_keras):
+    """The child answers what Keras does; killed, the next batch runs on a new child;
+    closed, it exits."""
     batch = np.random.default_rng(0).random((5, 16, 16, 3), dtype=np.float32)
     expected = tiny_keras(batch).numpy()
-    host = ModelHost(path, 1, output, (16, 16, 3), np.float32, flags=XNNPACK_QS8_QU8)
+    host = ModelHost(*tiny_host_args, flags=XNNPACK_QS8_QU8)
     np.testing.assert_allclose(host.run(batch), expected, atol=1e-5)
     if sys.platform == "linux":  # named for top and ps, beside the worker's threads
         assert Path(f"/proc/{host.proc.pid}/comm").read_text().strip() == "model_host"
@@ -77,17 +83,11 @@ def test_a_host_answers_as_the_library_and_outlives_its_child(tmp_path, tiny_ker
 
 
 @pytest.mark.loopback
-def test_a_batch_whose_new_child_dies_too_fails_and_the_next_starts_afresh(tmp_path, tiny_keras, monkeypatch):
+def test_a_batch_whose_new_child_dies_too_fails_and_the_next_starts_afresh(tiny_host_args, tiny_keras, monkeypatch):
     """One retry, not a loop: a batch that (as far as the host can tell) kills every child
     it meets fails with ModelHostError; the batch after it gets a working child."""
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    path = tmp_path / "model.tflite"
-    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(tiny_keras).convert())
-    output = Interpreter(model_path=str(path)).get_output_details()[0]["name"]
     batch = np.random.default_rng(1).random((3, 16, 16, 3), dtype=np.float32)
-    host = ModelHost(path, 1, output, (16, 16, 3), np.float32, flags=XNNPACK_QS8_QU8)
+    host = ModelHost(*tiny_host_args, flags=XNNPACK_QS8_QU8)
     started = ModelHost._start
 
     def start_then_die(self):
@@ -106,18 +106,12 @@ def test_a_batch_whose_new_child_dies_too_fails_and_the_next_starts_afresh(tmp_p
 
 
 @pytest.mark.loopback
-def test_a_hung_child_is_replaced_and_its_batch_answered(tmp_path, tiny_keras, monkeypatch):
+def test_a_hung_child_is_replaced_and_its_batch_answered(tiny_host_args, tiny_keras, monkeypatch):
     """A child that stops answering (SIGSTOP here; a runtime stuck for good in life) is
     killed once its answer is late, and the batch runs again."""
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    path = tmp_path / "model.tflite"
-    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(tiny_keras).convert())
-    output = Interpreter(model_path=str(path)).get_output_details()[0]["name"]
     batch = np.random.default_rng(2).random((1, 16, 16, 3), dtype=np.float32)
     monkeypatch.setattr(model_host, "SECONDS_AN_IMAGE", 0.0)
-    host = ModelHost(path, 1, output, (16, 16, 3), np.float32, flags=XNNPACK_QS8_QU8, hung_after=0.5)
+    host = ModelHost(*tiny_host_args, flags=XNNPACK_QS8_QU8, hung_after=0.5)
     stuck = host.proc
     os.kill(stuck.pid, signal.SIGSTOP)
     np.testing.assert_allclose(host.run(batch), tiny_keras(batch).numpy(), atol=1e-5)
