@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -117,6 +118,26 @@ def test_a_hung_child_is_replaced_and_its_batch_answered(tiny_host_args, tiny_ke
     np.testing.assert_allclose(host.run(batch), tiny_keras(batch).numpy(), atol=1e-5)
     assert host.proc.pid != stuck.pid and stuck.poll() == -signal.SIGKILL
     host.close()
+
+
+@pytest.mark.loopback
+def test_a_child_that_never_says_ready_did_not_start(tiny_host_args, monkeypatch):
+    """A child stuck while loading (stopped here) is killed at STARTUP_LIMIT: ModelHostError,
+    which the worker answers by serving in fp32, or which fails the one batch that waited."""
+    popen = subprocess.Popen
+    started = []
+
+    def stopped_at_once(*args, **kwargs):
+        proc = popen(*args, **kwargs)
+        os.kill(proc.pid, signal.SIGSTOP)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(model_host, "STARTUP_LIMIT", 0.5)
+    monkeypatch.setattr(model_host.subprocess, "Popen", stopped_at_once)
+    with pytest.raises(ModelHostError, match="did not start"):
+        ModelHost(*tiny_host_args, flags=XNNPACK_QS8_QU8)
+    assert started[0].wait(timeout=5) == -signal.SIGKILL
 
 
 @pytest.mark.unit

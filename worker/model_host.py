@@ -50,6 +50,10 @@ COUNT = struct.Struct("<I")
 # A child's answer is late (hung) after ModelHost.hung_after seconds plus this per image:
 # far beyond a large model's pace on one thread (the default model: ~4 ms an image).
 SECONDS_AN_IMAGE = 5.0
+# A child that has not said it is ready this long after it started did not start (loading
+# the default model takes ~0.4 s; a large one, seconds): the worker serves in fp32 instead,
+# or a batch waiting on a replacement fails rather than waiting for ever.
+STARTUP_LIMIT = 120.0
 
 
 def cpu_has_fp16(cpuinfo: str) -> bool:
@@ -94,9 +98,13 @@ class ModelHost:
                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=_child_env())
         self.sock, self.proc = ours, proc
         self._finalizer = weakref.finalize(self, _stop, ours, proc)
-        ready = _receive(ours, 1 + COUNT.size)
+        _give_up_after(ours, STARTUP_LIMIT)
+        try:
+            ready = _receive(ours, 1 + COUNT.size)
+        except OSError:  # BlockingIOError: it said nothing in time
+            ready = None
         if ready is None or ready[:1] != b"R":
-            self.close()
+            self._discard()
             raise ModelHostError(f"the model host for {self.args[0]} did not start (its log above says why)")
         (self.classes,) = COUNT.unpack(ready[1:])
 
