@@ -27,10 +27,21 @@ def consul_binary() -> str:
     raise FileNotFoundError("no consul binary: run scripts/install-consul")
 
 
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free on `host` now that this process has not handed out before: the kernel
+    may offer a just-closed port twice, and two servers given the same one collide (a
+    proxy once got its Consul agent's port)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
+    raise RuntimeError(f"no port on {host} that was not handed out already")
 
 
 class DevAgent:
