@@ -99,10 +99,7 @@ class ModelHost:
         self.sock, self.proc = ours, proc
         self._finalizer = weakref.finalize(self, _stop, ours, proc)
         _give_up_after(ours, STARTUP_LIMIT)
-        try:
-            ready = _receive(ours, 1 + COUNT.size)
-        except OSError:  # BlockingIOError: it said nothing in time
-            ready = None
+        ready = _receive(ours, 1 + COUNT.size)
         if ready is None or ready[:1] != b"R":
             self._discard()
             raise ModelHostError(f"the model host for {self.args[0]} did not start (its log above says why)")
@@ -136,9 +133,9 @@ class ModelHost:
         try:
             self.sock.sendall(COUNT.pack(len(batch)))
             self.sock.sendall(batch.data)
-            return _receive(self.sock, len(batch) * self.classes * 4)
-        except OSError:  # BlockingIOError: it gave up
+        except OSError:  # the child is gone (EPIPE), or it stopped reading (BlockingIOError)
             return None
+        return _receive(self.sock, len(batch) * self.classes * 4)
 
     def _discard(self) -> None:
         """Kill the child now (a hung one would not read the end-of-file) and forget it."""
@@ -191,11 +188,15 @@ def _stop(sock: socket.socket, proc: subprocess.Popen) -> None:
 
 
 def _receive(sock: socket.socket, size: int) -> bytearray | None:
-    """Exactly `size` bytes, or None at end-of-file."""
+    """Exactly `size` bytes, or None at end-of-file, on an error, or once the socket's
+    time limit (`_give_up_after`) passes."""
     buf = bytearray(size)
     view, got = memoryview(buf), 0
     while got < size:
-        n = sock.recv_into(view[got:])
+        try:
+            n = sock.recv_into(view[got:])
+        except OSError:  # BlockingIOError when the kernel gave up waiting; a reset
+            return None
         if n == 0:
             return None
         got += n
