@@ -13,12 +13,12 @@ import aiohttp
 import pytest
 
 from client import Client
-from edge.cores import usable_cores
 from proxy.config import ProxyConfig
 from proxy.policy import VersionSplit
 from proxy.state import ProxyState
 from tests.conftest import ESPRESSO, MODEL_DIR
 from tests.processes import child_pids, serve_model, wait_for
+from worker.backends import lane_count
 from worker.model_host import native_fp16
 
 SERVED_FILES = ("model.tflite", "labels.txt", "serving.json")  # all the TFLite backend reads
@@ -111,8 +111,8 @@ async def test_hot_swap_under_load_loses_nothing(start_worker, start_proxy, tmp_
         assert (await r.json())["models"]["efficientnet_lite0"]["version"] == "3"
     # In fp16 each version runs in child processes (worker/model_host.py): the old
     # versions' are gone, only version 3's remain (a main one, and one per lane).
-    lanes = usable_cores() if usable_cores() > 1 else 0
-    wait_for(lambda: len(child_pids(worker.proc.pid)) == ((1 + lanes) if native_fp16() else 0),
+    hosts = 1 + lane_count(0) if native_fp16() else 0  # the worker's default: one lane per core
+    wait_for(lambda: len(child_pids(worker.proc.pid)) == hosts,
              what="only the newest version's model hosts")
 
 

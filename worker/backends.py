@@ -57,6 +57,13 @@ def _pick_output(outputs: list[tuple[str, tuple]], wanted: str | None, where: st
     return matrices[0]
 
 
+def lane_count(batch_interpreters: int) -> int:
+    """How many one-thread interpreters run batches side by side: `batch_interpreters`
+    (0: one per core), and none where that is one (the main interpreter runs them)."""
+    count = batch_interpreters or usable_cores()
+    return count if count > 1 else 0
+
+
 def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_interpreters: int = 1,
                 fp16: bool = False) -> Runner:
     """One interpreter on `threads` threads (0: every core) for a lone image that finds the
@@ -81,10 +88,9 @@ def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_
     out = outputs[[n for n, _ in out_names].index(_pick_output(out_names, output_name, str(path)))]
     signature = tuple(None if d < 0 else int(d) for d in inp["shape_signature"][1:])
     dtype = _float_or_uint8(inp["dtype"], str(path))
-    count = batch_interpreters or usable_cores()
     if fp16:
-        return _fp16_runner(path, threads, count, out["name"], signature, dtype)
-    lanes = [Interpreter(model_path=str(path), num_threads=1) for _ in range(count)] if count > 1 else []
+        return _fp16_runner(path, threads, lane_count(batch_interpreters), out["name"], signature, dtype)
+    lanes = [Interpreter(model_path=str(path), num_threads=1) for _ in range(lane_count(batch_interpreters))]
     pool = _Interpreters(interpreter, lanes)
 
     def prepare(shape: tuple) -> None:
@@ -107,7 +113,7 @@ def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_
     return Runner(signature, dtype, run, prepare, keep=pool, concurrency=max(1, len(lanes)))
 
 
-def _fp16_runner(path: Path, threads: int, count: int, output_name: str, signature: tuple,
+def _fp16_runner(path: Path, threads: int, lanes: int, output_name: str, signature: tuple,
                  dtype: np.dtype) -> Runner:
     """The same pool of a main model and one-thread lanes, each a ModelHost: its child
     process starts once the input shape is known (`prepare`)."""
@@ -120,15 +126,15 @@ def _fp16_runner(path: Path, threads: int, count: int, output_name: str, signatu
             return ModelHost(path, n, output_name, shape, dtype)
 
         # Side by side: each child takes ~0.4 s to import its runtime and load the model.
-        with ThreadPoolExecutor(1 + count) as starting:
-            main, *lanes = starting.map(host, [threads or usable_cores(), *([1] * count if count > 1 else [])])
-        holder["pool"] = _Interpreters(main, lanes)
+        with ThreadPoolExecutor(1 + lanes) as starting:
+            main, *lane_hosts = starting.map(host, [threads or usable_cores(), *[1] * lanes])
+        holder["pool"] = _Interpreters(main, lane_hosts)
 
     def run(batch: np.ndarray) -> np.ndarray:
         with holder["pool"].interpreter(len(batch)) as host:
             return host.run(batch)
 
-    return Runner(signature, dtype, run, prepare, keep=holder, concurrency=max(1, count))
+    return Runner(signature, dtype, run, prepare, keep=holder, concurrency=max(1, lanes))
 
 
 class _Interpreters:
