@@ -19,7 +19,7 @@ Python's full collections walk every tracked object, and a served process starts
 collection, during which the event loop answers nothing. Requests that outlive a young
 collection (hundreds in flight under load) reach the old generation and trigger a full
 one every second or so in a storm of refusals. Freezing what start-up built (gc.freeze)
-leaves the full collections only what serving made (README, "Overload refusals").
+leaves the full collections only what serving made (docs/performance.md, "Start-up's objects are frozen").
 """
 
 from __future__ import annotations

@@ -357,12 +357,16 @@ def plots(ceiling_row: dict, rows: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     configs = list(dict.fromkeys(r["config"] for r in rows))
+    # 20 distinct colours for ~14 configurations (the default cycle repeats after 10); the
+    # other servers dashed, ours solid.
+    colours = dict(zip(configs, plt.get_cmap("tab20").colors))
     written = []
     for key, label, name in (("per_second", "images / s", "throughput.png"), ("p99_ms", "p99 latency, ms", "p99.png")):
-        fig, ax = plt.subplots(figsize=(6.5, 4))
+        fig, ax = plt.subplots(figsize=(8, 4.2))
         for config in configs:
             pts = [(r["concurrency"], r[key]) for r in rows if r["config"] == config]
-            ax.plot(*zip(*pts), "o-", label=config)
+            style = "o--" if config.startswith(("flask", "mosec")) else "o-"
+            ax.plot(*zip(*pts), style, color=colours[config], label=config)
         if key == "per_second":
             ax.axhline(ceiling_row["per_second"], color="grey", linestyle="--", label="in-process ceiling")
         ax.set_xscale("log", base=2)
@@ -371,7 +375,7 @@ def plots(ceiling_row: dict, rows: list[dict], out: Path) -> list[Path]:
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
