@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.tasks import collect_batch
-from worker.batcher import LANE_BATCH, BatchConfig, Batcher, InferenceError, QueueFullError
+from worker.batcher import LANE_BATCH, BatchConfig, Batcher, InferenceError, QueueFullError, Stopped
 from worker.service import top_k
 
 pytestmark = pytest.mark.unit
@@ -26,14 +26,21 @@ class StandInModel:
         self.gate = threading.Event()
         self.gate.set()
         self.batches: list[int] = []
+        self.stopped = False
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         self.gate.wait(10)
+        if self.stopped:
+            raise RuntimeError("stopped")  # as a killed model host fails the batch waiting on it
         self.batches.append(len(batch))
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("boom")
         return batch[:, 0, 0, :1].astype(np.float32)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.gate.set()
 
 
 def image(value: int) -> np.ndarray:
@@ -109,6 +116,25 @@ async def test_caller_that_went_away_does_not_break_the_loop(batcher):
     await blocker
     assert int((await b.submit(image(2))).probabilities[0]) == 2
     assert sum(model.batches) == 2  # the cancelled request was never computed
+
+
+async def test_close_answers_every_image_and_stops_the_model(batcher):
+    """A drain that ran out of time: the batch still running (its model stuck) and the
+    images queued behind it fail with Stopped (answered 503) at once, not cut at exit."""
+    b, model = batcher
+    model.gate.clear()  # the first batch hangs in the model
+    running = asyncio.ensure_future(b.submit(image(1)))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(b.submit(image(i))) for i in range(2, 5)]
+    await asyncio.sleep(0.05)
+    assert not running.done() and model.batches == []
+    await asyncio.wait_for(b.close(), 5)
+    for request in (running, *queued):
+        with pytest.raises(Stopped):
+            await asyncio.wait_for(request, 5)
+    assert model.stopped
+    with pytest.raises(Stopped):  # an image decoded after close(): nothing would collect it
+        await b.submit(image(5))
 
 
 async def test_an_idle_batcher_does_not_wait_for_a_batch_to_fill():

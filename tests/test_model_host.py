@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +120,27 @@ def test_a_hung_child_is_replaced_and_its_batch_answered(tiny_host_args, tiny_ke
     np.testing.assert_allclose(host.run(batch), tiny_keras(batch).numpy(), atol=1e-5)
     assert host.proc.pid != stuck.pid and stuck.poll() == -signal.SIGKILL
     host.close()
+
+
+@pytest.mark.loopback
+def test_a_stopped_host_fails_its_waiting_batch_at_once(tiny_host_args):
+    """The worker shutting down stops its hosts: a batch waiting on a hung child (here
+    SIGSTOPped, with the default 30 s limit) fails now, and no new child starts."""
+    host = ModelHost(*tiny_host_args, flags=XNNPACK_QS8_QU8)
+    stuck = host.proc
+    os.kill(stuck.pid, signal.SIGSTOP)
+    restarts = model_host.restarts()
+    with ThreadPoolExecutor(1) as lane:
+        waiting = lane.submit(host.run, np.zeros((1, 16, 16, 3), np.float32))
+        time.sleep(0.3)  # the batch is sent, or being sent, and waits
+        assert not waiting.done()
+        host.stop()
+        with pytest.raises(ModelHostError, match="stopped"):
+            waiting.result(timeout=10)
+    assert stuck.wait(timeout=5) == -signal.SIGKILL
+    with pytest.raises(ModelHostError, match="stopped"):
+        host.run(np.zeros((1, 16, 16, 3), np.float32))
+    assert host.proc is stuck and model_host.restarts() == restarts  # nothing started afresh
 
 
 @pytest.mark.loopback

@@ -108,6 +108,26 @@ async def test_model_hosts_killed_fail_no_request(worker, coffee_jpeg):
     assert model_host_restarts(worker) > restarts  # counted, for alerts
 
 
+@pytest.mark.skipif(not native_fp16(), reason="the model runs in process (fp32) on a CPU without native fp16")
+async def test_a_drain_that_runs_out_of_time_answers_every_request(start_worker, coffee_jpeg):
+    """Model hosts hung (stopped here) when the worker is told to stop: once its drain
+    timeout passes, each request still in flight is answered 503 `shutting_down` with
+    Retry-After (send it again, elsewhere), and the worker exits, its children killed.
+    Before, the requests were cut at exit, which waited out the hung hosts' time limit."""
+    worker = start_worker("--drain-timeout", "1")
+    hosts = child_pids(worker.proc.pid)
+    for pid in hosts:
+        os.kill(pid, signal.SIGSTOP)
+    requests = [asyncio.ensure_future(post_file(worker.url, "data", coffee_jpeg)) for _ in range(3)]
+    await asyncio.sleep(0.5)  # in the hosts' hands, or queued behind them
+    worker.signal(signal.SIGTERM)
+    answers = await asyncio.gather(*requests)
+    assert [(status, body["error"]["code"]) for status, body, _ in answers] == [(503, "shutting_down")] * 3, answers
+    assert all(headers["Retry-After"] for _, _, headers in answers)
+    assert await asyncio.get_running_loop().run_in_executor(None, worker.wait, 20) == 0
+    assert not [pid for pid in hosts if Path(f"/proc/{pid}").exists()]
+
+
 def model_host_restarts(worker) -> float:
     with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as r:
         text = r.read().decode()

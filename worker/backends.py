@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,9 @@ class Runner:
     prepare: Callable[[tuple], None] = lambda shape: None  # fix a dynamic input shape once known
     keep: object = None  # whatever `run` needs kept alive (a SavedModel's variables)
     concurrency: int = 1  # how many batches `run` may be given at once, from as many threads
+    # Ends the processes `run` waits on (fp16 model hosts), so a batch still running fails
+    # at once; in-process runtimes cannot be interrupted and finish their batch.
+    stop: Callable[[], None] = lambda: None
 
 
 def _float_or_uint8(dtype, where: str) -> np.dtype:
@@ -134,7 +137,12 @@ def _fp16_runner(path: Path, threads: int, lanes: int, output_name: str, signatu
         with holder["pool"].interpreter(len(batch)) as host:
             return host.run(batch)
 
-    return Runner(signature, dtype, run, prepare, keep=holder, concurrency=max(1, lanes))
+    def stop() -> None:
+        if "pool" in holder:
+            for host in (holder["pool"].main, *holder["pool"].lanes):
+                host.stop()
+
+    return Runner(signature, dtype, run, prepare, keep=holder, concurrency=max(1, lanes), stop=stop)
 
 
 class _Interpreters:
@@ -231,4 +239,4 @@ def noop(runner: Runner, classes: int) -> Runner:
     def run(batch: np.ndarray) -> np.ndarray:
         return np.full((len(batch), classes), 1.0 / classes, dtype=np.float32)
 
-    return Runner(runner.input_shape, runner.input_dtype, run, runner.prepare, runner.keep, runner.concurrency)
+    return replace(runner, run=run)

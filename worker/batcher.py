@@ -53,6 +53,11 @@ class InferenceError(Exception):
     """The batch this request was in failed; the message says why."""
 
 
+class Stopped(Exception):
+    """The worker stopped (a drain that ran out of time) before this image was computed:
+    the caller should answer 503, send it again elsewhere."""
+
+
 @dataclass(frozen=True)
 class BatchConfig:
     max_batch_size: int = 32
@@ -112,6 +117,7 @@ class Batcher:
         self._batches: set[asyncio.Task] = set()  # batches handed out
         self._slot_freed = asyncio.Event()
         self._running = 0  # images in the batches handed out (computing, or ready for a lane)
+        self._closed = False
 
     @property
     def full(self) -> bool:
@@ -138,17 +144,23 @@ class Batcher:
         self.model = model
 
     async def close(self) -> None:
-        await cancel(self._task, *self._batches)
+        """Stop now. Every image not yet answered (queued, or in a batch still running when
+        a drain ran out of time) fails with Stopped, so its request is answered, not cut.
+        The model's processes stop, so no thread is left waiting on a hung one and the
+        worker exits at once; an in-process runtime's thread finishes its batch unwaited."""
+        self._closed = True
+        await cancel(self._task, *self._batches)  # each batch fails its own images
         while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if not item.future.done():
-                item.future.set_exception(InferenceError("the worker is shutting down"))
-        self._executor.shutdown(wait=True)
+            _fail(self._queue.get_nowait(), Stopped("the worker stopped before computing this image"))
+        self.model.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _release(self, count: int) -> None:
         self._admitted -= count
 
     async def _enqueue(self, image: np.ndarray) -> Prediction:
+        if self._closed:  # decoded after close(): nothing would collect it
+            raise Stopped("the worker stopped before computing this image")
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(image, future))
         return await future
@@ -183,12 +195,15 @@ class Batcher:
             started, finished, probabilities = await loop.run_in_executor(
                 self._executor, self._predict, model, [item.image for item in batch]
             )
+        except asyncio.CancelledError:  # close()
+            for item in batch:
+                _fail(item, Stopped("the worker stopped before this image's batch was computed"))
+            raise
         except Exception as exc:  # a failed batch fails its requests, never the loop
             log.exception("inference failed for a batch of %d", len(batch))
             self.stats.failed_batches += 1
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(InferenceError(f"inference failed: {exc}"))
+                _fail(item, InferenceError(f"inference failed: {exc}"))
             return
         finally:
             self._running -= len(batch)
@@ -211,6 +226,11 @@ class Batcher:
         started = time.perf_counter()
         probabilities = model.predict(np.stack(images))  # checks one row per image
         return started, time.perf_counter(), probabilities
+
+
+def _fail(item: _Pending, exc: Exception) -> None:
+    if not item.future.done():  # its caller may have gone away
+        item.future.set_exception(exc)
 
 
 class Admission:

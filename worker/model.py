@@ -56,6 +56,7 @@ class Model:
     _predict: object  # callable: uint8 (N, H, W, C) -> float32 (N, classes)
     concurrency: int = 1  # batches `predict` may be given at once (the runtime's Runner.concurrency)
     precision: str = "fp32"  # the arithmetic the model runs in: fp32, or fp16 (worker/model_host.py)
+    stop: object = lambda: None  # callable: end the runtime's processes; a batch still running fails
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 batch; one row per input image."""
@@ -139,7 +140,7 @@ def load_version(version_dir: Path, *, name: str | None = None, backend: str = "
     preprocessing = Preprocessing(shape[0], spec.crop_fraction, spec.resample, preprocessing, CHANNELS[spec.channels])
     return Model(name or version_dir.parent.name, version_dir.name, backend if backend == "noop" else chosen, shape,
                  labels or [str(i) for i in range(probs.shape[1])], preprocessing, time.perf_counter() - start,
-                 predict, runner.concurrency, "fp16" if fp16 else "fp32")
+                 predict, runner.concurrency, "fp16" if fp16 else "fp32", runner.stop)
 
 
 def uses_fp16(spec: ServingSpec, backend: str, fp32: bool) -> bool:

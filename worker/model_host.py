@@ -82,13 +82,15 @@ class ModelHost:
     """One child process running the model on `threads` threads; `run` one batch at a
     time (the caller's pool hands a host to one batch at once). A child that died, or
     gave no answer within `hung_after` seconds plus SECONDS_AN_IMAGE an image (stopped,
-    or stuck in its runtime), is started afresh by the batch that finds it so."""
+    or stuck in its runtime), is started afresh by the batch that finds it so, until
+    `stop()`."""
 
     def __init__(self, path: Path, threads: int, output_name: str, shape: tuple, dtype: np.dtype,
                  flags: int = XNNPACK_QS8_QU8 | XNNPACK_FORCE_FP16, hung_after: float = 30.0):
         self.args = [str(path), str(threads), output_name, ",".join(map(str, shape)), np.dtype(dtype).name, str(flags)]
         self.hung_after = hung_after
         self.sock: socket.socket | None = None
+        self._stopped = False
         self._start()
 
     def _start(self) -> None:
@@ -109,15 +111,18 @@ class ModelHost:
         """float32 (len(batch), classes) for a batch in the model's input form. A child
         that died (the OOM killer's choice, say) or hung is replaced, and the batch is
         run once more on the new one: the requests in it do not fail for a fault they did
-        not cause. A batch that fails that child too fails."""
+        not cause. A batch that fails that child too fails, as does one whose host was
+        stopped."""
         batch = np.ascontiguousarray(batch)
         answer = self._exchange(batch)
-        if answer is None:
+        if answer is None and not self._stopped:
             log.warning("the model host for %s (pid %d) died or hung: running its batch on a new one",
                         self.args[0], self.proc.pid)
             _count_restart()
             self._discard()
             answer = self._exchange(batch)
+        if answer is None and self._stopped:
+            raise ModelHostError(f"the model host for {self.args[0]} was stopped (the worker is shutting down)")
         if answer is None:
             self._discard()
             raise ModelHostError(f"the model host for {self.args[0]} failed twice on one batch (pid {self.proc.pid}); "
@@ -126,16 +131,19 @@ class ModelHost:
 
     def _exchange(self, batch: np.ndarray) -> bytearray | None:
         """The child's answer to `batch` (a child started first if there is none), or
-        None if it died or hung before answering."""
-        if self.sock is None:
+        None if it died or hung before answering, or was stopped."""
+        if self.sock is None and not self._stopped:
             self._start()
-        _give_up_after(self.sock, self.hung_after + SECONDS_AN_IMAGE * len(batch))
-        try:
-            self.sock.sendall(COUNT.pack(len(batch)))
-            self.sock.sendall(batch.data)
-        except OSError:  # the child is gone (EPIPE), or it stopped reading (BlockingIOError)
+        sock = self.sock  # stop(), from another thread, may close it and set it to None
+        if sock is None:
             return None
-        return _receive(self.sock, len(batch) * self.classes * 4)
+        try:
+            _give_up_after(sock, self.hung_after + SECONDS_AN_IMAGE * len(batch))
+            sock.sendall(COUNT.pack(len(batch)))
+            sock.sendall(batch.data)
+        except OSError:  # the child is gone (EPIPE), it stopped reading (BlockingIOError), or stop()
+            return None
+        return _receive(sock, len(batch) * self.classes * 4)
 
     def _discard(self) -> None:
         """Kill the child now (a hung one would not read the end-of-file) and forget it."""
@@ -146,16 +154,25 @@ class ModelHost:
         self._finalizer()
         self.sock = None
 
+    def stop(self) -> None:
+        """Kill the child for good (the worker is shutting down): a batch waiting on it,
+        in another thread, fails at once instead of waiting out a hung child's time limit,
+        and no new child starts."""
+        self._stopped = True
+        if self.sock is not None:
+            self._discard()
+
 
 def _give_up_after(sock: socket.socket, seconds: float) -> None:
-    """Each send and receive on this blocking socket fails with BlockingIOError after
-    `seconds` (the kernel's SO_SNDTIMEO and SO_RCVTIMEO). Python's own socket timeout
-    polls before every call, taking the GIL back once more each time: with it the default
-    model served 0.976x at c=32 (5 of 6 alternating rounds behind), with these 0.99x (the
-    noise)."""
-    interval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+    """A receive on this blocking socket fails with BlockingIOError after `seconds`, and
+    a send after half that: a batch larger than the socket's buffer is sent in parts, and
+    a child that stops reading lets the part under way go out after one wait and fails
+    the next after a second (the kernel's SO_RCVTIMEO and SO_SNDTIMEO). Python's own
+    socket timeout polls before every call, taking the GIL back once more each time: with
+    it the default model served 0.976x at c=32 (5 of 6 alternating rounds behind), with
+    these 0.99x (the noise)."""
+    for option, limit in ((socket.SO_RCVTIMEO, seconds), (socket.SO_SNDTIMEO, seconds / 2)):
+        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", int(limit), int(limit % 1 * 1_000_000)))
 
 
 def restarts() -> int:

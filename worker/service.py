@@ -14,7 +14,7 @@ from aiohttp import web
 
 from edge.errors import ApiError, retry_later
 from edge.inference import pick_model
-from worker.batcher import Admission, Batcher, InferenceError, Prediction, QueueFullError
+from worker.batcher import Admission, Batcher, InferenceError, Prediction, QueueFullError, Stopped
 from worker.config import WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -90,5 +90,7 @@ async def classify_image(state: WorkerState, admission: Admission, image: np.nda
         prediction = await admission.submit(image)
     except InferenceError:  # logged by the batcher with its cause
         raise ApiError(500, "inference_failed", "the model failed on the batch this image was in") from None
+    except Stopped:  # a drain that ran out of time: another worker can take it
+        raise retry_later("shutting_down", "the worker stopped before computing this image: send it again") from None
     state.served += 1
     return top_k(prediction.probabilities, prediction.model.labels, k), prediction
