@@ -81,8 +81,9 @@ def test_a_host_answers_as_the_library_and_outlives_its_child(tiny_host_args, ti
     assert host.proc.pid != first.pid
 
     second = host.proc
+    host.sock.close()  # as when the worker dies: its end of the socket closes with it
+    assert second.wait(timeout=5) == 0  # the child read end-of-file and left: no orphan
     host.close()
-    assert second.wait(timeout=5) == 0  # it read end-of-file and left
 
 
 @pytest.mark.loopback
