@@ -119,7 +119,11 @@ async def test_a_drain_that_runs_out_of_time_answers_every_request(start_worker,
     for pid in hosts:
         os.kill(pid, signal.SIGSTOP)
     requests = [asyncio.ensure_future(post_file(worker.url, "data", coffee_jpeg)) for _ in range(3)]
-    await asyncio.sleep(0.5)  # in the hosts' hands, or queued behind them
+    for _ in range(100):  # accepted: in the hosts' hands, or queued behind them
+        async with aiohttp.ClientSession() as s, s.get(worker.url + "/stats") as r:
+            if (await r.json())["in_flight"] == 3:
+                break
+        await asyncio.sleep(0.05)
     worker.signal(signal.SIGTERM)
     answers = await asyncio.gather(*requests)
     assert [(status, body["error"]["code"]) for status, body, _ in answers] == [(503, "shutting_down")] * 3, answers
