@@ -13,6 +13,7 @@ import skimage
 import zmq
 import zmq.asyncio
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.consul_dev import PROJECT_ROOT, DevAgent
 from tests.processes import ProxyProcess, WorkerProcess, serve_model
@@ -117,6 +118,20 @@ def worker(consul_agent, artifacts_dir):
                       log_path=artifacts_dir / "worker-shared.log").wait_ready()
     yield w
     w.stop()
+
+
+def scrape(url: str) -> dict[tuple, float]:
+    """{(sample name, sorted labels): value} for every sample of a server's GET /metrics,
+    parsed by prometheus-client's own parser."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def consul_get(agent: DevAgent, path: str):

@@ -3,29 +3,14 @@ parser, and checked against the traffic the test sent."""
 
 from __future__ import annotations
 
-import urllib.request
 import uuid
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ESPRESSO
+from tests.conftest import ESPRESSO, scrape, value
 
 pytestmark = pytest.mark.system
-
-
-def scrape(url: str) -> dict[tuple, float]:
-    """{(sample name, sorted labels): value} for every sample."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        assert r.headers["Content-Type"].startswith("text/plain")
-        text = r.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def post(url: str, data: bytes, path: str = "/"):

@@ -9,16 +9,14 @@ import json
 import os
 import signal
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, stalled_upload
+from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, scrape, stalled_upload, value
 from tests.processes import child_pids
 from worker.model_host import native_fp16
 
@@ -97,7 +95,7 @@ async def test_model_hosts_killed_fail_no_request(worker, coffee_jpeg):
     the requests, so that batches meet dead children however fast this machine is."""
     hosts = child_pids(worker.proc.pid)
     assert hosts
-    restarts = model_host_restarts(worker)
+    restarts = value(scrape(worker.url), "imagecluster_model_host_restarts_total")
     for pid in hosts:
         os.kill(pid, signal.SIGKILL)
     await asyncio.sleep(0.1)
@@ -105,7 +103,7 @@ async def test_model_hosts_killed_fail_no_request(worker, coffee_jpeg):
     assert [status for status, _ in answers] == [200] * 24, answers
     assert all(body["predictions"][0]["index"] == ESPRESSO for _, body in answers)
     assert set(child_pids(worker.proc.pid)) - set(hosts)  # new children answered
-    assert model_host_restarts(worker) > restarts  # counted, for alerts
+    assert value(scrape(worker.url), "imagecluster_model_host_restarts_total") > restarts  # counted, for alerts
 
 
 @pytest.mark.skipif(not native_fp16(), reason="the model runs in process (fp32) on a CPU without native fp16")
@@ -130,13 +128,6 @@ async def test_a_drain_that_runs_out_of_time_answers_every_request(start_worker,
     assert all(headers["Retry-After"] for _, _, headers in answers)
     assert await asyncio.get_running_loop().run_in_executor(None, worker.wait, 20) == 0
     assert not [pid for pid in hosts if Path(f"/proc/{pid}").exists()]
-
-
-def model_host_restarts(worker) -> float:
-    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return next(s.value for family in text_string_to_metric_families(text) for s in family.samples
-                if s.name == "imagecluster_model_host_restarts_total")
 
 
 async def test_real_photos(worker, chelsea_png):

@@ -122,12 +122,11 @@ class ModelHost:
             _count_restart()
             self.close()
             answer = self._exchange(batch)
-        if answer is None and self._stopped:
-            raise ModelHostError(f"the model host for {self.args[0]} was stopped (the worker is shutting down)")
         if answer is None:
             self.close()
-            raise ModelHostError(f"the model host for {self.args[0]} failed twice on one batch (pid {self.proc.pid}); "
-                                 "the next batch starts a new one")
+            raise ModelHostError(f"the model host for {self.args[0]} " + (
+                "was stopped (the worker is shutting down)" if self._stopped
+                else f"failed twice on one batch (pid {self.proc.pid}); the next batch starts a new one"))
         return np.frombuffer(answer, np.float32).reshape(len(batch), self.classes)
 
     def _exchange(self, batch: np.ndarray) -> bytearray | None:
