@@ -137,6 +137,21 @@ async def test_close_answers_every_image_and_stops_the_model(batcher):
         await b.submit(image(5))
 
 
+async def test_close_also_stops_a_retired_version_still_running_a_batch(batcher):
+    """A swap while a batch hangs in the old version, then a stop: both versions' runtimes
+    stop, so no thread is left waiting on the old one's hung process at exit."""
+    b, old = batcher
+    old.gate.clear()
+    running = asyncio.ensure_future(b.submit(image(1)))
+    await asyncio.sleep(0.05)
+    new = StandInModel()
+    b.swap(new)
+    await asyncio.wait_for(b.close(), 5)
+    with pytest.raises(Stopped):
+        await asyncio.wait_for(running, 5)
+    assert old.stopped and new.stopped
+
+
 async def test_an_idle_batcher_does_not_wait_for_a_batch_to_fill():
     """One image on an idle batcher goes straight to the model, however long the batch
     delay; images queued behind a busy one still form a batch."""

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, scrape, stalled_upload, value
+from edge.imaging import Preprocessing, preprocess
+from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, roundtrip, scrape, stalled_upload, value
 from tests.processes import child_pids
 from worker.model_host import native_fp16
+from worker.protocol import BatchRequest
 
 pytestmark = pytest.mark.system
 
@@ -109,23 +111,31 @@ async def test_model_hosts_killed_fail_no_request(worker, coffee_jpeg):
 @pytest.mark.skipif(not native_fp16(), reason="the model runs in process (fp32) on a CPU without native fp16")
 async def test_a_drain_that_runs_out_of_time_answers_every_request(start_worker, coffee_jpeg):
     """Model hosts hung (stopped here) when the worker is told to stop: once its drain
-    timeout passes, each request still in flight is answered 503 `shutting_down` with
-    Retry-After (send it again, elsewhere), and the worker exits, its children killed.
-    Before, the requests were cut at exit, which waited out the hung hosts' time limit."""
+    timeout passes, each request still in flight, over HTTP or ZeroMQ, is answered 503
+    `shutting_down` (over HTTP with Retry-After: send it again, elsewhere), and the worker
+    exits, its children killed. Before, the HTTP requests were cut at exit, which waited
+    out the hung hosts' time limit, and the ZeroMQ batch got no reply (its socket closed
+    before the batchers answered)."""
     worker = start_worker("--drain-timeout", "1")
     hosts = child_pids(worker.proc.pid)
     for pid in hosts:
         os.kill(pid, signal.SIGSTOP)
     requests = [asyncio.ensure_future(post_file(worker.url, "data", coffee_jpeg)) for _ in range(3)]
+    image = preprocess(coffee_jpeg, Preprocessing(), 10**8)
+    batch = BatchRequest("drained", ["a", "b"], np.stack([image, image]), model="efficientnet_lite0")
+    forwarded = asyncio.ensure_future(roundtrip(worker.ready["zmq"], batch.encode()))
     for _ in range(100):  # accepted: in the hosts' hands, or queued behind them
         async with aiohttp.ClientSession() as s, s.get(worker.url + "/stats") as r:
-            if (await r.json())["in_flight"] == 3:
+            if (await r.json())["in_flight"] == 5:
                 break
         await asyncio.sleep(0.05)
     worker.signal(signal.SIGTERM)
     answers = await asyncio.gather(*requests)
     assert [(status, body["error"]["code"]) for status, body, _ in answers] == [(503, "shutting_down")] * 3, answers
     assert all(headers["Retry-After"] for _, _, headers in answers)
+    reply = await forwarded
+    assert [(r["id"], r["error"]["status"], r["error"]["code"]) for r in reply["results"]] == [
+        ("a", 503, "shutting_down"), ("b", 503, "shutting_down")], reply
     assert await asyncio.get_running_loop().run_in_executor(None, worker.wait, 20) == 0
     assert not [pid for pid in hosts if Path(f"/proc/{pid}").exists()]
 

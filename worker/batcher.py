@@ -114,7 +114,7 @@ class Batcher:
         self._batch_size = min(config.max_batch_size, LANE_BATCH) if lanes else config.max_batch_size
         self._slots = model.concurrency + 1 if lanes else 1  # batches handed out at once
         self._task: asyncio.Task | None = None
-        self._batches: set[asyncio.Task] = set()  # batches handed out
+        self._batches: dict[asyncio.Task, Model] = {}  # batches handed out, and the version each runs on
         self._slot_freed = asyncio.Event()
         self._running = 0  # images in the batches handed out (computing, or ready for a lane)
         self._closed = False
@@ -146,13 +146,16 @@ class Batcher:
     async def close(self) -> None:
         """Stop now. Every image not yet answered (queued, or in a batch still running when
         a drain ran out of time) fails with Stopped, so its request is answered, not cut.
-        The model's processes stop, so no thread is left waiting on a hung one and the
-        worker exits at once; an in-process runtime's thread finishes its batch unwaited."""
+        The model's processes stop (the live version's, and a retired one's still running
+        a batch), so no thread is left waiting on a hung one and the worker exits at once;
+        an in-process runtime's thread finishes its batch unwaited. Closing twice is harmless."""
         self._closed = True
+        models = {id(model): model for model in (self.model, *self._batches.values())}
         await cancel(self._task, *self._batches)  # each batch fails its own images
         while not self._queue.empty():
             _fail(self._queue.get_nowait(), Stopped("the worker stopped before computing this image"))
-        self.model.stop()
+        for model in models.values():
+            model.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _release(self, count: int) -> None:
@@ -180,17 +183,17 @@ class Batcher:
             # Callers that went away (cancelled futures) need no computation.
             batch = [item for item in batch if not item.future.done()]
             if batch:
-                task = asyncio.create_task(self._run(loop, batch))
-                self._batches.add(task)
+                model = self.model  # a swap() takes effect at the next batch
+                task = asyncio.create_task(self._run(loop, model, batch))
+                self._batches[task] = model
                 task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task) -> None:
-        self._batches.discard(task)
+        self._batches.pop(task, None)
         self._slot_freed.set()
 
-    async def _run(self, loop, batch: list[_Pending]) -> None:
+    async def _run(self, loop, model: Model, batch: list[_Pending]) -> None:
         self._running += len(batch)
-        model = self.model  # a swap() now takes effect at the next batch
         try:
             started, finished, probabilities = await loop.run_in_executor(
                 self._executor, self._predict, model, [item.image for item in batch]

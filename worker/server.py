@@ -174,7 +174,19 @@ class WorkerServer:
         deadline = time.monotonic() + self.config.drain_timeout
         while self.state.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.state.in_flight:
-            log.warning("drain timeout: %d requests still in flight", self.state.in_flight)
-        else:
+        if not self.state.in_flight:
             log.info("drained: no request in flight")
+            return
+        log.warning("drain timeout: answering the %d requests still in flight 503 shutting_down", self.state.in_flight)
+        await self._answer_what_is_left()
+
+    async def _answer_what_is_left(self) -> None:
+        """Stop the batchers now, so each image still queued or computing fails with
+        Stopped, and give the handlers a moment to send their 503s, while HTTP, gRPC and
+        ZeroMQ are all still open (the stack closes ZeroMQ before the batchers: its
+        replies would have had no socket)."""
+        for batcher in self.state.batchers.values():
+            await batcher.close()
+        deadline = time.monotonic() + 1.0
+        while self.state.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)

@@ -26,6 +26,7 @@ from worker.protocol import BatchReply, BatchRequest, ErrorInfo, ItemResult, Pro
 from worker.service import WorkerState, classify_image
 
 log = logging.getLogger(__name__)
+LINGER_S = 0.5  # at close, for replies still in libzmq's queue; a peer gone or stuck forfeits them
 
 
 def _error(exc: ApiError) -> ErrorInfo:
@@ -53,9 +54,13 @@ class ZmqEndpoint:
         self._task = asyncio.create_task(self._receive(), name="zmq-endpoint")
 
     async def close(self) -> None:
+        """Stop receiving, let the handlers still running send their replies (bounded),
+        then close: replies libzmq has not yet sent get LINGER_S to go out."""
         await cancel(self._task)
-        self._socket.close(linger=0)
-        self._context.term()
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=1.0)
+        self._socket.close(linger=int(LINGER_S * 1000))
+        await asyncio.get_running_loop().run_in_executor(None, self._context.term)  # waits out the linger
 
     async def _receive(self) -> None:
         while True:
