@@ -1,6 +1,7 @@
 """python -m client: classify photos, look up a worker, or load-test the cluster.
 
     python -m client classify PHOTO_OR_DIR... [--model NAME] [--mode p2p|proxy] [--top-k 5] [--json] [--max-side 1024]
+                              [--concurrency 8]
     python -m client lookup [--model NAME]
     (global: --proxy URL[,URL...] | --consul HOST:PORT | --dns HOST:PORT, --token T)
     python -m client bench PHOTO [--mode p2p|proxy] [--concurrency 8] [--duration 10 | --count N] [--json]
@@ -15,13 +16,20 @@ import os
 import sys
 import time
 
-from client.api import ClassifyError, Client
+from client.api import Client
 from client.images import downscale, expand_paths
 from client.load import run_load
 
 # From scripts/bench/formats.py: photos up to 1024 px are sent untouched (their answer is
 # exactly the model's); bigger ones lose little at 1024 and most of their bytes.
 DEFAULT_MAX_SIDE = 1024
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def make_client(args, **kw) -> Client:
@@ -33,11 +41,11 @@ def make_client(args, **kw) -> Client:
 async def classify(args) -> int:
     failed = 0
     async with make_client(args, retries=args.retries, max_side=args.max_side) as client:
-        for path in expand_paths(args.photos):
-            try:
-                result = await client.classify(path, mode=args.mode, k=args.top_k, model=args.model)
-            except (ClassifyError, OSError) as exc:
-                print(f"{path}: error: {exc}", file=sys.stderr)
+        answers = client.classify_many(expand_paths(args.photos), concurrency=args.concurrency, mode=args.mode,
+                                       k=args.top_k, model=args.model)
+        async for path, result in answers:
+            if isinstance(result, Exception):
+                print(f"{path}: error: {result}", file=sys.stderr)
                 failed += 1
                 continue
             if args.json:
@@ -120,13 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     common(c)
     c.add_argument("--top-k", type=int, default=None, help="best classes per photo (default: 5 or fewer)")
     c.add_argument("--json", action="store_true", help="one JSON object per photo")
+    c.add_argument("--concurrency", type=positive, default=8,
+                   help="photos in flight at once; answers print in the order given (default %(default)s)")
 
     model(sub.add_parser("lookup", help="print one live worker's host:port"))
 
     b = sub.add_parser("bench", help="load-test with one photo")
     b.add_argument("photo")
     common(b)
-    b.add_argument("--concurrency", type=int, default=8)
+    b.add_argument("--concurrency", type=positive, default=8)
     b.add_argument("--duration", type=float, default=10.0, help="seconds (default %(default)s)")
     b.add_argument("--count", type=int, default=None, help="stop after this many requests instead")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")

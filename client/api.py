@@ -3,6 +3,8 @@
     async with Client("http://127.0.0.1:12480") as c:
         result = await c.classify("photo.jpg")                # p2p: lookup, then POST to the worker
         result = await c.classify(image_bytes, mode="proxy")  # forward through the proxy
+        async for path, result in c.classify_many(paths):     # 8 at a time, answers in order
+            ...
 
 Several proxies: `Client(["http://a:12480", "http://b:12480"])`, or `Client(consul=
 "127.0.0.1:8500")` to find the passing `classifier-proxy` instances in Consul; a proxy
@@ -22,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import aiohttp
@@ -105,6 +109,36 @@ class Client:
         if mode == "p2p":
             return await self._with_retries(lambda avoid: self._p2p_once(data, k, model, avoid))
         raise ValueError(f"mode must be 'p2p' or 'proxy', not {mode!r}")
+
+    async def classify_many(self, images: Iterable[bytes | str | Path], *, concurrency: int = 8,
+                            **options) -> AsyncIterator[tuple[bytes | str | Path, dict | Exception]]:
+        """classify(image, **options) for each image, `concurrency` at a time, yielding
+        (image, result) in the order given; an image that failed (ClassifyError, or an
+        OSError reading it) yields its exception instead, and the rest go on. One request
+        at a time leaves a cluster idle while each waits out its round trip; a few at once
+        keep its workers' batches full."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+
+        async def outcome(image) -> dict | Exception:
+            try:
+                return await self.classify(image, **options)
+            except (ClassifyError, OSError) as exc:
+                return exc
+
+        window: deque[tuple[bytes | str | Path, asyncio.Task]] = deque()
+        try:
+            for image in images:
+                window.append((image, asyncio.ensure_future(outcome(image))))
+                if len(window) >= concurrency:
+                    image, task = window.popleft()
+                    yield image, await task
+            while window:
+                image, task = window.popleft()
+                yield image, await task
+        finally:  # the caller stopped early, or a request raised something else (the cluster unreachable)
+            for _, task in window:
+                task.cancel()
 
     async def _p2p_once(self, data: bytes, k: int | None, model: str | None, avoid: set[str]) -> dict:
         address = await self._worker_address(avoid, model)
