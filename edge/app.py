@@ -25,6 +25,15 @@ DECODE_POOL = web.AppKey("decode_pool", ThreadPoolExecutor)
 EDGE_CONFIG = web.AppKey("edge_config", EdgeConfig)
 
 
+def app_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
+    """The runner both servers use: access logged by our middleware, signals ours, and a
+    client that disconnects cancels its handler (aiohttp's handler cancellation, off by
+    default): the image of a caller that gave up leaves the queue uncomputed instead of
+    taking a turn of the model for no one (README, "Clients that give up")."""
+    return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
+                         handler_cancellation=True)
+
+
 def create_edge_app(config: EdgeConfig, classify: Handler, healthz: Handler, readyz: Handler) -> web.Application:
     """The app both fronts start from, with the routes they share: the classify contract
     (POST / and /classify), liveness, readiness and metrics."""

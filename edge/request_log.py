@@ -9,6 +9,7 @@ own log line carries the same id. `--log-format json` writes one JSON object per
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
@@ -22,10 +23,11 @@ from edge.metrics import METRICS
 
 HEADER = "X-Request-ID"
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: debug level
-# Refusals (overloaded, not ready, no worker) are counted in the metrics and logged at debug
-# level: an overload storm must not become a log storm (the log line was a quarter of the
-# event loop's time while a worker refused 256 connections, py-spy).
-QUIET_STATUSES = frozenset({429, 503})
+# Refusals (overloaded, not ready, no worker) and clients that gave up are counted in the
+# metrics and logged at debug level: an overload storm must not become a log storm (the log
+# line was a quarter of the event loop's time while a worker refused 256 connections, py-spy).
+CLIENT_CLOSED = 499  # the client disconnected before its answer (nginx's code); nothing was sent
+QUIET_STATUSES = frozenset({429, 503, CLIENT_CLOSED})
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Per-request values handlers read or set.
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -59,6 +61,9 @@ async def request_log(request: web.Request, handler):
     except web.HTTPException as exc:
         status = exc.status
         exc.headers[HEADER] = rid
+        raise
+    except asyncio.CancelledError:  # the client went away (edge/app.py's runner cancels the handler)
+        status = CLIENT_CLOSED
         raise
     finally:
         seconds = time.perf_counter() - started

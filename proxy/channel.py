@@ -5,6 +5,10 @@ arriving within `max_delay_ms` then, up to `max_batch_size`) leave as one messag
 and one uint8 tensor frame; a request to an idle channel leaves at once. Replies are
 matched to requests by batch id and item id.
 
+A request whose caller gave up (its client disconnected, or the proxy's timeout for this
+worker passed) after its image was sent is named in a Cancel message, one per turn of
+the event loop for all such items, so the worker drops the image if it is still waiting.
+
 Failure is loud, never silent: a socket monitor reports the TCP connection dropping
 (a killed worker), which fails every request waiting on this channel at once with
 WorkerError and tells the pool (`on_disconnect`), so the worker is ejected and its
@@ -26,7 +30,7 @@ import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
 from edge.tasks import cancel, collect_batch
-from worker.protocol import BatchReply, BatchRequest, ErrorInfo, ItemResult, ProtocolError
+from worker.protocol import BatchReply, BatchRequest, Cancel, ErrorInfo, ItemResult, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class _Item:
     probabilities: bool
     model: str
     future: asyncio.Future
+    sent: bool = False
 
 
 class WorkerChannel:
@@ -70,7 +75,14 @@ class WorkerChannel:
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
         self.failed: str | None = None
+        self._cancelled: list[str] = []  # items sent whose callers gave up, not yet told to the worker
+        self._cancels: set[asyncio.Task] = set()
         self._tasks = [asyncio.create_task(c) for c in (self._send_loop(), self._recv_loop(), self._watch())]
+
+    @property
+    def awaiting_reply(self) -> int:
+        """Images sent to the worker and not yet answered."""
+        return sum(len(batch) for batch in self._pending.values())
 
     async def submit(self, image: np.ndarray, k: int, request_id: str = "", probabilities: bool = False,
                      model: str = "") -> ItemResult:
@@ -79,9 +91,31 @@ class WorkerChannel:
         if self.failed:
             raise WorkerError(self.failed)
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(f"{self._prefix}-{next(self._ids)}", image, k, request_id, probabilities,
-                                     model, future))
-        return await future
+        item = _Item(f"{self._prefix}-{next(self._ids)}", image, k, request_id, probabilities, model, future)
+        self._queue.put_nowait(item)
+        try:
+            return await future
+        except asyncio.CancelledError:  # not sent yet: the send loop skips it; sent: tell the worker
+            if item.sent and not self.failed:
+                self._cancel(item.id)
+            raise
+
+    def _cancel(self, item_id: str) -> None:
+        if not self._cancelled:  # the first this turn: send them all once the turn is over
+            asyncio.get_running_loop().call_soon(self._send_cancels)
+        self._cancelled.append(item_id)
+
+    def _send_cancels(self) -> None:
+        ids, self._cancelled = self._cancelled, []
+        task = asyncio.ensure_future(self._send_cancel(ids))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _send_cancel(self, ids: list[str]) -> None:
+        try:
+            await self._socket.send_multipart(Cancel(ids).encode())
+        except zmq.ZMQError as exc:  # the worker is gone: nothing left to cancel there
+            log.debug("%s: could not send a cancel: %s", self.endpoint, exc)
 
     async def _send_loop(self) -> None:
         while True:
@@ -90,12 +124,14 @@ class WorkerChannel:
                                         busy=lambda: bool(self._pending))
             by_model: dict[str, list[_Item]] = {}
             for item in batch:
-                if not item.future.done():
-                    by_model.setdefault(item.model, []).append(item)
+                by_model.setdefault(item.model, []).append(item)
             for model, items in by_model.items():  # one message per model: batches never mix models
                 await self._send(model, items)
 
     async def _send(self, model: str, batch: list[_Item]) -> None:
+        batch = [item for item in batch if not item.future.done()]  # callers gone (before or while others went)
+        if not batch:
+            return
         batch_id = f"{self._prefix}-b{next(self._ids)}"
         request = BatchRequest(
             batch_id, [i.id for i in batch], np.stack([i.image for i in batch]),
@@ -103,6 +139,8 @@ class WorkerChannel:
             request_ids=[i.request_id for i in batch], probabilities=any(i.probabilities for i in batch),
         )
         self._pending[batch_id] = batch
+        for item in batch:
+            item.sent = True
         try:
             await self._socket.send_multipart(request.encode(), copy=False)
             self.batches_sent += 1
@@ -164,7 +202,7 @@ class WorkerChannel:
 
     async def close(self) -> None:
         self.fail("channel closed")
-        await cancel(*self._tasks)
+        await cancel(*self._tasks, *self._cancels)
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
         self._socket.close(linger=0)

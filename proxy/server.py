@@ -29,6 +29,7 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from discovery.registration import Registration, ServiceInstance, advertised_address
+from edge.app import app_runner
 from edge.memory import freeze_startup_objects
 from proxy.app import DRAINING, create_app
 from proxy.config import ProxyConfig
@@ -78,8 +79,7 @@ class ProxyServer:
             loop.add_signal_handler(sig, self._on_signal, sig)
         async with AsyncExitStack() as resources:
             app = create_app(self.config)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                   shutdown_timeout=self.config.request_timeout)
+            runner = app_runner(app, shutdown_timeout=self.config.request_timeout)
             await runner.setup()
             resources.push_async_callback(runner.cleanup)
             sock = listening_socket(self.config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import uuid
@@ -24,7 +25,9 @@ from tests.conftest import (
     stalled_upload,
 )
 from tests.consul_dev import DevAgent
-from tests.processes import wait_for
+from tests.processes import child_pids, wait_for
+from worker.batcher import LANE_BATCH
+from worker.model_host import native_fp16
 
 pytestmark = pytest.mark.system
 
@@ -288,3 +291,38 @@ async def test_proxy_times_out_a_stalled_upload(start_worker, start_proxy, servi
     async with aiohttp.ClientSession() as s:
         status, body = await post(s, proxy.url, coffee_jpeg)
     assert status == 200 and body["predictions"][0]["index"] == ESPRESSO
+
+
+@pytest.mark.skipif(not native_fp16(), reason="the model runs in process (fp32) on a CPU without native fp16: "
+                                              "nothing to stop (tests/test_worker_loopback.py covers the mechanism)")
+async def test_images_whose_clients_gave_up_are_not_computed(start_worker, start_proxy, service, coffee_jpeg):
+    """The model hosts stopped while 20 clients post straight to the worker and 20 through
+    the proxy, each giving up after 1.5 s: once the hosts resume, the worker computes only
+    the images already in their hands (at most one batch a slot), not the abandoned ones
+    queued behind, and a fresh request is answered at once."""
+    (worker,) = start_workers(start_worker, service, 1)
+    proxy = start_proxy("--service-name", service)
+    wait_for(lambda: len(live_ids(proxy)) == 1, what="a live worker")
+    hosts = child_pids(worker.proc.pid)
+    for pid in hosts:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5)) as session:
+            answers = await asyncio.gather(*(post(session, url + "/", coffee_jpeg)
+                                             for url in [worker.url] * 20 + [proxy.url] * 20), return_exceptions=True)
+    finally:
+        for pid in hosts:
+            os.kill(pid, signal.SIGCONT)
+    assert all(isinstance(a, asyncio.TimeoutError) for a in answers), answers
+    async with aiohttp.ClientSession() as session:
+        status, body = await post(session, worker.url + "/", coffee_jpeg)
+        assert status == 200 and body["predictions"][0]["index"] == ESPRESSO
+        for _ in range(100):
+            async with session.get(worker.url + "/stats") as r:
+                stats = await r.json()
+            if stats["in_flight"] == 0:
+                break
+            await asyncio.sleep(0.05)
+    slots = len(hosts)  # batches handed out at once: one a lane (hosts less the main one), and one ahead
+    computed = stats["batching"]["efficientnet_lite0"]["images"]
+    assert stats["in_flight"] == 0 and computed <= slots * LANE_BATCH + 1, stats  # + 1: the fresh request

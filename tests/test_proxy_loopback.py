@@ -22,7 +22,16 @@ from discovery.watcher import Instance
 from proxy.app import STATE, create_app
 from proxy.config import ProxyConfig
 from tests.consul_dev import free_port
-from worker.protocol import BatchReply, BatchRequest, ErrorInfo, ItemResult, ServedModel, WorkerMeta
+from worker.protocol import (
+    BatchReply,
+    BatchRequest,
+    Cancel,
+    ErrorInfo,
+    ItemResult,
+    ServedModel,
+    WorkerMeta,
+    decode_message,
+)
 
 pytestmark = pytest.mark.loopback
 
@@ -57,6 +66,7 @@ class ScriptedWorker:
                  models: dict[str, ServedModel] = IMAGENET):
         self.name, self.answer, self.delay_s, self.models = name, answer, delay_s, models
         self.requests: list[BatchRequest] = []
+        self.cancelled: list[str] = []  # item ids the proxy said its callers gave up on
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -66,7 +76,10 @@ class ScriptedWorker:
     async def _serve(self):
         while True:
             identity, *frames = await self._sock.recv_multipart()
-            request = BatchRequest.decode(frames)
+            request = decode_message(frames)
+            if isinstance(request, Cancel):
+                self.cancelled += request.ids
+                continue
             self.requests.append(request)
             await asyncio.sleep(self.delay_s)  # a model that takes its time: requests queue meanwhile
             reply = self.answer(request)
@@ -122,6 +135,27 @@ async def test_forwards_micro_batches_of_preprocessed_uint8(proxy, coffee_jpeg):
     assert sum(len(r.ids) for r in w.requests) == 6 and len(w.requests) < 6  # batched
     images = np.concatenate([r.images for r in w.requests])
     assert images.shape == (6, 224, 224, 3) and images.dtype == np.uint8 and images.std() > 0
+
+
+async def test_a_caller_that_gives_up_is_cancelled_at_the_worker(proxy, coffee_jpeg):
+    """Clients that disconnect while their images are at a slow worker: the proxy names
+    their items in one Cancel, so the worker can drop what is still waiting."""
+    post, _, add_workers, app = proxy
+    (w,) = add_workers(("slow", ok, 0.5))  # it reads the next message once it has answered one
+    gone = [asyncio.ensure_future(post(coffee_jpeg)) for _ in range(3)]
+    (handle,) = app[STATE].pool.live()
+    for _ in range(200):
+        if handle.channel.awaiting_reply == 3:  # all sent
+            break
+        await asyncio.sleep(0.01)
+    for request in gone:
+        request.cancel()  # the client goes away: its connection closes
+    await asyncio.gather(*gone, return_exceptions=True)
+    for _ in range(500):  # read after both batches: ~1 s
+        if len(w.cancelled) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(w.cancelled) == sorted(i for r in w.requests for i in r.ids)
 
 
 async def test_full_worker_is_passed_over_not_ejected(proxy, coffee_jpeg):

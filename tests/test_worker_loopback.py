@@ -1,25 +1,34 @@
-"""The worker's HTTP app in process (aiohttp TestServer) over the real default model:
-the batcher, the shared edge and the app's own metrics, without Consul or ZeroMQ."""
+"""The worker's HTTP app in process (aiohttp TestServer, or the worker's own runner) over
+the real default model: the batcher, the shared edge and the app's own metrics, without
+Consul; and its ZeroMQ endpoint, spoken to by a DEALER socket in the test."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import aiohttp
+import numpy as np
 import pytest
+import zmq
+import zmq.asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.app import DECODE_POOL
+from edge.app import DECODE_POOL, app_runner
+from edge.imaging import Preprocessing, preprocess
 from edge.metrics import METRICS
-from tests.conftest import ESPRESSO
+from tests.conftest import ESPRESSO, scrape, value
 from worker import http_api
 from worker.batcher import BatchConfig, Batcher
 from worker.config import WorkerConfig
 from worker.http_api import create_app
 from worker.metrics import BatchMetrics
 from worker.model import load_model
+from worker.protocol import BatchReply, BatchRequest, Cancel
 from worker.service import WorkerState
+from worker.zmq_endpoint import ZmqEndpoint
 
 pytestmark = pytest.mark.loopback
 
@@ -108,3 +117,97 @@ async def test_more_images_than_the_queue_holds_is_refused_for_good(worker_app):
                             json={"instances": [{"b64": "AA=="}] * n}) as r:
         assert r.status == 413
         assert f"at most {n - 1}" in (await r.json())["error"]
+
+
+async def test_a_client_that_gives_up_leaves_its_image_uncomputed(built_model, coffee_jpeg, monkeypatch):
+    """Served by the worker's own runner (edge.app.app_runner; aiohttp's TestServer would
+    turn handler cancellation on by itself): a client that disconnects while its image
+    waits behind a running batch cancels its handler, the batcher drops the image, and the
+    request is counted 499."""
+    state = WorkerState(WorkerConfig(model_repository=built_model.parent), worker_id="w-loop")
+    app = create_app(state)
+    runner = app_runner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    batcher = Batcher(load_model(built_model), state.config.batch)
+    batcher.start()
+    state.batchers[batcher.model.name] = batcher
+    gate, predict = threading.Event(), Batcher._predict
+    monkeypatch.setattr(Batcher, "_predict", staticmethod(lambda model, images: gate.wait(10) and predict(model, images)))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def post(timeout: float | None = None) -> int:
+                form = aiohttp.FormData()
+                form.add_field("data", coffee_jpeg, filename="coffee.jpg")
+                async with session.post(url + "/", data=form, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                    return r.status
+
+            first = asyncio.ensure_future(post())  # straight to the model, held there
+            for _ in range(500):
+                if state.depth == 1 and state.in_flight == 1:
+                    break
+                await asyncio.sleep(0.01)
+            with pytest.raises(asyncio.TimeoutError):
+                await post(timeout=1.0)  # queued behind it, then given up on
+            for _ in range(500):
+                if state.in_flight == 1:  # the second handler was cancelled
+                    break
+                await asyncio.sleep(0.01)
+            gate.set()
+            assert await first == 200
+        samples = await asyncio.get_running_loop().run_in_executor(None, scrape, url)
+        assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the abandoned image never ran
+        assert state.in_flight == 0 and state.depth == 0
+        assert value(samples, "imagecluster_http_requests_total", protocol="native", route="/", method="POST",
+                     status="499") == 1
+    finally:
+        gate.set()
+        await batcher.close()
+        await runner.cleanup()
+
+
+async def test_a_cancel_from_a_proxy_drops_its_waiting_image(built_model, coffee_jpeg, monkeypatch):
+    """The ZeroMQ endpoint in process: a proxy whose caller gave up names the item in a
+    Cancel; the image, queued behind a running batch, is never computed, and its result in
+    the batch's reply is a 499 `cancelled` while the rest of that batch is answered."""
+    state = WorkerState(WorkerConfig(model_repository=built_model.parent), worker_id="w-loop")
+    batcher = Batcher(load_model(built_model), state.config.batch)
+    batcher.start()
+    state.batchers[batcher.model.name] = batcher
+    endpoint = ZmqEndpoint(state, "127.0.0.1", 0, 10**8)
+    endpoint.start()
+    gate, predict = threading.Event(), Batcher._predict
+    monkeypatch.setattr(Batcher, "_predict", staticmethod(lambda model, images: gate.wait(10) and predict(model, images)))
+    context = zmq.asyncio.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{endpoint.port}")
+    image = preprocess(coffee_jpeg, Preprocessing(), 10**8)
+
+    async def reply() -> dict:
+        assert await sock.poll(10_000), "no reply"
+        return {r.id: r for r in BatchReply.decode(await sock.recv_multipart()).results} or {"refused": None}
+
+    try:
+        await sock.send_multipart(BatchRequest("b1", ["held"], image[None]).encode())
+        for _ in range(500):
+            if state.depth == 1:  # in the model, held there
+                break
+            await asyncio.sleep(0.01)
+        await sock.send_multipart(BatchRequest("b2", ["kept", "dropped"], np.stack([image, image])).encode())
+        await sock.send_multipart(Cancel(["dropped"]).encode())
+        await sock.send_multipart(BatchRequest("b3", ["x"], image[None], model="no-such-model").encode())
+        assert await reply() == {"refused": None}  # b3, refused at once: the cancel before it was handled
+        gate.set()
+        results = {**await reply(), **await reply()}
+        assert results["held"].predictions[0]["index"] == ESPRESSO
+        assert results["kept"].predictions[0]["index"] == ESPRESSO
+        assert (results["dropped"].error.status, results["dropped"].error.code) == (499, "cancelled")
+        assert batcher.stats.images == 2 and state.in_flight == 0 and state.depth == 0
+    finally:
+        gate.set()
+        sock.close()
+        context.term()
+        await endpoint.close()
+        await batcher.close()

@@ -14,7 +14,7 @@ import zmq.asyncio
 from edge.imaging import Preprocessing, preprocess
 from tests.conftest import ESPRESSO, consul_get, roundtrip
 from tests.consul_dev import PROJECT_ROOT
-from worker.protocol import BatchRequest
+from worker.protocol import BatchRequest, Cancel, ProtocolError, decode_message
 
 
 def zmq_endpoint(consul_agent, worker) -> str:
@@ -77,6 +77,17 @@ def test_wire_roundtrip_without_pickle():
     decoded = BatchRequest.decode([bytes(f) for f in frames])
     assert decoded.ids == ["i", "j"] and decoded.k == 7 and decoded.model == "m"
     np.testing.assert_array_equal(decoded.images, images)
+
+
+@pytest.mark.unit
+def test_cancel_messages_are_told_apart_from_batches():
+    frames = Cancel(["p-1", "p-2"]).encode()
+    assert decode_message([bytes(f) for f in frames]) == Cancel(["p-1", "p-2"])
+    batch = BatchRequest("b", ["i"], np.zeros((1, 2, 2, 3), np.uint8)).encode()
+    assert isinstance(decode_message([bytes(f) for f in batch]), BatchRequest)
+    for bad in ([b'{"cancel": "p-1"}'], [b'{"cancel": [1]}'], [b"[]"], [b"not json"]):
+        with pytest.raises(ProtocolError):
+            decode_message(bad)
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -18,6 +18,9 @@ Two halves, both here and nowhere else:
         "probabilities_shape": [R, C] (with probabilities)}
        then the R probability rows as one float32 little-endian tensor, raw bytes;
        or, when the whole message is refused: {"batch", "worker", "error": {...}}.
+   Cancel (proxy -> worker), one frame, JSON {"cancel": [item id, ...]}: the callers of
+       these items gave up (a client disconnected, a timeout), so the worker drops the
+       images still waiting; their results come back as errors 499 `cancelled`.
    A message the worker cannot parse is answered with an error when it has a batch id,
    and dropped with a log line when it has not.
 
@@ -107,6 +110,28 @@ class BatchRequest:
             rids = None
         return cls(batch, ids, images, str(header.get("model", "")), k, str(header.get("token", "")), rids,
                    header.get("probabilities") is True)
+
+
+@dataclass
+class Cancel:
+    """The proxy's callers of these items (ids from their BatchRequests) gave up."""
+
+    ids: list[str]
+
+    def encode(self) -> list[bytes]:
+        return [json.dumps({"cancel": self.ids}).encode()]
+
+    @classmethod
+    def decode(cls, frames: list) -> "Cancel":
+        ids = _json_object(frames[0], "cancel message").get("cancel") if len(frames) == 1 else None
+        if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            raise ProtocolError("a cancel message is one frame: {\"cancel\": [item id, ...]}")
+        return cls(ids)
+
+
+def decode_message(frames: list) -> "BatchRequest | Cancel":
+    """What a proxy sent: a batch (two frames) or a cancel (one); ProtocolError otherwise."""
+    return Cancel.decode(frames) if len(frames) == 1 else BatchRequest.decode(frames)
 
 
 def _json_object(raw: bytes, what: str, max_bytes: int | None = MAX_HEADER_BYTES) -> dict:

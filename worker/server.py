@@ -24,6 +24,7 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from discovery.registration import Registration, ServiceInstance, advertised_address
+from edge.app import app_runner
 from edge.memory import freeze_startup_objects
 from edge.metrics import METRICS
 from edge.priority import compute_pool
@@ -85,8 +86,8 @@ class WorkerServer:
     async def startup(self, resources: AsyncExitStack) -> bool:
         """Open everything, in order; False when a signal arrived before the model loaded."""
         app = create_app(self.state)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()  # our drain already waited for in-flight work
+        runner = app_runner(app, shutdown_timeout=1.0)  # our drain already waited for in-flight work
+        await runner.setup()
         resources.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, self.config.host, self.config.port).start()
         self.http_port = runner.addresses[0][1]

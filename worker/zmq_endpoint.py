@@ -6,6 +6,9 @@ batcher, so proxy batches merge with direct HTTP traffic into the largest batche
 load allows. Each message is for one model (its header's "model"; none: the default).
 A malformed message gets an error reply when it carries a batch id and is
 dropped with a log line when it does not; nothing on the wire can stop the loop.
+
+A proxy whose caller gave up sends a Cancel naming the item: its image leaves the queue
+uncomputed (a batch already running is not stopped) and its result is a 499 error.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from edge.errors import ApiError
 from edge.request_log import access_log
 from edge.tasks import cancel
 from worker.batcher import Batcher
-from worker.protocol import BatchReply, BatchRequest, ErrorInfo, ItemResult, ProtocolError
+from worker.protocol import BatchReply, BatchRequest, Cancel, ErrorInfo, ItemResult, ProtocolError, decode_message
 from worker.service import WorkerState, classify_image
 
 log = logging.getLogger(__name__)
 LINGER_S = 0.5  # at close, for replies still in libzmq's queue; a peer gone or stuck forfeits them
+CANCELLED = ErrorInfo(499, "cancelled", "the caller gave up before this image was computed")
 
 
 def _error(exc: ApiError) -> ErrorInfo:
@@ -49,6 +53,7 @@ class ZmqEndpoint:
             self.port = self._socket.bind_to_random_port(f"tcp://{bind_host}")
         self._task: asyncio.Task | None = None
         self._handlers: set[asyncio.Task] = set()
+        self._items: dict[tuple[bytes, str], asyncio.Task] = {}  # (peer, item id): the task computing it
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._receive(), name="zmq-endpoint")
@@ -74,27 +79,50 @@ class ZmqEndpoint:
         worker = self.state.worker_id
         try:
             parts = [payload[0].bytes, *(f.buffer for f in payload[1:])] if payload else []
-            request = BatchRequest.decode(parts)
+            message = decode_message(parts)
         except ProtocolError as exc:
             if exc.batch is None:
                 log.warning("dropped a malformed ZeroMQ message: %s", exc)
                 return
             await self._reply(identity, BatchReply(exc.batch, worker, error=ErrorInfo(400, "bad_message", str(exc))))
             return
-        try:
-            batcher = self._check(request)
-        except ApiError as exc:
-            await self._reply(identity, BatchReply(request.batch, worker, error=_error(exc)))
+        if isinstance(message, Cancel):
+            for item_id in message.ids:  # ids already answered, or never seen, are no one's
+                task = self._items.get((identity, item_id))
+                if task is not None:
+                    task.cancel()
             return
+        try:
+            batcher = self._check(message)
+        except ApiError as exc:
+            await self._reply(identity, BatchReply(message.batch, worker, error=_error(exc)))
+            return
+        await self._classify(identity, message, batcher)
+
+    async def _classify(self, identity: bytes, request: BatchRequest, batcher: Batcher) -> None:
+        """Each image in its own task, which a Cancel from the same peer can end; then one reply."""
+        keys = [(identity, item_id) for item_id in request.ids]
+        tasks = [asyncio.ensure_future(self._one(batcher, item_id, image, request.k, request.probabilities))
+                 for item_id, image in zip(request.ids, request.images)]
+        self._items.update(zip(keys, tasks))
         self.state.in_flight += len(request.ids)
         started = time.perf_counter()
         try:
-            results = await asyncio.gather(*(self._one(batcher, item_id, image, request.k, request.probabilities)
-                                             for item_id, image in zip(request.ids, request.images)))
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             self.state.in_flight -= len(request.ids)
+            for key, task in zip(keys, tasks):
+                if self._items.get(key) is task:  # a peer reusing an id at once replaced it: not ours to drop
+                    del self._items[key]
+        results = []
+        for item_id, outcome in zip(request.ids, outcomes):
+            if isinstance(outcome, asyncio.CancelledError):
+                outcome = ItemResult(item_id, error=CANCELLED)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            results.append(outcome)
         self._log(request, results, (time.perf_counter() - started) * 1000)
-        await self._reply(identity, BatchReply(request.batch, worker, batcher.model.name, results))
+        await self._reply(identity, BatchReply(request.batch, self.state.worker_id, batcher.model.name, results))
 
     @staticmethod
     def _log(request: BatchRequest, results: list[ItemResult], ms: float) -> None:
