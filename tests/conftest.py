@@ -134,6 +134,13 @@ def value(samples, name: str, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+async def until(predicate, timeout: float = 5.0):
+    """Wait, polling, until predicate() is true; TimeoutError after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
 def consul_get(agent: DevAgent, path: str):
     with urllib.request.urlopen(f"http://{agent.address}{path}", timeout=5) as r:
         return json.loads(r.read())

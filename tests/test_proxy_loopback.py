@@ -21,6 +21,7 @@ from discovery.registration import ConsulAddress
 from discovery.watcher import Instance
 from proxy.app import STATE, create_app
 from proxy.config import ProxyConfig
+from tests.conftest import until
 from tests.consul_dev import free_port
 from worker.protocol import (
     BatchReply,
@@ -144,17 +145,11 @@ async def test_a_caller_that_gives_up_is_cancelled_at_the_worker(proxy, coffee_j
     (w,) = add_workers(("slow", ok, 0.5))  # it reads the next message once it has answered one
     gone = [asyncio.ensure_future(post(coffee_jpeg)) for _ in range(3)]
     (handle,) = app[STATE].pool.live()
-    for _ in range(200):
-        if handle.channel.awaiting_reply == 3:  # all sent
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: handle.channel.awaiting_reply == 3)  # all sent
     for request in gone:
         request.cancel()  # the client goes away: its connection closes
     await asyncio.gather(*gone, return_exceptions=True)
-    for _ in range(500):  # read after both batches: ~1 s
-        if len(w.cancelled) == 3:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(w.cancelled) == 3)  # read once the worker has answered what came before: ~1 s
     assert sorted(w.cancelled) == sorted(i for r in w.requests for i in r.ids)
 
 

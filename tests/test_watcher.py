@@ -3,21 +3,15 @@ deregistrations reach the callback, and only passing instances are listed."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
 
 from discovery.registration import ConsulAddress
 from discovery.watcher import ServiceWatcher
+from tests.conftest import until
 
 pytestmark = pytest.mark.system
-
-
-async def until(predicate, timeout: float = 5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_watcher_follows_register_maintenance_deregister(consul_agent):

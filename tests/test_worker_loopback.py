@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge.app import DECODE_POOL, app_runner
 from edge.imaging import Preprocessing, preprocess
 from edge.metrics import METRICS
-from tests.conftest import ESPRESSO, scrape, value
+from tests.conftest import ESPRESSO, scrape, until, value
 from worker import http_api
 from worker.batcher import BatchConfig, Batcher
 from worker.config import WorkerConfig
@@ -119,22 +119,31 @@ async def test_more_images_than_the_queue_holds_is_refused_for_good(worker_app):
         assert f"at most {n - 1}" in (await r.json())["error"]
 
 
-async def test_a_client_that_gives_up_leaves_its_image_uncomputed(built_model, coffee_jpeg, monkeypatch):
-    """Served by the worker's own runner (edge.app.app_runner; aiohttp's TestServer would
-    turn handler cancellation on by itself): a client that disconnects while its image
-    waits behind a running batch cancels its handler, the batcher drops the image, and the
-    request is counted 499."""
+@pytest.fixture
+async def held_worker(built_model, monkeypatch):
+    """(state, batcher, gate): the default model served by one batcher (no lanes), every
+    batch waiting at `gate` before it runs, so that images queue behind the first."""
     state = WorkerState(WorkerConfig(model_repository=built_model.parent), worker_id="w-loop")
-    app = create_app(state)
-    runner = app_runner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     batcher = Batcher(load_model(built_model), state.config.batch)
     batcher.start()
     state.batchers[batcher.model.name] = batcher
     gate, predict = threading.Event(), Batcher._predict
     monkeypatch.setattr(Batcher, "_predict", staticmethod(lambda model, images: gate.wait(10) and predict(model, images)))
+    yield state, batcher, gate
+    gate.set()
+    await batcher.close()
+
+
+async def test_a_client_that_gives_up_leaves_its_image_uncomputed(held_worker, coffee_jpeg):
+    """Served by the worker's own runner (edge.app.app_runner; aiohttp's TestServer would
+    turn handler cancellation on by itself): a client that disconnects while its image
+    waits behind a running batch cancels its handler, the batcher drops the image, and the
+    request is counted 499."""
+    state, batcher, gate = held_worker
+    runner = app_runner(create_app(state), shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
         async with aiohttp.ClientSession() as session:
             async def post(timeout: float | None = None) -> int:
@@ -143,17 +152,11 @@ async def test_a_client_that_gives_up_leaves_its_image_uncomputed(built_model, c
                 async with session.post(url + "/", data=form, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                     return r.status
 
-            first = asyncio.ensure_future(post())  # straight to the model, held there
-            for _ in range(500):
-                if state.depth == 1 and state.in_flight == 1:
-                    break
-                await asyncio.sleep(0.01)
+            first = asyncio.ensure_future(post())
+            await until(lambda: state.depth == 1 and state.in_flight == 1)  # in the model, held there
             with pytest.raises(asyncio.TimeoutError):
                 await post(timeout=1.0)  # queued behind it, then given up on
-            for _ in range(500):
-                if state.in_flight == 1:  # the second handler was cancelled
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: state.in_flight == 1)  # its handler was cancelled
             gate.set()
             assert await first == 200
         samples = await asyncio.get_running_loop().run_in_executor(None, scrape, url)
@@ -163,22 +166,16 @@ async def test_a_client_that_gives_up_leaves_its_image_uncomputed(built_model, c
                      status="499") == 1
     finally:
         gate.set()
-        await batcher.close()
         await runner.cleanup()
 
 
-async def test_a_cancel_from_a_proxy_drops_its_waiting_image(built_model, coffee_jpeg, monkeypatch):
+async def test_a_cancel_from_a_proxy_drops_its_waiting_image(held_worker, coffee_jpeg):
     """The ZeroMQ endpoint in process: a proxy whose caller gave up names the item in a
     Cancel; the image, queued behind a running batch, is never computed, and its result in
     the batch's reply is a 499 `cancelled` while the rest of that batch is answered."""
-    state = WorkerState(WorkerConfig(model_repository=built_model.parent), worker_id="w-loop")
-    batcher = Batcher(load_model(built_model), state.config.batch)
-    batcher.start()
-    state.batchers[batcher.model.name] = batcher
+    state, batcher, gate = held_worker
     endpoint = ZmqEndpoint(state, "127.0.0.1", 0, 10**8)
     endpoint.start()
-    gate, predict = threading.Event(), Batcher._predict
-    monkeypatch.setattr(Batcher, "_predict", staticmethod(lambda model, images: gate.wait(10) and predict(model, images)))
     context = zmq.asyncio.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -191,10 +188,7 @@ async def test_a_cancel_from_a_proxy_drops_its_waiting_image(built_model, coffee
 
     try:
         await sock.send_multipart(BatchRequest("b1", ["held"], image[None]).encode())
-        for _ in range(500):
-            if state.depth == 1:  # in the model, held there
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: state.depth == 1)  # in the model, held there
         await sock.send_multipart(BatchRequest("b2", ["kept", "dropped"], np.stack([image, image])).encode())
         await sock.send_multipart(Cancel(["dropped"]).encode())
         await sock.send_multipart(BatchRequest("b3", ["x"], image[None], model="no-such-model").encode())
@@ -210,4 +204,3 @@ async def test_a_cancel_from_a_proxy_drops_its_waiting_image(built_model, coffee
         sock.close()
         context.term()
         await endpoint.close()
-        await batcher.close()

@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from edge.auth import token_matches
 from edge.errors import ApiError
-from edge.request_log import access_log
+from edge.request_log import QUIET_STATUSES, access_log
 from edge.tasks import cancel
 from worker.batcher import Batcher
 from worker.protocol import BatchReply, BatchRequest, Cancel, ErrorInfo, ItemResult, ProtocolError, decode_message
@@ -126,11 +126,13 @@ class ZmqEndpoint:
 
     @staticmethod
     def _log(request: BatchRequest, results: list[ItemResult], ms: float) -> None:
+        """One access-log line per image, refused and abandoned ones at debug level (as over HTTP)."""
         for rid, result in zip(request.request_ids or request.ids, results):
             status = result.error.status if result.error else 200
-            access_log.info("ZMQ %s %d %.1f ms request_id=%s", request.batch, status, ms, rid,
-                            extra={"request_id": rid, "batch": request.batch, "status": status,
-                                   "duration_ms": round(ms, 3), "via": "zmq"})
+            access_log.log(logging.DEBUG if status in QUIET_STATUSES else logging.INFO,
+                           "ZMQ %s %d %.1f ms request_id=%s", request.batch, status, ms, rid,
+                           extra={"request_id": rid, "batch": request.batch, "status": status,
+                                  "duration_ms": round(ms, 3), "via": "zmq"})
 
     def _check(self, request: BatchRequest) -> Batcher:
         """The batcher of the model the message is for; ApiError when it cannot be served."""
