@@ -19,6 +19,7 @@ from edge.imaging import ImageError, Preprocessing, configure_decoding, preproce
 from edge.metrics import METRICS, HttpMetrics, metrics_handler
 from edge.priority import compute_pool
 from edge.request_log import request_log
+from edge.upload import UPLOADS, UploadBudget
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DECODE_POOL = web.AppKey("decode_pool", ThreadPoolExecutor)
@@ -42,6 +43,7 @@ def create_edge_app(config: EdgeConfig, classify: Handler, healthz: Handler, rea
                           client_max_size=config.max_body_bytes)
     app[EDGE_CONFIG] = config
     app[METRICS] = HttpMetrics(CollectorRegistry())
+    app[UPLOADS] = UploadBudget(config.max_upload_bytes)
     app.router.add_post("/", classify)
     app.router.add_post("/classify", classify)
     app.router.add_get("/healthz", healthz)

@@ -23,6 +23,9 @@ from edge.cores import usable_cores
 class EdgeConfig:
     service_name: str = "classifier"  # the workers' Consul service
     max_body_bytes: int = 20 * 1024 * 1024
+    # Request bodies being read at once, in bytes (each counted at its Content-Length, or at
+    # max_body_bytes when chunked): the memory uploads may take; beyond it, a fast 503.
+    max_upload_bytes: int = 256 * 1024 * 1024
     max_pixels: int = 40_000_000  # ~ a 7700x5200 photo; bigger is refused before decoding
     read_timeout: float = 30.0  # seconds for the whole body to arrive (else 408)
     decode_threads: int = field(default_factory=usable_cores)
@@ -37,6 +40,9 @@ def add_edge_flags(p: argparse.ArgumentParser) -> None:
     d = EdgeConfig()
     p.add_argument("--service-name", default=d.service_name, help="the workers' Consul service (default %(default)s)")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes,
+                   help="request bodies being read at once, in bytes (chunked ones count --max-body-bytes); "
+                        "beyond, 503 overloaded (default %(default)s)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="bigger images are refused before decoding")
     p.add_argument("--read-timeout", type=float, default=d.read_timeout,
                    help="seconds for the whole request body to arrive, else 408 (default %(default)s)")

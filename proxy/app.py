@@ -27,7 +27,7 @@ from proxy.forward import DecodedOnce, Forwarded, Route, forward
 from proxy.inference import ProxyInference
 from proxy.policy import POLICIES
 from proxy.pool import WorkerPool
-from proxy.state import STATE, ProxyState, admitted, route_for
+from proxy.state import STATE, ProxyState, admitted, check_capacity, route_for
 
 
 def requested_route(request: web.Request) -> Route:
@@ -40,11 +40,12 @@ async def classify(request: web.Request) -> web.Response:
     state = request.app[STATE]
     config = state.config
     started = time.perf_counter()
+    k = parse_top_k(request, 0, 1_000_000)  # 0: the default; the upper bound is checked per model
+    check_capacity(state)  # refused before the body is read; a slow upload holds no place in flight
+    data = await read_image(request, config.edge.max_body_bytes, config.edge.read_timeout)
     async with admitted(state):
-        k = parse_top_k(request, 0, 1_000_000)  # 0: the default; the upper bound is checked per model
         deadline = time.monotonic() + config.request_timeout
-        image = DecodedOnce(request.app, await read_image(request, config.edge.max_body_bytes,
-                                                          config.edge.read_timeout))
+        image = DecodedOnce(request.app, data)
         done = await forward(state.pool, state.stats, image, k, worker_timeout_s=config.worker_timeout,
                              deadline=deadline, request_id=request[REQUEST_ID], route=requested_route(request))
         request[SERVED_BY] = done.handle.id

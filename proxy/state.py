@@ -40,14 +40,20 @@ class ProxyState:
 STATE = web.AppKey("proxy_state", ProxyState)
 
 
-@contextlib.asynccontextmanager
-async def admitted(state: ProxyState) -> AsyncIterator[None]:
-    """One accepted request, whatever its protocol: refused at once beyond --max-in-flight
-    or with no live worker; counted in flight and in the recent traffic (status page)."""
+def check_capacity(state: ProxyState) -> None:
+    """503 now at --max-in-flight requests, or with no live worker: before a body is read."""
     if state.in_flight >= state.config.max_in_flight:
         raise retry_later("overloaded", f"{state.in_flight} requests in flight")
     if not state.pool.live():
         raise retry_later("no_worker", "no live worker")
+
+
+@contextlib.asynccontextmanager
+async def admitted(state: ProxyState) -> AsyncIterator[None]:
+    """One accepted request, whatever its protocol, its body read: refused at once beyond
+    --max-in-flight or with no live worker; counted in flight and in the recent traffic
+    (status page)."""
+    check_capacity(state)
     state.in_flight += 1
     started, status = time.perf_counter(), 500
     try:

@@ -5,6 +5,7 @@ Example counts are fixed, so the run is bounded in CI."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -19,7 +20,8 @@ from PIL import Image
 
 from edge.errors import json_errors
 from edge.imaging import ImageError, Preprocessing, preprocess
-from edge.upload import read_image
+from edge.upload import UPLOADS, UploadBudget, read_image
+from tests.conftest import until
 from worker.protocol import BatchRequest, ProtocolError
 
 PREP = Preprocessing()
@@ -85,21 +87,64 @@ def test_protocol_decoding_fails_only_with_protocol_error(frames):
     assert req.images.dtype == np.uint8 and req.images.ndim == 4 and len(req.ids) == req.images.shape[0]
 
 
-@pytest.fixture
-async def upload_server():
-    """A real aiohttp server whose only route reads an upload with read_image."""
+async def serve_uploads(limit: int, budget: int):
+    """A real aiohttp server whose only route reads an upload with read_image (a body of at
+    most `limit` bytes, `budget` bytes of them at once); and a client session."""
 
     async def handler(request: web.Request) -> web.Response:
-        data = await read_image(request, limit=4096, timeout_s=5)
+        data = await read_image(request, limit=limit, timeout_s=5)
         return web.json_response({"bytes": len(data)})
 
     app = web.Application(middlewares=[json_errors])
+    app[UPLOADS] = UploadBudget(budget)
     app.router.add_post("/", handler)
     server = TestServer(app)
     await server.start_server()
     async with aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as session:
         yield server, session
     await server.close()
+
+
+@pytest.fixture
+async def upload_server():
+    async for served in serve_uploads(4096, 1 << 20):
+        yield served
+
+
+@pytest.fixture
+async def budget_server():
+    async for served in serve_uploads(1 << 20, (1 << 20) - 100_000):
+        yield served
+
+
+@pytest.mark.loopback
+async def test_uploads_being_read_at_once_are_bounded_in_bytes(budget_server):
+    """A body that is still arriving holds its declared length of the budget (here 1 MiB
+    less 100 kB); one that does not fit beside it is refused 503 at once; a chunked body is
+    counted as it grows; everything is given back once read."""
+    server, session = budget_server
+    budget = server.app[UPLOADS]
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {1 << 19}\r\n"
+                 f"\r\n".encode() + b"x" * 1000)  # half the budget, declared; a trickle sent
+    await writer.drain()
+    await until(lambda: budget.used == 1 << 19)
+    async with session.post(server.make_url("/"), data=b"y" * (1 << 19), headers={"Content-Type": "image/jpeg"}) as r:
+        assert r.status == 503 and r.headers["Retry-After"] and (await r.json())["error"]["code"] == "overloaded"
+
+    async def chunks(size: int):
+        for _ in range(size // 1000):
+            yield b"z" * 1000
+
+    async with session.post(server.make_url("/"), data=chunks(100_000), headers={"Content-Type": "image/jpeg"}) as r:
+        assert r.status == 200 and (await r.json())["bytes"] == 100_000  # chunked, and it fits
+    async with session.post(server.make_url("/"), data=chunks(600_000), headers={"Content-Type": "image/jpeg"}) as r:
+        assert r.status == 503  # chunked: refused once it outgrew the room left
+    writer.write(b"x" * ((1 << 19) - 1000))
+    await writer.drain()
+    assert b" 200 " in await reader.readline()
+    writer.close()
+    await until(lambda: budget.used == 0)
 
 
 @st.composite

@@ -47,6 +47,17 @@ def assert_error(status, body, expected_status, code=None):
         assert body["error"]["code"] == code
 
 
+async def in_flight(worker, n: int) -> bool:
+    """Whether the worker reports `n` requests in flight within 5 s."""
+    async with aiohttp.ClientSession() as s:
+        for _ in range(100):
+            async with s.get(worker.url + "/stats") as r:
+                if (await r.json())["in_flight"] == n:
+                    return True
+            await asyncio.sleep(0.05)
+    return False
+
+
 async def assert_still_serving(worker, coffee_jpeg):
     status, body, _ = await post_file(worker.url, "data", coffee_jpeg)
     assert status == 200 and body["predictions"][0]["index"] == ESPRESSO
@@ -124,11 +135,7 @@ async def test_a_drain_that_runs_out_of_time_answers_every_request(start_worker,
     image = preprocess(coffee_jpeg, Preprocessing(), 10**8)
     batch = BatchRequest("drained", ["a", "b"], np.stack([image, image]), model="efficientnet_lite0")
     forwarded = asyncio.ensure_future(roundtrip(worker.ready["zmq"], batch.encode()))
-    for _ in range(100):  # accepted: in the hosts' hands, or queued behind them
-        async with aiohttp.ClientSession() as s, s.get(worker.url + "/stats") as r:
-            if (await r.json())["in_flight"] == 5:
-                break
-        await asyncio.sleep(0.05)
+    assert await in_flight(worker, 5)  # accepted: in the hosts' hands, or queued behind them
     worker.signal(signal.SIGTERM)
     answers = await asyncio.gather(*requests)
     assert [(status, body["error"]["code"]) for status, body, _ in answers] == [(503, "shutting_down")] * 3, answers
@@ -306,3 +313,26 @@ async def test_client_that_stops_sending_gets_408(start_worker, coffee_jpeg):
     assert head.startswith(b"HTTP/1.1 408"), head
     assert json.loads(body)["error"]["code"] == "request_timeout"
     await assert_still_serving(w, coffee_jpeg)
+
+
+async def test_slow_uploads_hold_no_room_in_the_queue(start_worker, coffee_jpeg):
+    """With room for 2 images and 4 clients still sending their photos, a client whose
+    photo has arrived is answered, not refused: room is taken once a body is read. Then
+    the slow ones finish and are answered too, one after another."""
+    worker = start_worker("--max-queue", "2")
+    host, port = worker.url.removeprefix("http://").split(":")
+    slow = []
+    for _ in range(4):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+                     f"Content-Length: {len(coffee_jpeg)}\r\n\r\n".encode() + coffee_jpeg[:1000])
+        await writer.drain()
+        slow.append((reader, writer))
+    assert await in_flight(worker, 4)  # accepted, still arriving
+    status, body = await post_raw(worker.url, coffee_jpeg, "image/jpeg")
+    assert status == 200 and body["predictions"][0]["index"] == ESPRESSO
+    for reader, writer in slow:
+        writer.write(coffee_jpeg[1000:])
+        await writer.drain()
+        assert b" 200 " in await asyncio.wait_for(reader.readline(), 20)
+        writer.close()

@@ -1,12 +1,13 @@
 """Dynamic batching: one bounded queue and one inference thread per served model, so
 images for different models are never batched together.
 
-Room in the queue is reserved when a request is admitted (`admit()`), before its body
-is read or decoded, and used when the preprocessed uint8 image is queued: under overload
-a request is refused before any work is spent on it (an image decoded and then refused
-for want of room cost the decode pool most of the CPU the model needed; see docs/performance.md,
-"Overload refusals"). Images that arrive preprocessed (ZeroMQ) use `submit()`, both
-steps at once.
+Room in the queue is reserved when a request is admitted (`admit()`), once its body is
+read and before it is decoded, and used when the preprocessed uint8 image is queued; a
+queue already `full` refuses a request before its body is read. Under overload a request
+is refused before any decoding is spent on it (an image decoded and then refused for want
+of room cost the decode pool most of the CPU the model needed; see docs/performance.md,
+"Overload refusals"), and a slow upload holds no room while its bytes arrive. Images that
+arrive preprocessed (ZeroMQ) use `submit()`, both steps at once.
 
 A collector task takes the first waiting image and whatever else is queued (when others
 were queued, it also waits up to `max_batch_delay_ms` for more), up to
@@ -107,7 +108,7 @@ class Batcher:
         self.metrics = metrics or BatchMetrics().for_model(model.name)
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()  # admit() keeps it within max_queue
-        self._admitted = 0  # images with room reserved, not yet queued: being read or decoded
+        self._admitted = 0  # images with room reserved, not yet queued: being decoded
         # A swapped-in version of the same model has the same concurrency (same settings).
         lanes = model.concurrency > 1
         self._executor = compute_pool(model.concurrency, "inference")

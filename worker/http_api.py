@@ -25,16 +25,19 @@ async def classify(request: web.Request) -> web.Response:
     model = batcher.model
     k = parse_top_k(request, state.config.default_top_k, len(model.labels))
 
-    with state.admit(batcher) as admission:  # refused here, before the body is read, when full
-        state.in_flight += 1
-        try:
-            started = time.perf_counter()
-            data = await read_image(request, state.config.edge.max_body_bytes, state.config.edge.read_timeout)
+    state.check_room(batcher)  # a full queue refuses here, before the body is read
+    state.in_flight += 1
+    try:
+        started = time.perf_counter()
+        # No room is held while the body arrives: slow uploads must not fill the queue
+        # while the model idles (README, "Slow uploads").
+        data = await read_image(request, state.config.edge.max_body_bytes, state.config.edge.read_timeout)
+        with state.admit(batcher) as admission:  # room reserved before decoding
             image = await decode_image(request.app, data, model.preprocessing)
             decoded = time.perf_counter()
             predictions, prediction = await classify_image(state, admission, image, k)
-        finally:
-            state.in_flight -= 1
+    finally:
+        state.in_flight -= 1
     request[SERVED_BY] = state.worker_id
     return web.json_response(
         {

@@ -49,6 +49,11 @@ class WorkerState:
         """The batcher of the model a request names (None or "": the default); 404 when not served."""
         return self.batchers[pick_model(model, self.batchers, self.config.edge.default_model)]
 
+    def check_room(self, batcher: Batcher) -> None:
+        """503 overloaded now when `batcher` has no room left: refused before a body is read."""
+        if batcher.full:
+            raise overloaded(f"{batcher.config.max_queue} images already admitted for {batcher.model.name}")
+
     def admit(self, batcher: Batcher, count: int = 1) -> Admission:
         """Room for `count` images in `batcher`'s queue, reserved before any body is read or
         decoded; 503 overloaded when there is none, 413 when there never could be."""
