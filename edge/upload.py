@@ -7,10 +7,10 @@ Content-Length over the limit is refused before a byte of the body is read; a ch
 body is refused as soon as it passes the limit.
 
 Bodies being read at once are bounded in bytes (`UploadBudget`, --max-upload-bytes): each
-is counted at its declared Content-Length (a chunked one at the body limit) from before its
-first byte is read until it is read, and one that does not fit is refused 503 at once. It
-bounds what uploads take in memory however many clients send slowly at once, without
-holding a place in a model's queue while the bytes trickle in (worker/http_api.py).
+is counted at its declared Content-Length from before its first byte is read (a chunked
+one as it grows) until it is read, and one that does not fit is refused 503. It bounds
+what uploads take in memory however many clients send slowly at once, without holding a
+place in a model's queue while the bytes trickle in (worker/http_api.py).
 
 Multipart bodies are parsed by python-multipart (Starlette's parser), fed as the body
 streams in. aiohttp's own reader parsed each part's Content-Disposition twice, at ~90 µs
@@ -50,6 +50,9 @@ class UploadBudget:
                                             f"{self.limit})")
         self.used += size
 
+    def give(self, size: int) -> None:
+        self.used -= size
+
 
 UPLOADS = web.AppKey("uploads", UploadBudget)
 
@@ -87,7 +90,7 @@ class _LimitedBody:
         return chunk
 
     def close(self) -> None:
-        self._budget.used -= self._counted
+        self._budget.give(self._counted)
         self._counted = 0
 
 
