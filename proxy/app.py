@@ -15,7 +15,7 @@ from aiohttp import web
 
 from discovery.watcher import ServiceWatcher
 from edge.app import create_edge_app
-from edge.errors import retry_later
+from edge.errors import ApiError, retry_later
 from edge.metrics import METRICS, register_state
 from edge.request_log import REQUEST_ID, SERVED_BY
 from edge.tfserving import add_tfserving_routes
@@ -42,7 +42,11 @@ async def classify(request: web.Request) -> web.Response:
     started = time.perf_counter()
     k = parse_top_k(request, 0, 1_000_000)  # 0: the default; the upper bound is checked per model
     check_capacity(state)  # refused before the body is read; a slow upload holds no place in flight
-    data = await read_image(request, config.edge.max_body_bytes, config.edge.read_timeout)
+    try:
+        data = await read_image(request, config.edge.max_body_bytes, config.edge.read_timeout)
+    except ApiError as exc:  # a bad or late body: in the recent traffic all the same
+        state.recent.record((time.perf_counter() - started) * 1000, exc.status)
+        raise
     async with admitted(state):
         deadline = time.monotonic() + config.request_timeout
         image = DecodedOnce(request.app, data)

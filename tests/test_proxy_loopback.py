@@ -8,6 +8,7 @@ last known set; the tests feed the pool the instances Consul would have listed."
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 
 import aiohttp
@@ -199,6 +200,19 @@ async def test_bad_image_is_a_400_and_no_worker_sees_it(proxy):
     status, body, _ = await post(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
     assert status == 400 and body["error"]["code"] == "not_an_image"
     assert not w.requests
+
+
+async def test_a_body_refused_before_admission_is_in_the_recent_traffic(proxy):
+    """The body is read before a request takes its place in flight; one refused while
+    being read (here: over the body limit) still shows on the status page's traffic."""
+    post, get, add_workers, app = proxy
+    add_workers(("w", ok))
+    limit = app[STATE].config.edge.max_body_bytes
+    status, body, _ = await post(b"x" * (limit + 1))
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+    status, text = await get("/workers")
+    recent = json.loads(text)["recent"]
+    assert status == 200 and recent["requests"] == 1 and recent["errors"] == 1
 
 
 async def test_proxy_exports_only_its_own_metrics(proxy, coffee_jpeg):
