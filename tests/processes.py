@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.consul_dev import PROJECT_ROOT, free_port
+from tests.consul_dev import PROJECT_ROOT, DevAgent, free_port
 
 
 def wait_for(predicate, timeout: float = 15, interval: float = 0.1, what: str = "condition"):
@@ -265,3 +265,16 @@ def worker_and_proxy(consul: str, out: Path, worker_args: tuple[str, ...] = (), 
             proxy.stop()
     finally:
         worker.stop()
+
+
+@contextlib.contextmanager
+def local_cluster(out: Path, name: str, worker_args: tuple[str, ...] = (), proxy_args: tuple[str, ...] = (),
+                  worker_cpus: set[int] | None = None):
+    """A dev Consul agent (its log in `out`), then worker_and_proxy on it: what the
+    benchmarks run against; everything stopped after."""
+    agent = DevAgent(log_path=out / f"consul-{name}.log").start()
+    try:
+        with worker_and_proxy(agent.address, out, worker_args, proxy_args, name, worker_cpus) as pair:
+            yield pair
+    finally:
+        agent.stop()

@@ -29,8 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 
 from suite import PHOTO  # noqa: E402
 
-from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import worker_and_proxy  # noqa: E402
+from tests.processes import local_cluster  # noqa: E402
 
 HEADERS = {"Content-Type": "image/jpeg"}
 
@@ -90,18 +89,13 @@ def main() -> int:
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     photo, rows = PHOTO.read_bytes(), []
-    agent = DevAgent(log_path=a.out / "consul-abandoned.log").start()
-    try:
-        with worker_and_proxy(agent.address, a.out, ("--log-level", "warning"), ("--log-level", "warning"),
-                              name="abandoned") as (worker, proxy):
-            for r in range(1, a.rounds + 1):
-                for path, url in (("worker", worker.url + "/"), ("proxy", proxy.url + "/")):
-                    row = {"path": path, "round": r, **asyncio.run(burst(url, worker.url, photo, a.burst,
-                                                                         a.give_up))}
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
-    finally:
-        agent.stop()
+    quiet = ("--log-level", "warning")
+    with local_cluster(a.out, "abandoned", quiet, quiet) as (worker, proxy):
+        for r in range(1, a.rounds + 1):
+            for path, url in (("worker", worker.url + "/"), ("proxy", proxy.url + "/")):
+                row = {"path": path, "round": r, **asyncio.run(burst(url, worker.url, photo, a.burst, a.give_up))}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     print("\n" + table(rows, a.burst, a.give_up))
     (a.out / "abandoned.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0

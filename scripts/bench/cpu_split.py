@@ -41,8 +41,7 @@ from proxy_rate import POST_LUA, small_photo, wrk, wrk_scratch  # noqa: E402
 from suite import PHOTO  # noqa: E402
 
 from edge.imaging import Preprocessing, configure_decoding, preprocess  # noqa: E402
-from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import child_pids, worker_and_proxy  # noqa: E402
+from tests.processes import child_pids, local_cluster  # noqa: E402
 
 TARGETS = ("direct", "proxy")
 
@@ -145,21 +144,16 @@ def main() -> int:
     worker_args = ("--backend", "noop") if args.noop else ()
     serial = serial_decode_ms(photo.read_bytes())
     runs: dict[str, list[dict]] = {t: [] for t in TARGETS}
-    agent = DevAgent(log_path=args.out / "consul-cpu-split.log").start()
-    try:
-        with worker_and_proxy(agent.address, args.out, worker_args, name="cpu-split",
-                              worker_cpus=worker_cpus) as (worker, proxy):
-            roles = {worker.proc.pid: "worker", proxy.proc.pid: "proxy"}
-            urls = {"direct": worker.url + "/", "proxy": proxy.url + "/"}
-            for round_ in range(args.rounds):
-                for target in TARGETS if round_ % 2 == 0 else TARGETS[::-1]:
-                    wrk(urls[target], args.connections, 2, script)  # warm-up
-                    run = measure(urls[target], roles, args.duration, args.connections, script)
-                    runs[target].append(run)
-                    print(f"  round {round_ + 1} {target:6s} {run['per_second']:6.1f} img/s  "
-                          f"{sum(run['groups'].values()):.2f} core-ms/img", flush=True)
-    finally:
-        agent.stop()
+    with local_cluster(args.out, "cpu-split", worker_args, worker_cpus=worker_cpus) as (worker, proxy):
+        roles = {worker.proc.pid: "worker", proxy.proc.pid: "proxy"}
+        urls = {"direct": worker.url + "/", "proxy": proxy.url + "/"}
+        for round_ in range(args.rounds):
+            for target in TARGETS if round_ % 2 == 0 else TARGETS[::-1]:
+                wrk(urls[target], args.connections, 2, script)  # warm-up
+                run = measure(urls[target], roles, args.duration, args.connections, script)
+                runs[target].append(run)
+                print(f"  round {round_ + 1} {target:6s} {run['per_second']:6.1f} img/s  "
+                      f"{sum(run['groups'].values()):.2f} core-ms/img", flush=True)
     name = "cpu_split" + "-noop" * args.noop + "-pinned" * args.pinned
     (args.out / f"{name}.json").write_text(json.dumps(runs, indent=2) + "\n")
     print("\n" + table(runs, "no-op model" if args.noop else "the default model"))

@@ -28,8 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import worker_and_proxy  # noqa: E402
+from tests.processes import local_cluster  # noqa: E402
 
 BOUNDARY = "wrkboundary7MA4YWxkTrZu0gW"
 
@@ -122,9 +121,8 @@ def measure(duration: float, connections: int, side: int, out: Path) -> list[dic
           f"{connections}, {duration:g} s per row", flush=True)
 
     rows = []
-    agent = DevAgent(log_path=out / "consul.log").start()
     try:
-        with worker_and_proxy(agent.address, out, ("--backend", "noop"), name="noop") as (worker, proxy):
+        with local_cluster(out, "noop", ("--backend", "noop")) as (worker, proxy):
             cases = [
                 ("proxy GET /healthz (HTTP only)", proxy.url + "/healthz", None),
                 ("noop worker, POST direct", worker.url + "/", tmp / "post.lua"),
@@ -139,7 +137,6 @@ def measure(duration: float, connections: int, side: int, out: Path) -> list[dic
                       f"p99 {row['p99_ms']:6.2f} ms  {row['cpu_ms_per_request']:.2f} core-ms/req  "
                       f"non-2xx {row['non_2xx']}", flush=True)
     finally:
-        agent.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
 

@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from proxy_rate import BOUNDARY, multipart_body, to_ms, wrk_scratch  # noqa: E402
 
-from tests.consul_dev import DevAgent, free_port  # noqa: E402
-from tests.processes import worker_and_proxy  # noqa: E402
+from tests.consul_dev import free_port  # noqa: E402
+from tests.processes import local_cluster  # noqa: E402
 
 # Each request carries its send time in X-Request-ID (a token the servers echo); the
 # response callback records (status, microseconds). done() prints them after wrk's report.
@@ -127,11 +127,10 @@ def main() -> int:
     tmp = wrk_scratch(a.out)
     (tmp / "body").write_bytes(multipart_body((ROOT / ".cache" / "photos" / "coffee.jpg").read_bytes()))
     (tmp / "post.lua").write_text(TIMED_LUA.format(boundary=BOUNDARY, body=tmp / "body"))
-    agent = DevAgent(log_path=a.out / "consul-refusals.log").start()
     rows = []
     try:
-        with worker_and_proxy(agent.address, a.out, ("--max-queue", "2", "--max-batch-size", "1"),
-                              ("--max-in-flight", "4"), name="refusals") as (worker, proxy):
+        with local_cluster(a.out, "refusals", ("--max-queue", "2", "--max-batch-size", "1"),
+                           ("--max-in-flight", "4")) as (worker, proxy):
             for name, url in (("worker (queue 2)", worker.url), ("proxy (4 in flight)", proxy.url)):
                 before = answered_ok(url)
                 row = {"case": name, **timed_wrk(url + "/", a.connections, a.duration, tmp / "post.lua")}
@@ -141,7 +140,6 @@ def main() -> int:
             rows.append({"case": "floor: bare aiohttp, 503 at once", "accepted_per_second": 0,
                          **timed_wrk(url + "/", a.connections, a.duration, tmp / "post.lua")})
     finally:
-        agent.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"| {a.connections} connections, wrk | answers/s | refused | refusal p50 ms | refusal p99 ms | "
           "accepted/s | accepted p50 ms | accepted p99 ms | p99 of all (wrk) |")

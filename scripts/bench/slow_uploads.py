@@ -29,8 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 
 from suite import PHOTO  # noqa: E402
 
-from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import worker_and_proxy  # noqa: E402
+from tests.processes import local_cluster  # noqa: E402
 
 CHUNKS = 20  # a slow upload sends its photo in this many parts, evenly over the time it takes
 
@@ -82,18 +81,13 @@ def main() -> int:
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     photo, rows = PHOTO.read_bytes(), []
-    agent = DevAgent(log_path=a.out / "consul-slow.log").start()
-    try:
-        with worker_and_proxy(agent.address, a.out, ("--log-level", "warning"), ("--log-level", "warning"),
-                              name="slow") as (worker, proxy):
-            for path, url in (("worker", worker.url), ("proxy", proxy.url)):
-                for slow in (0, a.slow):
-                    row = {"path": path, "slow_uploads": slow,
-                           **asyncio.run(scenario(url, photo, a.fast, slow, a.seconds))}
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
-    finally:
-        agent.stop()
+    quiet = ("--log-level", "warning")
+    with local_cluster(a.out, "slow-uploads", quiet, quiet) as (worker, proxy):
+        for path, url in (("worker", worker.url), ("proxy", proxy.url)):
+            for slow in (0, a.slow):
+                row = {"path": path, "slow_uploads": slow, **asyncio.run(scenario(url, photo, a.fast, slow, a.seconds))}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     (a.out / "slow_uploads.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
