@@ -34,20 +34,25 @@ from tests.processes import local_cluster  # noqa: E402
 CHUNKS = 20  # a slow upload sends its photo in this many parts, evenly over the time it takes
 
 
-async def slow_upload(url: str, photo: bytes, seconds: float) -> int:
-    """One client on a slow link: the photo in CHUNKS parts over `seconds`; the status."""
+async def slow_upload(url: str, photo: bytes, seconds: float) -> int | str:
+    """One client on a slow link: the photo in CHUNKS parts over `seconds`; the status, or
+    "reset" when the server answered before the body was in (a refusal with the queue
+    full) and closed the connection while the client was still sending."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(photo)}\r\n"
-                 f"Connection: close\r\n\r\n".encode())
-    step = len(photo) // CHUNKS + 1
-    for start in range(0, len(photo), step):
-        writer.write(photo[start:start + step])
-        await writer.drain()
-        await asyncio.sleep(seconds / CHUNKS)
-    status = int((await reader.readline()).split()[1])
-    writer.close()
-    return status
+    try:
+        writer.write(f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+                     f"Content-Length: {len(photo)}\r\nConnection: close\r\n\r\n".encode())
+        step = len(photo) // CHUNKS + 1
+        for start in range(0, len(photo), step):
+            writer.write(photo[start:start + step])
+            await writer.drain()
+            await asyncio.sleep(seconds / CHUNKS)
+        return int((await reader.readline()).split()[1])
+    except ConnectionError:
+        return "reset"
+    finally:
+        writer.close()
 
 
 async def fast_client(session: aiohttp.ClientSession, url: str, photo: bytes, until: float, seen: Counter) -> None:
