@@ -1,13 +1,16 @@
 """The worker's lifecycle, in named steps: start-up, serve, drain, shutdown.
 
 Start-up opens resources in an order that matters, each pushed on one AsyncExitStack so
-shutdown closes them in reverse: HTTP listens first (so /healthz answers while the models
-load and /readyz says 503), then the models and their batchers, the ZeroMQ endpoint, the
-Consul registration (only a ready worker registers), and the version watcher. Serving
-is waiting for a signal; the signal handler only sets a flag. Drain leaves rotation
-(maintenance mode) before anything else, refuses new work with 503, and lets accepted
-requests finish within the drain timeout; shutdown then unwinds the stack (the
-registration's close deregisters) and the process exits 0.
+shutdown closes them in reverse: the listeners first, HTTP, gRPC and ZeroMQ (so /healthz
+answers while the models load and /readyz says 503; no proxy knows the ZeroMQ port before
+registration), then the models and their batchers, the Consul registration (only a ready
+worker registers), and the version watcher. Serving is waiting for a signal; the signal
+handler only sets a flag. Drain leaves rotation (maintenance mode) before anything else,
+refuses new work with 503, and lets accepted requests finish within the drain timeout;
+shutdown then unwinds the stack (the registration's close deregisters). The batchers
+close before any listener: each image still waiting when a drain ran out of time fails
+with Stopped, and its request is answered 503 `shutting_down` on the entry point it came
+by, which is still open. The process exits 0.
 """
 
 from __future__ import annotations
@@ -94,8 +97,12 @@ class WorkerServer:
         grpc_server, self.grpc_port = await start_grpc(app[SERVICE], self.config.edge, self.config.host,
                                                        self.config.grpc_port, app[METRICS].registry)
         resources.push_async_callback(grpc_server.stop, 1.0)
-        log.info("listening on %s:%d (gRPC %d), loading models from %s", self.config.host, self.http_port,
-                 self.grpc_port, self.config.model_repository)
+        endpoint = ZmqEndpoint(self.state, self.config.host, self.config.zmq_port, self.config.max_zmq_message_bytes)
+        endpoint.start()
+        resources.push_async_callback(endpoint.close)
+        self.zmq_port = endpoint.port
+        log.info("listening on %s:%d (gRPC %d, ZeroMQ %d), loading models from %s", self.config.host, self.http_port,
+                 self.grpc_port, self.zmq_port, self.config.model_repository)
 
         models = await self._load_unless_stopped()
         if models is None:
@@ -106,11 +113,6 @@ class WorkerServer:
             batcher.start()
             resources.push_async_callback(batcher.close)
             self.state.batchers[model.name] = batcher
-
-        endpoint = ZmqEndpoint(self.state, self.config.host, self.config.zmq_port, self.config.max_zmq_message_bytes)
-        endpoint.start()
-        resources.push_async_callback(endpoint.close)
-        self.zmq_port = endpoint.port
 
         await self._register(resources)
         versions = VersionWatcher(self.state, lambda _model: self.registration.update_meta(self.meta().to_meta()),
@@ -175,19 +177,8 @@ class WorkerServer:
         deadline = time.monotonic() + self.config.drain_timeout
         while self.state.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if not self.state.in_flight:
+        if self.state.in_flight:  # shutdown's batcher closes answer them (module docstring)
+            log.warning("drain timeout: answering the %d requests still in flight 503 shutting_down",
+                        self.state.in_flight)
+        else:
             log.info("drained: no request in flight")
-            return
-        log.warning("drain timeout: answering the %d requests still in flight 503 shutting_down", self.state.in_flight)
-        await self._answer_what_is_left()
-
-    async def _answer_what_is_left(self) -> None:
-        """Stop the batchers now, so each image still queued or computing fails with
-        Stopped, and give the handlers a moment to send their 503s, while HTTP, gRPC and
-        ZeroMQ are all still open (the stack closes ZeroMQ before the batchers: its
-        replies would have had no socket)."""
-        for batcher in self.state.batchers.values():
-            await batcher.close()
-        deadline = time.monotonic() + 1.0
-        while self.state.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
