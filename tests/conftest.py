@@ -8,6 +8,7 @@ import json
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 import skimage
 import zmq
@@ -139,6 +140,18 @@ async def until(predicate, timeout: float = 5.0):
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+async def worker_stats(url: str, until=lambda stats: True, timeout: float = 5.0) -> dict:
+    """A worker's GET /stats, polled until `until(stats)` holds; the last one read after `timeout`."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(max(1, int(timeout / 0.05))):
+            async with session.get(url + "/stats") as r:
+                stats = await r.json()
+            if until(stats):
+                break
+            await asyncio.sleep(0.05)
+    return stats
 
 
 def consul_get(agent: DevAgent, path: str):

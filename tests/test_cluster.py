@@ -23,6 +23,7 @@ from tests.conftest import (
     ESPRESSO,
     SKIMAGE_DATA,
     stalled_upload,
+    worker_stats,
 )
 from tests.consul_dev import DevAgent
 from tests.processes import child_pids, wait_for
@@ -317,12 +318,7 @@ async def test_images_whose_clients_gave_up_are_not_computed(start_worker, start
     async with aiohttp.ClientSession() as session:
         status, body = await post(session, worker.url + "/", coffee_jpeg)
         assert status == 200 and body["predictions"][0]["index"] == ESPRESSO
-        for _ in range(100):
-            async with session.get(worker.url + "/stats") as r:
-                stats = await r.json()
-            if stats["in_flight"] == 0:
-                break
-            await asyncio.sleep(0.05)
+    stats = await worker_stats(worker.url, lambda stats: stats["in_flight"] == 0)
     slots = len(hosts)  # batches handed out at once: one a lane (hosts less the main one), and one ahead
     computed = stats["batching"]["efficientnet_lite0"]["images"]
     assert stats["in_flight"] == 0 and computed <= slots * LANE_BATCH + 1, stats  # + 1: the fresh request

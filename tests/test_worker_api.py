@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from edge.imaging import Preprocessing, preprocess
-from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, roundtrip, scrape, stalled_upload, value
+from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, roundtrip, scrape, stalled_upload, value, worker_stats
 from tests.processes import child_pids
 from worker.model_host import native_fp16
 from worker.protocol import BatchRequest
@@ -49,13 +49,7 @@ def assert_error(status, body, expected_status, code=None):
 
 async def in_flight(worker, n: int) -> bool:
     """Whether the worker reports `n` requests in flight within 5 s."""
-    async with aiohttp.ClientSession() as s:
-        for _ in range(100):
-            async with s.get(worker.url + "/stats") as r:
-                if (await r.json())["in_flight"] == n:
-                    return True
-            await asyncio.sleep(0.05)
-    return False
+    return (await worker_stats(worker.url, lambda stats: stats["in_flight"] == n))["in_flight"] == n
 
 
 async def assert_still_serving(worker, coffee_jpeg):
