@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from edge.jsonio import json_response
 from edge.metrics import protocol_of
 from edge.request_log import REQUEST_ID
 
@@ -39,10 +40,10 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     Serving says 429 (resource exhausted) where we say 503 overloaded."""
     protocol = protocol_of(path)
     if protocol == "v2":
-        return web.json_response({"error": message}, status=status, headers=headers)
+        return json_response({"error": message}, status=status, headers=headers)
     if protocol == "tfserving":
-        return web.json_response({"error": message}, status=429 if code == "overloaded" else status, headers=headers)
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+        return json_response({"error": message}, status=429 if code == "overloaded" else status, headers=headers)
+    return json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
 @web.middleware

@@ -75,12 +75,20 @@ def from_base64(items: list) -> list[bytes]:
         raise bad("BYTES data in JSON must be base64 strings (send files as binary data to skip base64)") from None
 
 
-def _uint8(values: list, count: int) -> np.ndarray:
-    if len(values) != count:
-        raise bad(f"the UINT8 data has {len(values)} elements, its shape declares {count}")
-    if not all(isinstance(v, int) and 0 <= v <= 255 for v in values):
+def _uint8(data: object, count: int) -> np.ndarray:
+    """JSON UINT8 data, flat or nested as its shape, as a flat uint8 array. numpy reads
+    and checks the list: a check element by element in Python took 18 ms an image."""
+    if not isinstance(data, list):
+        raise bad("tensor data must be a JSON array")
+    try:
+        values = np.array(data)
+    except ValueError:  # nested lists of uneven lengths
+        raise bad("UINT8 data must be a flat list, or lists nested evenly as the shape") from None
+    if values.size != count:
+        raise bad(f"the UINT8 data has {values.size} elements, its shape declares {count}")
+    if count and (values.dtype.kind not in "iu" or values.min() < 0 or values.max() > 255):
         raise bad("UINT8 data must be integers from 0 to 255")
-    return np.array(values, dtype=np.uint8)
+    return values.astype(np.uint8).ravel()
 
 
 def read_images(request: InferRequest, datatype: str, shape: list, raw: bytes | memoryview | None,
@@ -96,7 +104,7 @@ def read_images(request: InferRequest, datatype: str, shape: list, raw: bytes | 
     elif datatype == "UINT8":
         if raw is not None and len(raw) != count:
             raise bad(f"the UINT8 data has {len(raw)} bytes, its shape {shape} needs {count}")
-        flat = np.frombuffer(raw, dtype=np.uint8) if raw is not None else _uint8(_flat(data), count)
+        flat = np.frombuffer(raw, dtype=np.uint8) if raw is not None else _uint8(data, count)
         request.tensor = flat.reshape(shape)
         check_tensor(request.tensor, info)
     else:
@@ -129,9 +137,9 @@ class OutputTensor:
     def raw(self) -> bytes:
         return self.values.tobytes() if self.datatype == "FP32" else serialize_bytes(self.values)
 
-    def json_data(self) -> list:
+    def json_data(self) -> np.ndarray | list[str]:
         if self.datatype == "FP32":
-            return self.values.ravel().tolist()
+            return self.values.ravel()  # edge.jsonio writes the array itself
         return [v.decode() for v in self.values]
 
 

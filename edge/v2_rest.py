@@ -9,12 +9,11 @@ none. Errors are `{"error": "..."}` (edge/errors.py formats them by path).
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from edge.app import EDGE_CONFIG
 from edge.inference import INPUT_NAME, OUTPUT_NAME, SERVER_NAME, SERVER_VERSION, InferRequest, ModelInfo
+from edge.jsonio import dumps, json_response, loads
 from edge.request_log import REQUEST_ID
 from edge.tensors import OutputSpec, bad, output_spec, output_tensor, read_images, wanted
 from edge.upload import read_body
@@ -35,28 +34,28 @@ def model_metadata(info: ModelInfo) -> dict:
 
 
 async def live(request: web.Request) -> web.Response:
-    return web.json_response({"live": True})
+    return json_response({"live": True})
 
 
 async def ready(request: web.Request) -> web.Response:
     is_ready = request.app[SERVICE].ready()
-    return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
+    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return web.json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+    return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
 
 async def metadata(request: web.Request) -> web.Response:
     info = request.app[SERVICE].model(request.match_info["model"], request.match_info.get("version"))
-    return web.json_response(model_metadata(info))
+    return json_response(model_metadata(info))
 
 
 async def model_ready(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     service.model(request.match_info["model"], request.match_info.get("version"))  # 404 when unknown
     is_ready = service.ready()
-    return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
+    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
 def split_body(request: web.Request, body: bytes) -> tuple[dict, memoryview]:
@@ -69,8 +68,8 @@ def split_body(request: web.Request, body: bytes) -> tuple[dict, memoryview]:
     else:
         raise bad(f"{HEADER_LENGTH} must be a length within the body, got {length!r}")
     try:
-        header = json.loads(body[:size])
-    except (ValueError, UnicodeDecodeError):
+        header = loads(memoryview(body)[:size])
+    except ValueError:
         raise bad("the request is not JSON") from None
     if not isinstance(header, dict):
         raise bad("the request must be a JSON object")
@@ -109,7 +108,15 @@ def output_specs(header: dict, num_classes: int) -> list[OutputSpec]:
     return specs
 
 
-def encode_response(header: dict, info: ModelInfo, specs: list[OutputSpec], results) -> web.Response:
+def parse_body(request: web.Request, body: bytes, info: ModelInfo, limit: int) -> tuple[InferRequest, list, dict]:
+    """(the request, its outputs, {"id": ...} to echo). The parsed JSON dies here, as in
+    edge/tfserving.py's parse_body: pixels sent as nested lists must not outlive parsing."""
+    header, binary = split_body(request, body)
+    inference, specs = parse_request(header, binary, info, limit)
+    return inference, specs, {"id": header["id"]} if "id" in header else {}
+
+
+def encode_response(echo: dict, info: ModelInfo, specs: list[OutputSpec], results) -> web.Response:
     outputs, chunks = [], []
     for spec in specs:
         tensor = output_tensor(spec, results)
@@ -121,12 +128,10 @@ def encode_response(header: dict, info: ModelInfo, specs: list[OutputSpec], resu
         else:
             out["data"] = tensor.json_data()
         outputs.append(out)
-    body = {"model_name": info.name, "model_version": results[0].version, "outputs": outputs}
-    if "id" in header:
-        body["id"] = header["id"]
+    body = {"model_name": info.name, "model_version": results[0].version, "outputs": outputs, **echo}
     if not chunks:
-        return web.json_response(body)
-    encoded = json.dumps(body).encode()
+        return json_response(body)
+    encoded = dumps(body)
     return web.Response(body=b"".join([encoded, *chunks]), content_type="application/octet-stream",
                         headers={HEADER_LENGTH: str(len(encoded))})
 
@@ -135,12 +140,11 @@ async def infer(request: web.Request) -> web.Response:
     service, config = request.app[SERVICE], request.app[EDGE_CONFIG]
     info = service.model(request.match_info["model"], request.match_info.get("version"))
     body = await read_body(request, config.max_body_bytes, config.read_timeout)
-    header, binary = split_body(request, body)
-    inference, specs = parse_request(header, binary, info, config.max_body_bytes)
+    inference, specs, echo = parse_body(request, body, info, config.max_body_bytes)
     inference.version, inference.request_id = request.match_info.get("version"), request[REQUEST_ID]
     wanted(inference, specs)
     results = await service.infer(inference)
-    return encode_response(header, info, specs, results)
+    return encode_response(echo, info, specs, results)
 
 
 def add_v2_routes(app: web.Application) -> None:

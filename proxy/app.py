@@ -16,6 +16,7 @@ from aiohttp import web
 from discovery.watcher import ServiceWatcher
 from edge.app import create_edge_app
 from edge.errors import ApiError, retry_later
+from edge.jsonio import json_response
 from edge.metrics import METRICS, register_state
 from edge.request_log import REQUEST_ID, SERVED_BY
 from edge.tfserving import add_tfserving_routes
@@ -53,7 +54,7 @@ async def classify(request: web.Request) -> web.Response:
         done = await forward(state.pool, state.stats, image, k, worker_timeout_s=config.worker_timeout,
                              deadline=deadline, request_id=request[REQUEST_ID], route=requested_route(request))
         request[SERVED_BY] = done.handle.id
-        return web.json_response(answer(done, image.ms, started))
+        return json_response(answer(done, image.ms, started))
 
 
 def answer(done: Forwarded, decode_ms: float, started: float) -> dict:
@@ -97,25 +98,25 @@ async def lookup_text(request: web.Request) -> web.Response:
 
 async def lookup_json(request: web.Request) -> web.Response:
     h, route = _lookup(request)
-    return web.json_response({"address": h.instance.http_address, "worker": h.id, "model": route.model,
+    return json_response({"address": h.instance.http_address, "worker": h.id, "model": route.model,
                               "version": h.version(route.model),
                               "grpc_address": f"{h.instance.address}:{h.meta.grpc_port}"})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
+    return json_response({"status": "alive"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     live = len(request.app[STATE].pool.live())
     if not live:
         raise retry_later("no_worker", "no live worker")
-    return web.json_response({"status": "ready", "live_workers": live})
+    return json_response({"status": "ready", "live_workers": live})
 
 
 async def workers(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({
+    return json_response({
         "policy": state.pool.policy.name,
         "split": state.config.split or None,
         "consul_connected": state.watcher.connected,

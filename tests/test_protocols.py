@@ -53,11 +53,13 @@ async def native_scores(address: str, photo: bytes) -> np.ndarray:
     return scores
 
 
-def triton_inputs(module, photo: bytes, as_tensor: bool):
+def triton_inputs(module, photo: bytes, as_tensor: bool, binary: bool = True):
+    """The photo as a file (BYTES) or as pixels (UINT8); over HTTP, `binary=False` sends
+    them as JSON numbers, as a v2 client without the binary extension does."""
     if as_tensor:
         tensor = preprocess(photo, Preprocessing(), 10**8)[None]
         image = module.InferInput("image", list(tensor.shape), "UINT8")
-        image.set_data_from_numpy(tensor)
+        image.set_data_from_numpy(tensor, **({} if binary else {"binary_data": False}))
     else:
         image = module.InferInput("image", [1], "BYTES")
         image.set_data_from_numpy(np.array([photo], dtype=object))
@@ -76,9 +78,10 @@ async def test_tritonclient_against_native_route(servers, target, kind, coffee_j
                                                "outputs": [{"name": o.name, "shape": list(o.shape)} for o in meta.outputs]}
     assert meta["inputs"][0]["name"] == "image" and meta["outputs"][0]["shape"] == [-1, 1000]
     expected = await native_scores(http_address, coffee_jpeg)
-    for as_tensor in (False, True):
-        result = client.infer(MODEL, triton_inputs(module, coffee_jpeg, as_tensor),
-                              outputs=[module.InferRequestedOutput("probabilities")])
+    forms = [(False, True), (True, True)] + ([(True, False)] if kind == "http" else [])
+    for as_tensor, binary in forms:
+        outputs = [module.InferRequestedOutput("probabilities", **({} if binary else {"binary_data": False}))]
+        result = client.infer(MODEL, triton_inputs(module, coffee_jpeg, as_tensor, binary), outputs=outputs)
         probs = result.as_numpy("probabilities")
         assert probs.shape == (1, 1000) and probs.dtype == np.float32 and probs[0].argmax() == ESPRESSO
         top = np.argsort(-probs[0])[:5]
@@ -113,6 +116,11 @@ async def test_tf_serving_rest(servers, target, coffee_jpeg):
             np.testing.assert_allclose(probs[top], expected[top], atol=1e-5)
     status, body = await post_json(address, f"/v1/models/{MODEL}:predict", {"inputs": [{"b64": b64}]})
     assert status == 200 and np.argmax(body["outputs"][0]) == ESPRESSO
+    pixels = preprocess(coffee_jpeg, Preprocessing(), 10**8).tolist()  # an image as TF Serving's examples send it
+    status, body = await post_json(address, f"/v1/models/{MODEL}:predict", {"instances": [pixels]})
+    probs = np.array(body["predictions"][0], dtype=np.float32)
+    assert status == 200 and np.argmax(probs) == ESPRESSO
+    np.testing.assert_allclose(probs[np.argsort(-probs)[:5]], expected[np.argsort(-probs)[:5]], atol=1e-5)
     status, body = await post_json(address, f"/v1/models/{MODEL}:classify", {"examples": [{"image": {"b64": b64}}]})
     assert status == 200 and body["results"][0][0][0] == "espresso"
     async with aiohttp.ClientSession() as s:

@@ -8,6 +8,7 @@ import time
 from aiohttp import web
 
 from edge.app import create_edge_app, decode_image
+from edge.jsonio import json_response
 from edge.metrics import register_state
 from edge.request_log import SERVED_BY
 from edge.tfserving import add_tfserving_routes
@@ -39,7 +40,7 @@ async def classify(request: web.Request) -> web.Response:
     finally:
         state.in_flight -= 1
     request[SERVED_BY] = state.worker_id
-    return web.json_response(
+    return json_response(
         {
             "model": prediction.model.name,
             "version": prediction.model.version,
@@ -57,13 +58,13 @@ async def classify(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive", "worker": request.app[STATE].worker_id})
+    return json_response({"status": "alive", "worker": request.app[STATE].worker_id})
 
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.check_ready()
-    return web.json_response({"status": "ready", "worker": state.worker_id})
+    return json_response({"status": "ready", "worker": state.worker_id})
 
 
 async def info(request: web.Request) -> web.Response:
@@ -73,14 +74,14 @@ async def info(request: web.Request) -> web.Response:
                "num_labels": len(m.labels), "load_seconds": round(m.load_seconds, 3)}
         for name, m in state.models.items()
     }
-    return web.json_response({"worker": state.worker_id, "ready": state.ready, "draining": state.draining,
+    return json_response({"worker": state.worker_id, "ready": state.ready, "draining": state.draining,
                               "default_model": state.config.edge.default_model,
                               "preprocessing": state.config.preprocessing, "models": models})
 
 
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({"worker": state.worker_id, "in_flight": state.in_flight, "served": state.served,
+    return json_response({"worker": state.worker_id, "in_flight": state.in_flight, "served": state.served,
                               "queue_depth": state.depth,
                               "batching": {name: b.stats.as_dict() for name, b in state.batchers.items()}})
 

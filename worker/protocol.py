@@ -31,11 +31,11 @@ Two halves, both here and nowhere else:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from edge import jsonio
 from edge.imaging import Preprocessing
 
 DTYPE = "uint8"
@@ -88,7 +88,7 @@ class BatchRequest:
             header["token"] = self.token
         if self.request_ids:
             header["request_ids"] = self.request_ids
-        return [json.dumps(header).encode(), memoryview(images).cast("B")]
+        return [jsonio.dumps(header), memoryview(images).cast("B")]
 
     @classmethod
     def decode(cls, frames: list) -> "BatchRequest":
@@ -119,7 +119,7 @@ class Cancel:
     ids: list[str]
 
     def encode(self) -> list[bytes]:
-        return [json.dumps({"cancel": self.ids}).encode()]
+        return [jsonio.dumps({"cancel": self.ids})]
 
     @classmethod
     def decode(cls, frames: list) -> "Cancel":
@@ -138,7 +138,7 @@ def _json_object(raw: bytes, what: str, max_bytes: int | None = MAX_HEADER_BYTES
     if max_bytes is not None and len(raw) > max_bytes:
         raise ProtocolError(f"{what} too large")
     try:
-        value = json.loads(raw)
+        value = jsonio.loads(raw)
     except ValueError:
         raise ProtocolError(f"{what} is not JSON") from None
     if not isinstance(value, dict):
@@ -196,7 +196,7 @@ class BatchReply:
         body = {"batch": self.batch, "worker": self.worker}
         if self.error:
             body["error"] = asdict(self.error)
-            return [json.dumps(body).encode()]
+            return [jsonio.dumps(body)]
         items, rows = [], []
         for result in self.results:
             item = result.to_dict()
@@ -206,10 +206,10 @@ class BatchReply:
             items.append(item)
         body.update(model=self.model, results=items)
         if not rows:
-            return [json.dumps(body).encode()]
+            return [jsonio.dumps(body)]
         tensor = np.ascontiguousarray(np.stack(rows), dtype="<f4")
         body["probabilities_shape"] = list(tensor.shape)
-        return [json.dumps(body).encode(), tensor.tobytes()]
+        return [jsonio.dumps(body), tensor.tobytes()]
 
     @classmethod
     def decode(cls, frames: list[bytes]) -> "BatchReply":
@@ -256,11 +256,11 @@ class ServedModel:
     def to_json(self) -> str:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
-        return json.dumps(d, separators=(",", ":"))
+        return jsonio.dumps(d).decode()  # compact, as Consul Meta values should be
 
     @classmethod
     def from_json(cls, text: str) -> "ServedModel":
-        d = json.loads(text)
+        d = jsonio.loads(text)
         return cls(str(d["version"]), str(d.get("backend", "")), tuple(int(x) for x in d["input_shape"]),
                    int(d["num_labels"]), float(d.get("crop_fraction", Preprocessing.crop_fraction)),
                    str(d.get("resample", Preprocessing.resample)))
