@@ -10,6 +10,7 @@ Stricter than json on input: NaN, Infinity and nesting deeper than 1,024 are ref
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 from aiohttp import web
 
@@ -21,9 +22,16 @@ def loads(raw: bytes | bytearray | memoryview | str) -> object:
     return orjson.loads(raw)
 
 
+def _as_list(value: object) -> object:
+    """What orjson leaves to us: numpy arrays it cannot write as they lie (a strided view)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def dumps(value: object) -> bytes:
     """UTF-8 JSON; numpy arrays and scalars included. Dict keys must be strings."""
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(value, default=_as_list, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def json_response(value: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -75,3 +75,11 @@ def test_json_response_is_utf8_json():
     assert response.status == 404 and response.headers["X-A"] == "1"
     assert response.content_type == "application/json" and response.charset == "utf-8"
     assert json.loads(response.body.decode("utf-8")) == {"label": "café", "score": 0.5}
+
+
+def test_jsonio_writes_numpy_as_it_lies_or_as_a_list():
+    matrix = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert jsonio.loads(jsonio.dumps({"row": matrix[1], "column": matrix[:, 1], "half": np.float16(0.5)})) == {
+        "row": [4.0, 5.0, 6.0, 7.0], "column": [1.0, 5.0, 9.0], "half": 0.5}
+    with pytest.raises(TypeError):
+        jsonio.dumps({"a": {1, 2}})
