@@ -14,11 +14,9 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-DecodeError = orjson.JSONDecodeError  # a ValueError
-
 
 def loads(raw: bytes | bytearray | memoryview | str) -> object:
-    """Parse a JSON text; DecodeError (a ValueError) when it is not one, or not UTF-8."""
+    """Parse a JSON text; a ValueError (orjson.JSONDecodeError) when it is not one, or not UTF-8."""
     return orjson.loads(raw)
 
 

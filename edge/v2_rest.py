@@ -108,7 +108,8 @@ def output_specs(header: dict, num_classes: int) -> list[OutputSpec]:
     return specs
 
 
-def parse_body(request: web.Request, body: bytes, info: ModelInfo, limit: int) -> tuple[InferRequest, list, dict]:
+def parse_body(request: web.Request, body: bytes, info: ModelInfo,
+               limit: int) -> tuple[InferRequest, list[OutputSpec], dict]:
     """(the request, its outputs, {"id": ...} to echo). The parsed JSON dies here, as in
     edge/tfserving.py's parse_body: pixels sent as nested lists must not outlive parsing."""
     header, binary = split_body(request, body)

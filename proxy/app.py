@@ -99,8 +99,8 @@ async def lookup_text(request: web.Request) -> web.Response:
 async def lookup_json(request: web.Request) -> web.Response:
     h, route = _lookup(request)
     return json_response({"address": h.instance.http_address, "worker": h.id, "model": route.model,
-                              "version": h.version(route.model),
-                              "grpc_address": f"{h.instance.address}:{h.meta.grpc_port}"})
+                          "version": h.version(route.model),
+                          "grpc_address": f"{h.instance.address}:{h.meta.grpc_port}"})
 
 
 async def healthz(request: web.Request) -> web.Response:

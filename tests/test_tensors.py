@@ -5,6 +5,7 @@ anything else is a 400 that says why."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def test_bad_uint8_json_data_is_a_400_that_says_why(data, says):
 
 def test_fp32_output_as_json_keeps_every_float32_exactly():
     probs = np.random.default_rng(1).random((2, 10), dtype=np.float32) / 7
-    results = [type("R", (), {"probabilities": row})() for row in probs]
+    results = [SimpleNamespace(probabilities=row) for row in probs]
     tensor = output_tensor(OutputSpec(), results)
     written = jsonio.loads(jsonio.dumps({"data": tensor.json_data()}))["data"]
     assert len(written) == 20

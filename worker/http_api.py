@@ -75,15 +75,15 @@ async def info(request: web.Request) -> web.Response:
         for name, m in state.models.items()
     }
     return json_response({"worker": state.worker_id, "ready": state.ready, "draining": state.draining,
-                              "default_model": state.config.edge.default_model,
-                              "preprocessing": state.config.preprocessing, "models": models})
+                          "default_model": state.config.edge.default_model,
+                          "preprocessing": state.config.preprocessing, "models": models})
 
 
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return json_response({"worker": state.worker_id, "in_flight": state.in_flight, "served": state.served,
-                              "queue_depth": state.depth,
-                              "batching": {name: b.stats.as_dict() for name, b in state.batchers.items()}})
+                          "queue_depth": state.depth,
+                          "batching": {name: b.stats.as_dict() for name, b in state.batchers.items()}})
 
 
 def create_app(state) -> web.Application:
