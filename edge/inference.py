@@ -11,6 +11,7 @@ and pixel limits, and the tier's own overload refusals.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class InferRequest:
     top_k: int = 0  # best classes wanted per image (0: none)
     probabilities: bool = False  # the whole probability vector wanted per image
     request_id: str = ""
+    timeout_s: float | None = None  # the client's own limit (the v2 `timeout` parameter); None: the tier's
 
     def __len__(self) -> int:
         return len(self.tensor) if self.tensor is not None else len(self.encoded)
@@ -69,6 +71,22 @@ class InferenceService(Protocol):
 
     async def infer(self, request: InferRequest) -> list[Inference]:
         """One answer per image, in order; ApiError for the whole request otherwise."""
+
+
+async def infer_within(service: InferenceService, request: InferRequest) -> list[Inference]:
+    """service.infer, given up when the client's timeout passes first: its images still
+    queued are dropped as a departed client's are (a worker's batcher skips them; the
+    proxy sends its workers a Cancel), and the answer is a 504."""
+    if request.timeout_s is None:
+        return await service.infer(request)
+    try:
+        async with asyncio.timeout(request.timeout_s) as limit:
+            return await service.infer(request)
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise ApiError(504, "timeout", f"the request's timeout of {request.timeout_s * 1e6:.0f} µs passed "
+                                       "before its answer") from None
 
 
 def check_tensor(tensor: np.ndarray, info: ModelInfo) -> None:

@@ -58,6 +58,16 @@ def deserialize_bytes(raw: bytes | memoryview, count: int) -> list[bytes]:
     return items
 
 
+def timeout_parameter(value: object) -> float | None:
+    """The `timeout` request parameter (Triton's schedule-policy extension): microseconds,
+    0 or absent for none; in seconds."""
+    if value is None or value == 0:
+        return None
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise bad(f"the timeout parameter is a whole number of microseconds, got {value!r}")
+    return value / 1e6
+
+
 def _flat(data: object) -> list:
     """JSON tensor data, nested or flat, as one flat list."""
     if not isinstance(data, list):

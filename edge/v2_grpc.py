@@ -24,10 +24,18 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from edge.auth import token_matches
 from edge.config import EdgeConfig
 from edge.errors import ApiError
-from edge.inference import INPUT_NAME, OUTPUT_NAME, SERVER_NAME, SERVER_VERSION, InferenceService, InferRequest
+from edge.inference import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SERVER_NAME,
+    SERVER_VERSION,
+    InferenceService,
+    InferRequest,
+    infer_within,
+)
 from edge.metrics import LATENCY_BUCKETS
 from edge.request_log import sane_request_id
-from edge.tensors import bad, output_spec, output_tensor, read_images, serialize_bytes, wanted
+from edge.tensors import bad, output_spec, output_tensor, read_images, serialize_bytes, timeout_parameter, wanted
 from edge.v2_rest import EXTENSIONS, model_metadata
 
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -61,6 +69,14 @@ def _image_input(request: pb.ModelInferRequest) -> tuple[str, list[int], bytes]:
     if tensor.datatype == "UINT8" and values.size and values.max() > 255:
         raise bad("UINT8 data must be integers from 0 to 255")
     return tensor.datatype, list(tensor.shape), values.astype(np.uint8).tobytes()
+
+
+def _timeout(request: pb.ModelInferRequest) -> float | None:
+    """The request's `timeout` parameter (microseconds; tritonclient sets int64_param)."""
+    if "timeout" not in request.parameters:
+        return None
+    parameter = request.parameters["timeout"]
+    return timeout_parameter(getattr(parameter, parameter.WhichOneof("parameter_choice") or "int64_param"))
 
 
 def _tensors(specs: list[dict]) -> list:
@@ -122,11 +138,12 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         datatype, shape, raw = _image_input(request)
         inference = InferRequest(info.name, request.model_version or None, request_id=request_id)
         read_images(inference, datatype, shape, raw, None, info, self.config.max_body_bytes)
+        inference.timeout_s = _timeout(request)
         outputs = request.outputs or [pb.ModelInferRequest.InferRequestedOutputTensor(name=OUTPUT_NAME)]
         specs = [output_spec(o.name, o.parameters["classification"].int64_param if "classification" in o.parameters
                              else 0, True, info.num_classes) for o in outputs]
         wanted(inference, specs)
-        results = await self.service.infer(inference)
+        results = await infer_within(self.service, inference)
         tensors = [output_tensor(spec, results) for spec in specs]
         return pb.ModelInferResponse(
             model_name=info.name, model_version=results[0].version, id=request.id,

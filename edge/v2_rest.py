@@ -12,10 +12,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from edge.app import EDGE_CONFIG
-from edge.inference import INPUT_NAME, OUTPUT_NAME, SERVER_NAME, SERVER_VERSION, InferRequest, ModelInfo
+from edge.inference import INPUT_NAME, OUTPUT_NAME, SERVER_NAME, SERVER_VERSION, InferRequest, ModelInfo, infer_within
 from edge.jsonio import dumps, json_response, loads
 from edge.request_log import REQUEST_ID
-from edge.tensors import OutputSpec, bad, output_spec, output_tensor, read_images, wanted
+from edge.tensors import OutputSpec, bad, output_spec, output_tensor, read_images, timeout_parameter, wanted
 from edge.upload import read_body
 
 SERVICE = web.AppKey("inference_service", object)  # the tier's edge.inference.InferenceService
@@ -92,11 +92,19 @@ def parse_request(header: dict, binary: memoryview, info: ModelInfo, limit: int)
         raw = binary[:size]
     request = InferRequest(info.name, None)
     read_images(request, tensor.get("datatype"), tensor.get("shape"), raw, tensor.get("data"), info, limit)
+    request.timeout_s = timeout_parameter(_parameters(header).get("timeout"))
     return request, output_specs(header, info.num_classes)
 
 
+def _parameters(header: dict) -> dict:
+    parameters = header.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise bad("parameters must be a JSON object")
+    return parameters
+
+
 def output_specs(header: dict, num_classes: int) -> list[OutputSpec]:
-    binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    binary_default = bool(_parameters(header).get("binary_data_output", False))
     outputs = header.get("outputs") or [{"name": OUTPUT_NAME}]
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise bad("outputs must be a list of objects")
@@ -144,7 +152,7 @@ async def infer(request: web.Request) -> web.Response:
     inference, specs, echo = parse_body(request, body, info, config.max_body_bytes)
     inference.version, inference.request_id = request.match_info.get("version"), request[REQUEST_ID]
     wanted(inference, specs)
-    results = await service.infer(inference)
+    results = await infer_within(service, inference)
     return encode_response(echo, info, specs, results)
 
 

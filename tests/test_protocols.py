@@ -94,6 +94,28 @@ async def test_tritonclient_against_native_route(servers, target, kind, coffee_j
     client.close()
 
 
+@pytest.mark.parametrize("target", ["worker", "proxy"])
+async def test_the_v2_timeout_parameter(servers, target, coffee_jpeg):
+    """tritonclient's `timeout` (microseconds) over HTTP and gRPC: a generous one changes
+    nothing, one that passes before the answer is a 504 / DEADLINE_EXCEEDED; a timeout
+    that is not a whole number of microseconds is a 400."""
+    http_address, grpc_address = servers[target]
+    for module, address in ((httpclient, http_address), (grpcclient, grpc_address)):
+        client = module.InferenceServerClient(url=address)
+        inputs = triton_inputs(module, coffee_jpeg, False)
+        outputs = [module.InferRequestedOutput("probabilities", class_count=1)]
+        best = client.infer(MODEL, inputs, outputs=outputs, timeout=10_000_000).as_numpy("probabilities")[0][0]
+        assert int(best.decode().split(":")[1]) == ESPRESSO
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(MODEL, inputs, outputs=outputs, timeout=1)
+        assert str(caught.value.status()) in ("504", "StatusCode.DEADLINE_EXCEEDED"), caught.value
+        client.close()
+    header = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["AA=="]}],
+              "parameters": {"timeout": "soon"}}
+    status, answer = await post_json(http_address, f"/v2/models/{MODEL}/infer", v2_body(header)[0])
+    assert status == 400 and "timeout" in answer["error"], answer
+
+
 async def post_json(address: str, path: str, body: object, headers: dict | None = None) -> tuple[int, object]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     async with aiohttp.ClientSession() as s, s.post(f"http://{address}{path}", data=data, headers=headers) as r:

@@ -13,7 +13,7 @@ import pytest
 from edge import jsonio
 from edge.errors import ApiError
 from edge.inference import InferRequest, ModelInfo
-from edge.tensors import OutputSpec, output_tensor, read_images
+from edge.tensors import OutputSpec, output_tensor, read_images, timeout_parameter
 
 pytestmark = pytest.mark.unit
 
@@ -84,3 +84,12 @@ def test_jsonio_writes_numpy_as_it_lies_or_as_a_list():
         "row": [4.0, 5.0, 6.0, 7.0], "column": [1.0, 5.0, 9.0], "half": 0.5}
     with pytest.raises(TypeError):
         jsonio.dumps({"a": {1, 2}})
+
+
+def test_the_timeout_parameter_is_whole_microseconds():
+    assert timeout_parameter(None) is None and timeout_parameter(0) is None  # none: the tier's own limits
+    assert timeout_parameter(250_000) == 0.25
+    for value in (-1, 1.5, True, "100", [100]):
+        with pytest.raises(ApiError) as caught:
+            timeout_parameter(value)
+        assert caught.value.status == 400 and "microseconds" in caught.value.message

@@ -6,19 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import aiohttp
 import numpy as np
 import pytest
+import tritonclient.grpc as tritongrpc
+import tritonclient.http as tritonhttp
 import zmq
 import zmq.asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
 
 from edge.app import DECODE_POOL, app_runner
 from edge.imaging import Preprocessing, preprocess
 from edge.metrics import METRICS
+from edge.v2_grpc import start_grpc
 from tests.conftest import ESPRESSO, scrape, until, value
 from worker import http_api
 from worker.batcher import BatchConfig, Batcher
@@ -166,6 +172,54 @@ async def test_a_client_that_gives_up_leaves_its_image_uncomputed(held_worker, c
                      status="499") == 1
     finally:
         gate.set()
+        await runner.cleanup()
+
+
+async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker, coffee_jpeg):
+    """tritonclient's `timeout` (the v2 request parameter, microseconds), over HTTP and
+    gRPC: while the model is held, each request waits 0.3 s, then is answered 504 /
+    DEADLINE_EXCEEDED, and its image, queued behind the running batch, never runs."""
+    state, batcher, gate = held_worker
+    app = create_app(state)
+    runner = app_runner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    grpc_server, grpc_port = await start_grpc(app[http_api.SERVICE], state.config.edge, "127.0.0.1", 0,
+                                              CollectorRegistry())
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    pixels = preprocess(coffee_jpeg, Preprocessing(), 10**8)[None]
+
+    def infer(module, address: str) -> tuple[str, float]:
+        image = module.InferInput("image", list(pixels.shape), "UINT8")
+        image.set_data_from_numpy(pixels)
+        client = module.InferenceServerClient(url=address)
+        started = time.monotonic()
+        try:
+            client.infer("efficientnet_lite0", [image], timeout=300_000)
+        except InferenceServerException as exc:
+            return str(exc.status()), time.monotonic() - started
+        finally:
+            client.close()
+        return "answered", time.monotonic() - started
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            form = aiohttp.FormData()
+            form.add_field("data", coffee_jpeg, filename="coffee.jpg")
+            first = asyncio.ensure_future(session.post(url + "/", data=form))
+            await until(lambda: state.depth == 1 and state.in_flight == 1)  # in the model, held there
+            answers = await asyncio.gather(
+                asyncio.to_thread(infer, tritonhttp, url.removeprefix("http://")),
+                asyncio.to_thread(infer, tritongrpc, f"127.0.0.1:{grpc_port}"))
+            assert [status for status, _ in answers] == ["504", "StatusCode.DEADLINE_EXCEEDED"], answers
+            assert all(0.3 <= took < 5 for _, took in answers), answers
+            await until(lambda: state.in_flight == 1)
+            gate.set()
+            assert (await first).status == 200
+        assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the timed-out images never ran
+    finally:
+        gate.set()
+        await grpc_server.stop(None)
         await runner.cleanup()
 
 

@@ -3,18 +3,24 @@ one fresh request. A server that computes every accepted image, whether or not a
 still waits for it, makes the fresh request wait behind the abandoned ones; ours drops
 them (README, "Clients that give up").
 
+`--v2-timeout`: the burst's clients send the Open Inference Protocol's `timeout`
+parameter instead (tritonclient's `timeout=`) and wait for the answer: the server gives
+up for them, with a 504 (README, "Timeouts").
+
 Straight to a worker (the default model) and through the proxy: `--burst` requests at
 once, each client giving up after `--give-up` seconds, then one request that waits as
-long as it takes. Prints, per round: the burst's answers in time, the fresh request's
-latency, and how many images the worker computed for the burst (its /stats).
+long as it takes. Prints, per round: the burst's answers, when its last client was done
+(answered or gone), the fresh request's latency, and how many images the worker computed
+for the burst (its /stats).
 
-    .venv/bin/python scripts/bench/abandoned.py [--burst 250] [--give-up 0.3] [--rounds 3]
+    .venv/bin/python scripts/bench/abandoned.py [--burst 250] [--give-up 0.3] [--rounds 3] [--v2-timeout]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import statistics
 import sys
@@ -32,6 +38,7 @@ from suite import PHOTO  # noqa: E402
 from tests.processes import local_cluster  # noqa: E402
 
 HEADERS = {"Content-Type": "image/jpeg"}
+V2_PATH = "v2/models/efficientnet_lite0/infer"
 
 
 async def computed(session: aiohttp.ClientSession, worker_url: str) -> int:
@@ -45,7 +52,14 @@ async def computed(session: aiohttp.ClientSession, worker_url: str) -> int:
     return sum(model["images"] for model in stats["batching"].values())
 
 
-async def burst(url: str, worker_url: str, photo: bytes, size: int, give_up_s: float) -> dict:
+def v2_request(photo: bytes, timeout_s: float) -> bytes:
+    """A v2 inference request for the photo (BYTES, base64) with its `timeout` parameter."""
+    return json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                   "data": [base64.b64encode(photo).decode()]}],
+                       "parameters": {"timeout": round(timeout_s * 1e6)}}).encode()
+
+
+async def burst(url: str, worker_url: str, photo: bytes, size: int, give_up_s: float, v2: bool) -> dict:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         before = await computed(session, worker_url)
 
@@ -58,25 +72,36 @@ async def burst(url: str, worker_url: str, photo: bytes, size: int, give_up_s: f
             except asyncio.TimeoutError:  # the client closes its connection: it gave up
                 return False
 
-        answered = sum(await asyncio.gather(*(impatient() for _ in range(size))))
+        async def with_timeout(body: bytes) -> bool:  # the server gives up for it, with a 504
+            async with session.post(url + V2_PATH, data=body) as r:
+                await r.read()
+                assert r.status in (200, 504), r.status
+                return r.status == 200
+
+        clients = [with_timeout(v2_request(photo, give_up_s)) if v2 else impatient() for _ in range(size)]
+        started = time.perf_counter()
+        answered = sum(await asyncio.gather(*clients))
+        burst_ms = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
         async with session.post(url, data=photo, headers=HEADERS) as r:
             await r.read()
             assert r.status == 200, r.status
         fresh_ms = (time.perf_counter() - started) * 1000
-        return {"answered": answered, "gave_up": size - answered, "fresh_ms": round(fresh_ms, 1),
+        return {"answered": answered, "gave_up": size - answered, "burst_ms": round(burst_ms, 1),
+                "fresh_ms": round(fresh_ms, 1),
                 "computed": await computed(session, worker_url) - before - 1}
 
 
 def table(rows: list[dict], size: int, give_up_s: float) -> str:
-    lines = [f"burst of {size}, clients giving up after {give_up_s:g} s; medians over the rounds", "",
-             "| path | answered in time | gave up | fresh request ms | images computed for the burst |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [f"burst of {size}, giving up after {give_up_s:g} s; medians over the rounds", "",
+             "| path | answered | gave up | last of the burst done, ms | fresh request ms "
+             "| images computed for the burst |", "|---|---:|---:|---:|---:|---:|"]
     for path in dict.fromkeys(r["path"] for r in rows):
         mine = [r for r in rows if r["path"] == path]
-        med = {k: statistics.median(r[k] for r in mine) for k in ("answered", "gave_up", "fresh_ms", "computed")}
-        lines.append(f"| {path} | {med['answered']:.0f} | {med['gave_up']:.0f} | {med['fresh_ms']:.0f} "
-                     f"| {med['computed']:.0f} |")
+        med = {k: statistics.median(r[k] for r in mine)
+               for k in ("answered", "gave_up", "burst_ms", "fresh_ms", "computed")}
+        lines.append(f"| {path} | {med['answered']:.0f} | {med['gave_up']:.0f} | {med['burst_ms']:.0f} "
+                     f"| {med['fresh_ms']:.0f} | {med['computed']:.0f} |")
     return "\n".join(lines)
 
 
@@ -85,6 +110,7 @@ def main() -> int:
     p.add_argument("--burst", type=int, default=250)
     p.add_argument("--give-up", type=float, default=0.3, help="each burst client's timeout, seconds")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--v2-timeout", action="store_true", help="the burst sends the v2 timeout parameter and waits")
     p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +119,7 @@ def main() -> int:
     with local_cluster(a.out, "abandoned", quiet, quiet) as (worker, proxy):
         for r in range(1, a.rounds + 1):
             for path, url in (("worker", worker.url + "/"), ("proxy", proxy.url + "/")):
-                row = {"path": path, "round": r, **asyncio.run(burst(url, worker.url, photo, a.burst, a.give_up))}
+                row = {"path": path, "round": r, **asyncio.run(burst(url, worker.url, photo, a.burst, a.give_up, a.v2_timeout))}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print("\n" + table(rows, a.burst, a.give_up))
