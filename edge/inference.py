@@ -69,6 +69,10 @@ class InferenceService(Protocol):
     def model(self, name: str, version: str | None = None) -> ModelInfo:
         """The model's metadata; ApiError 404 when this tier does not serve it (or that version)."""
 
+    def check_room(self, info: ModelInfo) -> None:
+        """503 now when this tier could not take a request for the model: called before the
+        request's body is read, as the native route does, so a refusal costs no body."""
+
     async def infer(self, request: InferRequest) -> list[Inference]:
         """One answer per image, in order; ApiError for the whole request otherwise."""
 

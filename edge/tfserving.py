@@ -122,6 +122,7 @@ def parse_body(raw: bytes, info: ModelInfo) -> tuple[InferRequest, str]:
 async def _run(request: web.Request, *, classify: bool) -> tuple[list, str]:
     config = request.app[EDGE_CONFIG]
     info = model_info(request)
+    request.app[SERVICE].check_room(info)
     inference, key = parse_body(await read_body(request, config.max_body_bytes, config.read_timeout), info)
     inference.version, inference.request_id = requested_version(request), request[REQUEST_ID]
     inference.top_k, inference.probabilities = (DEFAULT_TOP_K, False) if classify else (0, True)

@@ -135,6 +135,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, request_id: str) -> pb.ModelInferResponse:
         info = self.service.model(request.model_name, request.model_version or None)
+        self.service.check_room(info)
         datatype, shape, raw = _image_input(request)
         inference = InferRequest(info.name, request.model_version or None, request_id=request_id)
         read_images(inference, datatype, shape, raw, None, info, self.config.max_body_bytes)

@@ -148,6 +148,7 @@ def encode_response(echo: dict, info: ModelInfo, specs: list[OutputSpec], result
 async def infer(request: web.Request) -> web.Response:
     service, config = request.app[SERVICE], request.app[EDGE_CONFIG]
     info = service.model(request.match_info["model"], request.match_info.get("version"))
+    service.check_room(info)
     body = await read_body(request, config.max_body_bytes, config.read_timeout)
     inference, specs, echo = parse_body(request, body, info, config.max_body_bytes)
     inference.version, inference.request_id = request.match_info.get("version"), request[REQUEST_ID]

@@ -15,7 +15,7 @@ from edge.errors import ApiError, retry_later
 from edge.imaging import Preprocessing
 from edge.inference import Inference, InferRequest, ModelInfo, not_found
 from proxy.forward import DecodedOnce, forward
-from proxy.state import ProxyState, admitted, route_for
+from proxy.state import ProxyState, admitted, check_capacity, route_for
 
 
 class ProxyInference:
@@ -36,6 +36,9 @@ class ProxyInference:
             raise not_found(name, version)
         m = serving[0].meta.models[name]
         return ModelInfo(name, tuple(versions), m.backend, m.input_shape, m.num_labels)
+
+    def check_room(self, info: ModelInfo) -> None:
+        check_capacity(self.state)
 
     async def infer(self, request: InferRequest) -> list[Inference]:
         state = self.state

@@ -159,11 +159,11 @@ def consul_get(agent: DevAgent, path: str):
         return json.loads(r.read())
 
 
-async def stalled_upload(url: str, body: bytes) -> bytes:
+async def stalled_upload(url: str, body: bytes, path: str = "/") -> bytes:
     """Send the headers and half the body, then stop; return what the server answers."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
     await writer.drain()
     try:

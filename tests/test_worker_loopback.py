@@ -25,7 +25,7 @@ from edge.app import DECODE_POOL, app_runner
 from edge.imaging import Preprocessing, preprocess
 from edge.metrics import METRICS
 from edge.v2_grpc import start_grpc
-from tests.conftest import ESPRESSO, scrape, until, value
+from tests.conftest import ESPRESSO, scrape, stalled_upload, until, value
 from worker import http_api
 from worker.batcher import BatchConfig, Batcher
 from worker.config import WorkerConfig
@@ -220,6 +220,37 @@ async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker,
     finally:
         gate.set()
         await grpc_server.stop(None)
+        await runner.cleanup()
+
+
+async def test_a_full_queue_refuses_the_standard_protocols_before_their_bodies(held_worker, coffee_jpeg):
+    """As the native route does: with no room for the model, a v2 or TF Serving request is
+    refused (503; 429 in TF Serving's terms) while its body is still arriving."""
+    state, batcher, gate = held_worker
+    batcher.config = BatchConfig(max_queue=1)
+    runner = app_runner(create_app(state), shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            def post():
+                return asyncio.ensure_future(session.post(url + "/", data=coffee_jpeg,
+                                                          headers={"Content-Type": "image/jpeg"}))
+
+            first = post()
+            await until(lambda: state.depth == 1 and not batcher.full)  # in the model, held there
+            second = post()
+            await until(lambda: batcher.full)  # the one place in the queue taken
+            body = b"{" + b" " * 100_000 + b"}"  # only half of it is ever sent
+            v2 = await stalled_upload(url, body, "/v2/models/efficientnet_lite0/infer")
+            tfs = await stalled_upload(url, body, "/v1/models/efficientnet_lite0:predict")
+            assert v2.startswith(b"HTTP/1.1 503") and b"Retry-After" in v2, v2[:200]
+            assert tfs.startswith(b"HTTP/1.1 429"), tfs[:200]
+            gate.set()
+            assert [(await r).status for r in (first, second)] == [200, 200]
+    finally:
+        gate.set()
         await runner.cleanup()
 
 

@@ -31,6 +31,10 @@ class WorkerInference:
         m = batcher.model
         return ModelInfo(m.name, (m.version,), m.backend, m.input_shape, len(m.labels))
 
+    def check_room(self, info: ModelInfo) -> None:
+        self.state.check_ready()
+        self.state.check_room(self.state.batchers[info.name])
+
     async def infer(self, request: InferRequest) -> list[Inference]:
         state = self.state
         state.check_ready()

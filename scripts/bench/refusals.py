@@ -2,13 +2,16 @@
 photo at a worker whose queue holds 2 images, and at a proxy that admits 4 requests at a
 time in front of it. Refusals are 503 + Retry-After; the accepted requests still complete
 (counted from the server's own metrics). Latency percentiles are wrk's, over every answer.
+`--v2` posts the photo as an Open Inference Protocol request instead (JSON, BYTES in
+base64), to the v2 infer route.
 
-    .venv/bin/python scripts/bench/refusals.py [--duration 8] [--connections 256]
+    .venv/bin/python scripts/bench/refusals.py [--duration 8] [--connections 256] [--v2]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import re
@@ -28,6 +31,9 @@ from proxy_rate import BOUNDARY, multipart_body, to_ms, wrk_scratch  # noqa: E40
 
 from tests.consul_dev import free_port  # noqa: E402
 from tests.processes import local_cluster  # noqa: E402
+
+V2_PATH = "/v2/models/efficientnet_lite0/infer"
+V2_ROUTE = "/v2/models/{model}/infer"  # the metrics' route label
 
 # Each request carries its send time in X-Request-ID (a token the servers echo); the
 # response callback records (status, microseconds). done() prints them after wrk's report.
@@ -51,7 +57,7 @@ function setup(thread) table.insert(threads, thread) end
 function request()
   sent = sent + 1
   return wrk.format("POST", nil, {{["Host"] = wrk.headers["Host"],
-    ["Content-Type"] = "multipart/form-data; boundary={boundary}",
+    ["Content-Type"] = "{content_type}",
     ["X-Request-ID"] = string.format("t%d-%d", now_us(), sent)}}, body)
 end
 function response(status, headers, _)
@@ -109,12 +115,12 @@ def bare_aiohttp(tmp: Path):
         proc.wait(timeout=10)
 
 
-def answered_ok(url: str) -> float:
-    """POST / answered 200, from the server's own /metrics."""
+def answered_ok(url: str, route: str) -> float:
+    """POSTs to `route` answered 200, from the server's own /metrics."""
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
         text = r.read().decode()
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "imagecluster_http_requests_total" and s.labels.get("route") == "/"
+               if s.name == "imagecluster_http_requests_total" and s.labels.get("route") == route
                and s.labels.get("method") == "POST" and s.labels.get("status") == "200")
 
 
@@ -122,23 +128,32 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--connections", type=int, default=256)
+    p.add_argument("--v2", action="store_true", help="post v2 inference requests (JSON, base64) instead")
     p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
     a = p.parse_args()
     tmp = wrk_scratch(a.out)
-    (tmp / "body").write_bytes(multipart_body((ROOT / ".cache" / "photos" / "coffee.jpg").read_bytes()))
-    (tmp / "post.lua").write_text(TIMED_LUA.format(boundary=BOUNDARY, body=tmp / "body"))
+    photo = (ROOT / ".cache" / "photos" / "coffee.jpg").read_bytes()
+    if a.v2:
+        path, route, content_type = V2_PATH, V2_ROUTE, "application/json"
+        body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                       "data": [base64.b64encode(photo).decode()]}]}).encode()
+    else:
+        path, route, content_type = "/", "/", f"multipart/form-data; boundary={BOUNDARY}"
+        body = multipart_body(photo)
+    (tmp / "body").write_bytes(body)
+    (tmp / "post.lua").write_text(TIMED_LUA.format(content_type=content_type, body=tmp / "body"))
     rows = []
     try:
         with local_cluster(a.out, "refusals", ("--max-queue", "2", "--max-batch-size", "1"),
                            ("--max-in-flight", "4")) as (worker, proxy):
             for name, url in (("worker (queue 2)", worker.url), ("proxy (4 in flight)", proxy.url)):
-                before = answered_ok(url)
-                row = {"case": name, **timed_wrk(url + "/", a.connections, a.duration, tmp / "post.lua")}
-                row["accepted_per_second"] = round((answered_ok(url) - before) / a.duration, 1)
+                before = answered_ok(url, route)
+                row = {"case": name, **timed_wrk(url + path, a.connections, a.duration, tmp / "post.lua")}
+                row["accepted_per_second"] = round((answered_ok(url, route) - before) / a.duration, 1)
                 rows.append(row)
         with bare_aiohttp(tmp) as url:
             rows.append({"case": "floor: bare aiohttp, 503 at once", "accepted_per_second": 0,
-                         **timed_wrk(url + "/", a.connections, a.duration, tmp / "post.lua")})
+                         **timed_wrk(url + "/", a.connections, a.duration, tmp / "post.lua")})  # on /, whatever the body
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"| {a.connections} connections, wrk | answers/s | refused | refusal p50 ms | refusal p99 ms | "
