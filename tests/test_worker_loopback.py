@@ -5,6 +5,7 @@ Consul; and its ZeroMQ endpoint, spoken to by a DEALER socket in the test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -140,39 +141,45 @@ async def held_worker(built_model, monkeypatch):
     await batcher.close()
 
 
-async def test_a_client_that_gives_up_leaves_its_image_uncomputed(held_worker, coffee_jpeg):
-    """Served by the worker's own runner (edge.app.app_runner; aiohttp's TestServer would
-    turn handler cancellation on by itself): a client that disconnects while its image
-    waits behind a running batch cancels its handler, the batcher drops the image, and the
-    request is counted 499."""
-    state, batcher, gate = held_worker
-    runner = app_runner(create_app(state), shutdown_timeout=1.0)
+@contextlib.asynccontextmanager
+async def served(app: web.Application, gate: threading.Event):
+    """`app` on the worker's own runner (edge.app.app_runner; aiohttp's TestServer would
+    turn handler cancellation on by itself) on a free port: its URL. `gate` is opened
+    before the runner stops, so no handler is left waiting on a held batch."""
+    runner = app_runner(app, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        async with aiohttp.ClientSession() as session:
-            async def post(timeout: float | None = None) -> int:
-                form = aiohttp.FormData()
-                form.add_field("data", coffee_jpeg, filename="coffee.jpg")
-                async with session.post(url + "/", data=form, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-                    return r.status
-
-            first = asyncio.ensure_future(post())
-            await until(lambda: state.depth == 1 and state.in_flight == 1)  # in the model, held there
-            with pytest.raises(asyncio.TimeoutError):
-                await post(timeout=1.0)  # queued behind it, then given up on
-            await until(lambda: state.in_flight == 1)  # its handler was cancelled
-            gate.set()
-            assert await first == 200
-        samples = await asyncio.get_running_loop().run_in_executor(None, scrape, url)
-        assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the abandoned image never ran
-        assert state.in_flight == 0 and state.depth == 0
-        assert value(samples, "imagecluster_http_requests_total", protocol="native", route="/", method="POST",
-                     status="499") == 1
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         gate.set()
         await runner.cleanup()
+
+
+async def test_a_client_that_gives_up_leaves_its_image_uncomputed(held_worker, coffee_jpeg):
+    """Served by the worker's own runner: a client that disconnects while its image waits
+    behind a running batch cancels its handler, the batcher drops the image, and the
+    request is counted 499."""
+    state, batcher, gate = held_worker
+    async with served(create_app(state), gate) as url, aiohttp.ClientSession() as session:
+        async def post(timeout: float | None = None) -> int:
+            form = aiohttp.FormData()
+            form.add_field("data", coffee_jpeg, filename="coffee.jpg")
+            async with session.post(url + "/", data=form, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                return r.status
+
+        first = asyncio.ensure_future(post())
+        await until(lambda: state.depth == 1 and state.in_flight == 1)  # in the model, held there
+        with pytest.raises(asyncio.TimeoutError):
+            await post(timeout=1.0)  # queued behind it, then given up on
+        await until(lambda: state.in_flight == 1)  # its handler was cancelled
+        gate.set()
+        assert await first == 200
+        samples = await asyncio.get_running_loop().run_in_executor(None, scrape, url)
+    assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the abandoned image never ran
+    assert state.in_flight == 0 and state.depth == 0
+    assert value(samples, "imagecluster_http_requests_total", protocol="native", route="/", method="POST",
+                 status="499") == 1
 
 
 async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker, coffee_jpeg):
@@ -181,12 +188,6 @@ async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker,
     DEADLINE_EXCEEDED, and its image, queued behind the running batch, never runs."""
     state, batcher, gate = held_worker
     app = create_app(state)
-    runner = app_runner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    grpc_server, grpc_port = await start_grpc(app[http_api.SERVICE], state.config.edge, "127.0.0.1", 0,
-                                              CollectorRegistry())
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     pixels = preprocess(coffee_jpeg, Preprocessing(), 10**8)[None]
 
     def infer(module, address: str) -> tuple[str, float]:
@@ -202,8 +203,10 @@ async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker,
             client.close()
         return "answered", time.monotonic() - started
 
-    try:
-        async with aiohttp.ClientSession() as session:
+    async with served(app, gate) as url, aiohttp.ClientSession() as session:
+        grpc_server, grpc_port = await start_grpc(app[http_api.SERVICE], state.config.edge, "127.0.0.1", 0,
+                                                  CollectorRegistry())
+        try:
             form = aiohttp.FormData()
             form.add_field("data", coffee_jpeg, filename="coffee.jpg")
             first = asyncio.ensure_future(session.post(url + "/", data=form))
@@ -216,11 +219,10 @@ async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker,
             await until(lambda: state.in_flight == 1)
             gate.set()
             assert (await first).status == 200
-        assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the timed-out images never ran
-    finally:
-        gate.set()
-        await grpc_server.stop(None)
-        await runner.cleanup()
+        finally:
+            gate.set()
+            await grpc_server.stop(None)
+    assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the timed-out images never ran
 
 
 async def test_a_full_queue_refuses_the_standard_protocols_before_their_bodies(held_worker, coffee_jpeg):
@@ -228,30 +230,22 @@ async def test_a_full_queue_refuses_the_standard_protocols_before_their_bodies(h
     refused (503; 429 in TF Serving's terms) while its body is still arriving."""
     state, batcher, gate = held_worker
     batcher.config = BatchConfig(max_queue=1)
-    runner = app_runner(create_app(state), shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            def post():
-                return asyncio.ensure_future(session.post(url + "/", data=coffee_jpeg,
-                                                          headers={"Content-Type": "image/jpeg"}))
+    async with served(create_app(state), gate) as url, aiohttp.ClientSession() as session:
+        def post():
+            return asyncio.ensure_future(session.post(url + "/", data=coffee_jpeg,
+                                                      headers={"Content-Type": "image/jpeg"}))
 
-            first = post()
-            await until(lambda: state.depth == 1 and not batcher.full)  # in the model, held there
-            second = post()
-            await until(lambda: batcher.full)  # the one place in the queue taken
-            body = b"{" + b" " * 100_000 + b"}"  # only half of it is ever sent
-            v2 = await stalled_upload(url, body, "/v2/models/efficientnet_lite0/infer")
-            tfs = await stalled_upload(url, body, "/v1/models/efficientnet_lite0:predict")
-            assert v2.startswith(b"HTTP/1.1 503") and b"Retry-After" in v2, v2[:200]
-            assert tfs.startswith(b"HTTP/1.1 429"), tfs[:200]
-            gate.set()
-            assert [(await r).status for r in (first, second)] == [200, 200]
-    finally:
+        first = post()
+        await until(lambda: state.depth == 1 and not batcher.full)  # in the model, held there
+        second = post()
+        await until(lambda: batcher.full)  # the one place in the queue taken
+        body = b"{" + b" " * 100_000 + b"}"  # only half of it is ever sent
+        v2 = await stalled_upload(url, body, "/v2/models/efficientnet_lite0/infer")
+        tfs = await stalled_upload(url, body, "/v1/models/efficientnet_lite0:predict")
+        assert v2.startswith(b"HTTP/1.1 503") and b"Retry-After" in v2, v2[:200]
+        assert tfs.startswith(b"HTTP/1.1 429"), tfs[:200]
         gate.set()
-        await runner.cleanup()
+        assert [(await r).status for r in (first, second)] == [200, 200]
 
 
 async def test_a_cancel_from_a_proxy_drops_its_waiting_image(held_worker, coffee_jpeg):
