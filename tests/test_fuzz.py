@@ -1,5 +1,5 @@
 """Bounded fuzzing (hypothesis) of what parses untrusted bytes: image decoding, the
-ZeroMQ wire format, and the HTTP upload reader (with its multipart refusals spelled out). Each may refuse its input, but only in
+ZeroMQ wire format, the standard protocols' JSON requests, and the HTTP upload reader (with its multipart refusals spelled out). Each may refuse its input, but only in
 its own documented way (ImageError, ProtocolError, a 4xx JSON answer), never crash otherwise.
 Example counts are fixed, so the run is bounded in CI."""
 
@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from edge.errors import json_errors
+from edge import tfserving, v2_rest
+from edge.errors import ApiError, json_errors
 from edge.imaging import ImageError, Preprocessing, preprocess
+from edge.inference import ModelInfo
 from edge.upload import UPLOADS, UploadBudget, read_image
 from tests.conftest import until
 from worker.protocol import BatchRequest, ProtocolError
@@ -85,6 +87,41 @@ def test_protocol_decoding_fails_only_with_protocol_error(frames):
     except ProtocolError:
         return
     assert req.images.dtype == np.uint8 and req.images.ndim == 4 and len(req.ids) == req.images.shape[0]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-300, 2**65) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=40)
+v2_inputs = st.fixed_dictionaries({  # mostly the model's one input, so the data itself gets read
+    "name": st.sampled_from(["image", "image", "x"]), "datatype": st.sampled_from(["UINT8", "UINT8", "BYTES", 3]),
+    "shape": st.one_of(st.sampled_from([[1, 2, 2, 3], [1, 12], [0, 2, 2, 3]]), json_values),
+    "data": st.one_of(json_values, st.lists(st.integers(-2, 300), min_size=12, max_size=12),
+                      st.lists(st.lists(st.integers(0, 255), min_size=1, max_size=6), min_size=2, max_size=4))})
+v2_headers = st.fixed_dictionaries({"inputs": st.one_of(st.lists(v2_inputs, min_size=1, max_size=1), json_values)},
+                                   optional={"parameters": json_values, "outputs": json_values})
+TINY = ModelInfo("m", ("1",), "tflite", (2, 2, 3), 10)  # 12 numbers an image
+
+
+@pytest.mark.unit
+@FUZZ
+@given(st.one_of(v2_headers, json_values))
+@example({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 2, 2, 3], "data": list(range(12))}]})
+@example({"instances": [[[[0, 1, 2], [3, 4, 5]], [[6, 7, 8], [9, 10, 11]]]]})
+@example({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 12], "data": [[1, 2], [3]]}]})  # ragged
+def test_standard_protocol_json_fails_only_with_a_4xx(value):
+    """Any JSON as a v2 request or a TF Serving body: a request, or an ApiError 4xx."""
+    parsers = [lambda: tfserving.parse_body(json.dumps(value).encode(), TINY)]
+    if isinstance(value, dict):  # v2's split_body refuses anything else before parse_request
+        parsers.append(lambda: v2_rest.parse_request(value, memoryview(b""), TINY, 10**6))
+    for parse in parsers:
+        try:
+            request, _ = parse()
+        except ApiError as exc:
+            assert 400 <= exc.status < 500 and exc.message
+        else:
+            assert len(request) > 0
 
 
 async def serve_uploads(limit: int, budget: int):
