@@ -1,6 +1,7 @@
 """Bounded fuzzing (hypothesis) of what parses untrusted bytes: image decoding, the
-ZeroMQ wire format, the standard protocols' JSON requests, and the HTTP upload reader (with its multipart refusals spelled out). Each may refuse its input, but only in
-its own documented way (ImageError, ProtocolError, a 4xx JSON answer), never crash otherwise.
+ZeroMQ wire format, the standard protocols' JSON requests, and the HTTP upload reader
+(with its multipart refusals spelled out). Each may refuse its input, but only in its own
+documented way (ImageError, ProtocolError, ApiError, a 4xx JSON answer), never crash otherwise.
 Example counts are fixed, so the run is bounded in CI."""
 
 from __future__ import annotations

@@ -103,10 +103,7 @@ async def test_a_full_worker_refuses_before_decoding(worker_app, coffee_jpeg, mo
             return r.status, await r.json()
 
     first = [asyncio.ensure_future(post()) for _ in range(2)]
-    for _ in range(500):
-        if len(decoding) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(decoding) == 2)
     status, body = await asyncio.wait_for(post(), timeout=10)  # not held at the gate with the others
     assert status == 503 and body["error"]["code"] == "overloaded"
     assert len(decoding) == 2
@@ -135,7 +132,8 @@ async def held_worker(built_model, monkeypatch):
     batcher.start()
     state.batchers[batcher.model.name] = batcher
     gate, predict = threading.Event(), Batcher._predict
-    monkeypatch.setattr(Batcher, "_predict", staticmethod(lambda model, images: gate.wait(10) and predict(model, images)))
+    held = staticmethod(lambda model, images: gate.wait(10) and predict(model, images))
+    monkeypatch.setattr(Batcher, "_predict", held)
     yield state, batcher, gate
     gate.set()
     await batcher.close()

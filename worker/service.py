@@ -55,8 +55,9 @@ class WorkerState:
             raise overloaded(f"{batcher.config.max_queue} images already admitted for {batcher.model.name}")
 
     def admit(self, batcher: Batcher, count: int = 1) -> Admission:
-        """Room for `count` images in `batcher`'s queue, reserved before any body is read or
-        decoded; 503 overloaded when there is none, 413 when there never could be."""
+        """Room for `count` images in `batcher`'s queue, reserved once the body is read and
+        before decoding (check_room refused a full queue before the read); 503 overloaded
+        when there is none, 413 when there never could be."""
         if count > self.config.batch.max_queue:
             raise ApiError(413, "too_many_images", f"{count} images in one request; this worker queues at most "
                                                    f"{self.config.batch.max_queue} (--max-queue)")

@@ -119,7 +119,8 @@ def main() -> int:
     with local_cluster(a.out, "abandoned", quiet, quiet) as (worker, proxy):
         for r in range(1, a.rounds + 1):
             for path, url in (("worker", worker.url + "/"), ("proxy", proxy.url + "/")):
-                row = {"path": path, "round": r, **asyncio.run(burst(url, worker.url, photo, a.burst, a.give_up, a.v2_timeout))}
+                result = asyncio.run(burst(url, worker.url, photo, a.burst, a.give_up, a.v2_timeout))
+                row = {"path": path, "round": r, **result}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print("\n" + table(rows, a.burst, a.give_up))

@@ -153,7 +153,7 @@ def main() -> int:
                 rows.append(row)
         with bare_aiohttp(tmp) as url:
             rows.append({"case": "floor: bare aiohttp, 503 at once", "accepted_per_second": 0,
-                         **timed_wrk(url + "/", a.connections, a.duration, tmp / "post.lua")})  # on /, whatever the body
+                         **timed_wrk(url + "/", a.connections, a.duration, tmp / "post.lua")})  # any body
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"| {a.connections} connections, wrk | answers/s | refused | refusal p50 ms | refusal p99 ms | "
