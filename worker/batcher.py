@@ -129,11 +129,15 @@ class Batcher:
         """Images admitted (being decoded), waiting or being computed."""
         return self._admitted + self._queue.qsize() + self._running
 
+    def check_room(self, count: int = 1) -> None:
+        """QueueFullError when `count` more images would not fit."""
+        if self._admitted + self._queue.qsize() + count > self.config.max_queue:
+            raise QueueFullError(f"{self.config.max_queue} images already admitted for {self.model.name}")
+
     def admit(self, count: int = 1) -> Admission:
         """Reserve room for `count` images (QueueFullError when there is none); use it as a
         context manager, so that room an image never takes is given back."""
-        if self._admitted + self._queue.qsize() + count > self.config.max_queue:
-            raise QueueFullError(f"{self.config.max_queue} images already admitted for {self.model.name}")
+        self.check_room(count)
         self._admitted += count
         return Admission(self, count)
 

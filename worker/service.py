@@ -51,8 +51,10 @@ class WorkerState:
 
     def check_room(self, batcher: Batcher) -> None:
         """503 overloaded now when `batcher` has no room left: refused before a body is read."""
-        if batcher.full:
-            raise overloaded(f"{batcher.config.max_queue} images already admitted for {batcher.model.name}")
+        try:
+            batcher.check_room()
+        except QueueFullError as exc:
+            raise overloaded(str(exc)) from None
 
     def admit(self, batcher: Batcher, count: int = 1) -> Admission:
         """Room for `count` images in `batcher`'s queue, reserved once the body is read and
