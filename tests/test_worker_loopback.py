@@ -217,10 +217,50 @@ async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker,
             await until(lambda: state.in_flight == 1)
             gate.set()
             assert (await first).status == 200
+            await until(lambda: state.depth == 0)  # every batch that was going to run has run
         finally:
             gate.set()
             await grpc_server.stop(None)
     assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the timed-out images never ran
+
+
+async def test_a_grpc_deadline_that_passes_leaves_its_image_uncomputed(held_worker, coffee_jpeg):
+    """tritonclient's `client_timeout` is a gRPC deadline, not a v2 parameter: when it
+    passes, gRPC cancels the call on the server too, and the image, queued behind the
+    running batch, never runs."""
+    state, batcher, gate = held_worker
+    app = create_app(state)
+    pixels = preprocess(coffee_jpeg, Preprocessing(), 10**8)[None]
+
+    def infer(address: str) -> str:
+        image = tritongrpc.InferInput("image", list(pixels.shape), "UINT8")
+        image.set_data_from_numpy(pixels)
+        client = tritongrpc.InferenceServerClient(url=address)
+        try:
+            client.infer("efficientnet_lite0", [image], client_timeout=0.3)
+        except InferenceServerException as exc:
+            return str(exc.status())
+        finally:
+            client.close()
+        return "answered"
+
+    async with served(app, gate) as url, aiohttp.ClientSession() as session:
+        grpc_server, grpc_port = await start_grpc(app[http_api.SERVICE], state.config.edge, "127.0.0.1", 0,
+                                                  CollectorRegistry())
+        try:
+            form = aiohttp.FormData()
+            form.add_field("data", coffee_jpeg, filename="coffee.jpg")
+            first = asyncio.ensure_future(session.post(url + "/", data=form))
+            await until(lambda: state.depth == 1 and state.in_flight == 1)  # in the model, held there
+            assert await asyncio.to_thread(infer, f"127.0.0.1:{grpc_port}") == "StatusCode.DEADLINE_EXCEEDED"
+            await until(lambda: state.in_flight == 1)  # the server's handler was cancelled
+            gate.set()
+            assert (await first).status == 200
+            await until(lambda: state.depth == 0)  # every batch that was going to run has run
+        finally:
+            gate.set()
+            await grpc_server.stop(None)
+    assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the image past its deadline never ran
 
 
 async def test_a_full_queue_refuses_the_standard_protocols_before_their_bodies(held_worker, coffee_jpeg):
