@@ -11,7 +11,9 @@ and the tier's overload refusals; errors map to gRPC status codes.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 import time
 from collections.abc import Callable
 
@@ -34,7 +36,7 @@ from edge.inference import (
     infer_within,
 )
 from edge.metrics import LATENCY_BUCKETS
-from edge.request_log import sane_request_id
+from edge.request_log import CLIENT_CLOSED, sane_request_id
 from edge.tensors import bad, output_spec, output_tensor, read_images, serialize_bytes, timeout_parameter, wanted
 from edge.v2_rest import EXTENSIONS, model_metadata
 
@@ -44,6 +46,18 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
          429: grpc.StatusCode.RESOURCE_EXHAUSTED, 502: grpc.StatusCode.UNAVAILABLE,
          503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
+INTERNAL = "the server failed to handle this request"
+
+log = logging.getLogger(__name__)
+
+
+def code_for(status: int) -> grpc.StatusCode:
+    """The gRPC status code for an HTTP-like status."""
+    if status == 200:
+        return grpc.StatusCode.OK
+    if status == CLIENT_CLOSED:
+        return grpc.StatusCode.CANCELLED
+    return CODES.get(status, grpc.StatusCode.INTERNAL)
 
 
 class RpcMetrics:
@@ -89,23 +103,35 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self.service, self.config, self.metrics = service, config, metrics
 
     async def _call(self, method: str, context, answer: Callable[[str], object]):
-        """Admit the call, answer it (`answer(request_id)`, maybe a coroutine), count it."""
-        started, code = time.perf_counter(), grpc.StatusCode.OK
+        """Admit the call, answer it (`answer(request_id)`, maybe a coroutine), count it. An
+        unexpected error is logged and answered INTERNAL: its text never reaches the client
+        (grpcio would send it as the details of an UNKNOWN)."""
+        started, status, rid = time.perf_counter(), 500, ""
         try:
             metadata = dict(context.invocation_metadata() or ())
+            rid = sane_request_id(metadata.get("x-request-id", ""))
             token = self.config.auth_token
             if token and method not in OPEN_METHODS:
                 scheme, _, value = metadata.get("authorization", "").partition(" ")
                 if scheme.lower() != "bearer" or not token_matches(value.strip(), token):
                     raise ApiError(401, "unauthorized", "a valid bearer token is required")
-            result = answer(sane_request_id(metadata.get("x-request-id", "")))
-            return await result if inspect.isawaitable(result) else result
+            result = answer(rid)
+            result = await result if inspect.isawaitable(result) else result
+            status = 200
+            return result
         except ApiError as exc:
-            code = CODES.get(exc.status, grpc.StatusCode.INTERNAL)
-            await context.abort(code, exc.message)
+            status = exc.status
+            await context.abort(code_for(status), exc.message)
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            status = CLIENT_CLOSED
+            raise
+        except Exception:
+            log.exception("unhandled error in gRPC %s request_id=%s", method, rid)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
         finally:
-            self.metrics.requests.labels(method, code.name).inc()
-            self.metrics.latency.labels(method).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.requests.labels(method, code_for(status).name).inc()
+            self.metrics.latency.labels(method).observe(seconds)
 
     async def ServerLive(self, request, context):
         return await self._call("ServerLive", context, lambda rid: pb.ServerLiveResponse(live=True))

@@ -321,3 +321,38 @@ async def test_a_cancel_from_a_proxy_drops_its_waiting_image(held_worker, coffee
         sock.close()
         context.term()
         await endpoint.close()
+
+
+async def test_an_unexpected_grpc_error_is_internal_and_its_text_stays_in_the_log(held_worker, monkeypatch, caplog):
+    """grpcio answers an exception a handler lets out UNKNOWN with the exception's text as
+    its details; ours answers INTERNAL with a fixed message, logs the exception with the
+    request id, and counts the call INTERNAL."""
+    state, batcher, gate = held_worker
+    app = create_app(state)
+
+    def broken(self, name, version=None):
+        raise RuntimeError("secret detail /etc/shadow")
+
+    monkeypatch.setattr(type(app[http_api.SERVICE]), "model", broken)
+    registry = CollectorRegistry()
+    grpc_server, grpc_port = await start_grpc(app[http_api.SERVICE], state.config.edge, "127.0.0.1", 0, registry)
+
+    def metadata() -> tuple[str, str]:
+        client = tritongrpc.InferenceServerClient(url=f"127.0.0.1:{grpc_port}")
+        try:
+            client.get_model_metadata("efficientnet_lite0", headers={"x-request-id": "rid-broken"})
+        except InferenceServerException as exc:
+            return str(exc.status()), exc.message()
+        finally:
+            client.close()
+        return "answered", ""
+
+    try:
+        status, message = await asyncio.to_thread(metadata)
+    finally:
+        await grpc_server.stop(None)
+    assert status == "StatusCode.INTERNAL" and "secret" not in message and "RuntimeError" not in message
+    assert "the server failed" in message
+    assert any("rid-broken" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert registry.get_sample_value("imagecluster_grpc_requests_total",
+                                     {"method": "ModelMetadata", "code": "INTERNAL"}) == 1
