@@ -15,6 +15,7 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from pythonjsonlogger.orjson import OrjsonFormatter
@@ -32,6 +33,10 @@ _VALID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Per-request values handlers read or set.
 REQUEST_ID = web.RequestKey("request_id", str)
 SERVED_BY = web.RequestKey("served_by", str)  # the worker that answered, for the log line
+# An app may watch every inference answer (every POST: each is a classification or a
+# standard protocol's inference), refusals included: called with (status, seconds).
+Answered = Callable[[int, float], None]
+ANSWERED = web.AppKey("answered", Answered)
 
 access_log = logging.getLogger("access")
 
@@ -68,6 +73,8 @@ async def request_log(request: web.Request, handler):
     finally:
         seconds = time.perf_counter() - started
         request.app[METRICS].observe(request, status, seconds)
+        if request.method == "POST" and (answered := request.app.get(ANSWERED)):
+            answered(status, seconds)
         level = logging.DEBUG if request.path in QUIET_PATHS or status in QUIET_STATUSES else logging.INFO
         if access_log.isEnabledFor(level):
             ms = seconds * 1000

@@ -36,7 +36,7 @@ from edge.inference import (
     infer_within,
 )
 from edge.metrics import LATENCY_BUCKETS
-from edge.request_log import CLIENT_CLOSED, sane_request_id
+from edge.request_log import CLIENT_CLOSED, Answered, sane_request_id
 from edge.tensors import bad, output_spec, output_tensor, read_images, serialize_bytes, timeout_parameter, wanted
 from edge.v2_rest import EXTENSIONS, model_metadata
 
@@ -99,8 +99,9 @@ def _tensors(specs: list[dict]) -> list:
 
 
 class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService, config: EdgeConfig, metrics: RpcMetrics):
-        self.service, self.config, self.metrics = service, config, metrics
+    def __init__(self, service: InferenceService, config: EdgeConfig, metrics: RpcMetrics,
+                 answered: Answered | None = None):
+        self.service, self.config, self.metrics, self.answered = service, config, metrics, answered
 
     async def _call(self, method: str, context, answer: Callable[[str], object]):
         """Admit the call, answer it (`answer(request_id)`, maybe a coroutine), count it. An
@@ -132,6 +133,8 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             seconds = time.perf_counter() - started
             self.metrics.requests.labels(method, code_for(status).name).inc()
             self.metrics.latency.labels(method).observe(seconds)
+            if method == "ModelInfer" and self.answered:
+                self.answered(status, seconds)
 
     async def ServerLive(self, request, context):
         return await self._call("ServerLive", context, lambda rid: pb.ServerLiveResponse(live=True))
@@ -180,12 +183,14 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 async def start_grpc(service: InferenceService, config: EdgeConfig, host: str, port: int,
-                     registry: CollectorRegistry) -> tuple[grpc.aio.Server, int]:
-    """A started gRPC server and the port it listens on (`port` 0: any free one)."""
+                     registry: CollectorRegistry, answered: Answered | None = None) -> tuple[grpc.aio.Server, int]:
+    """A started gRPC server and the port it listens on (`port` 0: any free one);
+    `answered(status, seconds)` watches every ModelInfer, as edge's ANSWERED does POSTs."""
     limit = config.max_body_bytes
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(service, config, RpcMetrics(registry)), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(service, config, RpcMetrics(registry), answered),
+                                                      server)
     bound = server.add_insecure_port(f"{host or '0.0.0.0'}:{port}")
     await server.start()
     return server, bound

@@ -15,10 +15,10 @@ from aiohttp import web
 
 from discovery.watcher import ServiceWatcher
 from edge.app import create_edge_app
-from edge.errors import ApiError, retry_later
+from edge.errors import retry_later
 from edge.jsonio import json_response
 from edge.metrics import METRICS, register_state
-from edge.request_log import REQUEST_ID, SERVED_BY
+from edge.request_log import ANSWERED, REQUEST_ID, SERVED_BY
 from edge.tfserving import add_tfserving_routes
 from edge.upload import parse_top_k, read_image
 from edge.v2_grpc import start_grpc
@@ -28,6 +28,7 @@ from proxy.forward import DecodedOnce, Forwarded, Route, forward
 from proxy.inference import ProxyInference
 from proxy.policy import POLICIES
 from proxy.pool import WorkerPool
+from proxy.recent import RecentWindow
 from proxy.state import STATE, ProxyState, admitted, check_capacity, route_for
 
 
@@ -43,11 +44,7 @@ async def classify(request: web.Request) -> web.Response:
     started = time.perf_counter()
     k = parse_top_k(request, 0, 1_000_000)  # 0: the default; the upper bound is checked per model
     check_capacity(state)  # refused before the body is read; a slow upload holds no place in flight
-    try:
-        data = await read_image(request, config.edge.max_body_bytes, config.edge.read_timeout)
-    except ApiError as exc:  # a bad or late body: in the recent traffic all the same
-        state.recent.record((time.perf_counter() - started) * 1000, exc.status)
-        raise
+    data = await read_image(request, config.edge.max_body_bytes, config.edge.read_timeout)
     async with admitted(state):
         deadline = time.monotonic() + config.request_timeout
         image = DecodedOnce(request.app, data)
@@ -154,6 +151,8 @@ def create_app(config: ProxyConfig) -> web.Application:
     app = create_edge_app(config.edge, classify, healthz, readyz)
     app.middlewares.insert(0, close_when_draining)
     app[DRAINING] = asyncio.Event()
+    recent = RecentWindow()  # every inference answer, refusals included, for the status page
+    app[ANSWERED] = recent.record
 
     async def resources(app: web.Application):
         pool = WorkerPool(max_batch_size=config.max_batch_size, max_batch_delay_ms=config.max_batch_delay_ms,
@@ -163,10 +162,10 @@ def create_app(config: ProxyConfig) -> web.Application:
         watcher = ServiceWatcher(config.consul, config.edge.service_name, pool.update,
                                  wait_s=config.watch_wait, resync_grace_s=config.resync_grace)
         watcher.start()
-        app[STATE] = state = ProxyState(config, pool, watcher)
+        app[STATE] = state = ProxyState(config, pool, watcher, recent=recent)
         app[SERVICE] = ProxyInference(state, app)
-        grpc_server, _ = await start_grpc(app[SERVICE], config.edge, config.host, config.grpc_port,
-                                          app[METRICS].registry)
+        grpc_server, state.grpc_port = await start_grpc(app[SERVICE], config.edge, config.host, config.grpc_port,
+                                                        app[METRICS].registry, recent.record)
         yield
         await grpc_server.stop(1.0)
         await watcher.close()

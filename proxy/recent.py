@@ -1,4 +1,5 @@
-"""The proxy's recent traffic: forward requests of the last minute, for the status page."""
+"""The proxy's recent traffic: every inference answer of the last minute, on any protocol,
+refusals and failures included (the status page's figures)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ class RecentWindow:
         self.horizon_s = horizon_s
         self._items: deque[tuple[float, float, int]] = deque(maxlen=max_items)  # (time, ms, status)
 
-    def record(self, latency_ms: float, status: int) -> None:
-        self._items.append((time.monotonic(), latency_ms, status))
+    def record(self, status: int, seconds: float) -> None:
+        """One inference answer, whatever its protocol (edge's ANSWERED hook, and gRPC's)."""
+        self._items.append((time.monotonic(), seconds * 1000, status))
 
     def summary(self, window_s: float = 10.0) -> dict:
         now = time.monotonic()

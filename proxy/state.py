@@ -4,7 +4,6 @@ may go (version routing and the A/B split)."""
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -27,8 +26,9 @@ class ProxyState:
     watcher: ServiceWatcher
     splits: dict[str, VersionSplit] = field(default_factory=dict)  # per model, each with its own exact shares
     stats: ForwardStats = field(default_factory=ForwardStats)
-    recent: RecentWindow = field(default_factory=RecentWindow)
+    recent: RecentWindow = field(default_factory=RecentWindow)  # fed by the fronts (proxy/app.py)
     in_flight: int = 0
+    grpc_port: int = 0  # the one the gRPC front listens on, once started
 
     def split(self, model: str) -> VersionSplit | None:
         """The configured --split for `model`'s versions (None without one)."""
@@ -51,20 +51,13 @@ def check_capacity(state: ProxyState) -> None:
 @contextlib.asynccontextmanager
 async def admitted(state: ProxyState) -> AsyncIterator[None]:
     """One accepted request, whatever its protocol, its body read: refused at once beyond
-    --max-in-flight or with no live worker; counted in flight and in the recent traffic
-    (status page)."""
+    --max-in-flight or with no live worker; counted in flight."""
     check_capacity(state)
     state.in_flight += 1
-    started, status = time.perf_counter(), 500
     try:
         yield
-        status = 200
-    except ApiError as exc:
-        status = exc.status
-        raise
     finally:
         state.in_flight -= 1
-        state.recent.record((time.perf_counter() - started) * 1000, status)
 
 
 def route_for(state: ProxyState, model: str | None, version: str | None) -> Route:

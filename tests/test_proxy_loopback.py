@@ -14,9 +14,11 @@ from collections.abc import Callable
 import aiohttp
 import numpy as np
 import pytest
+import tritonclient.grpc as tritongrpc
 import zmq
 import zmq.asyncio
 from aiohttp.test_utils import TestServer
+from tritonclient.utils import InferenceServerException
 
 from discovery.registration import ConsulAddress
 from discovery.watcher import Instance
@@ -102,7 +104,8 @@ class ScriptedWorker:
 @pytest.fixture
 async def proxy():
     """(post, app, add_workers): the proxy app on a loopback TestServer."""
-    config = ProxyConfig(host="127.0.0.1", consul=ConsulAddress("127.0.0.1", free_port()), probe_interval=30)
+    config = ProxyConfig(host="127.0.0.1", consul=ConsulAddress("127.0.0.1", free_port()), probe_interval=30,
+                         grpc_port=0)
     app = create_app(config)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
@@ -202,17 +205,35 @@ async def test_bad_image_is_a_400_and_no_worker_sees_it(proxy):
     assert not w.requests
 
 
-async def test_a_body_refused_before_admission_is_in_the_recent_traffic(proxy):
-    """The body is read before a request takes its place in flight; one refused while
-    being read (here: over the body limit) still shows on the status page's traffic."""
+async def test_every_inference_answer_is_in_the_recent_traffic(proxy, coffee_jpeg):
+    """The status page's traffic counts what clients got, on every protocol: refusals
+    before the body (no worker yet), a body refused while being read, answers over REST
+    and gRPC, and a gRPC error."""
     post, get, add_workers, app = proxy
+
+    def grpc_infer(model: str) -> str:
+        pixels = np.zeros((1, 224, 224, 3), np.uint8)
+        image = tritongrpc.InferInput("image", list(pixels.shape), "UINT8")
+        image.set_data_from_numpy(pixels)
+        client = tritongrpc.InferenceServerClient(url=f"127.0.0.1:{app[STATE].grpc_port}")
+        try:
+            client.infer(model, [image], outputs=[tritongrpc.InferRequestedOutput("probabilities", class_count=1)])
+        except InferenceServerException as exc:
+            return str(exc.status())
+        finally:
+            client.close()
+        return "answered"
+
+    statuses = [(await post(coffee_jpeg))[0], (await post(coffee_jpeg, "/v1/models/m:predict"))[0]]
     add_workers(("w", ok))
     limit = app[STATE].config.edge.max_body_bytes
-    status, body, _ = await post(b"x" * (limit + 1))
-    assert status == 413 and body["error"]["code"] == "payload_too_large"
+    statuses += [(await post(b"x" * (limit + 1)))[0], (await post(coffee_jpeg))[0]]
+    assert statuses == [503, 503, 413, 200]
+    assert await asyncio.to_thread(grpc_infer, "m") == "answered"
+    assert await asyncio.to_thread(grpc_infer, "no-such-model") == "StatusCode.NOT_FOUND"
     status, text = await get("/workers")
     recent = json.loads(text)["recent"]
-    assert status == 200 and recent["requests"] == 1 and recent["errors"] == 1
+    assert status == 200 and recent["requests"] == 6 and recent["errors"] == 4
 
 
 async def test_proxy_exports_only_its_own_metrics(proxy, coffee_jpeg):
