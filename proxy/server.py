@@ -10,7 +10,9 @@ deregister. Signal handlers only set a flag.
 
 Drain: requests in flight finish; a request arriving on an existing keep-alive connection
 is answered with `Connection: close` (the client's next one opens a connection to the
-successor); connections still idle after --drain-idle seconds are closed.
+successor); connections still idle after --drain-idle seconds are closed. The gRPC server
+stops when the drain begins: grpcio sends its channels GOAWAY, so their next calls go to
+the successor, and lets the calls in flight finish.
 """
 
 from __future__ import annotations
@@ -148,8 +150,12 @@ class ProxyServer:
         app[DRAINING].set()  # every answer from now on says Connection: close
         await site.stop()  # stop accepting; a successor keeps the kernel socket
         state = app[STATE]
+        # gRPC at once: its GOAWAY sends a channel's next calls to the successor, listening on
+        # the same port (SO_REUSEPORT); calls in flight get what an HTTP request gets.
+        grpc_stopped = asyncio.ensure_future(state.grpc_server.stop(self.config.request_timeout))
         deadline = time.monotonic() + self.config.drain_idle
         while time.monotonic() < deadline and (state.in_flight or runner.server.connections):
             await asyncio.sleep(0.02)
         log.info("drained: %d request(s) in flight, %d connection(s) left to close", state.in_flight,
                  len(runner.server.connections))
+        await grpc_stopped

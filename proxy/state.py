@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -18,6 +19,9 @@ from proxy.policy import VersionSplit
 from proxy.pool import WorkerPool
 from proxy.recent import RecentWindow
 
+if TYPE_CHECKING:
+    import grpc
+
 
 @dataclass
 class ProxyState:
@@ -28,7 +32,8 @@ class ProxyState:
     stats: ForwardStats = field(default_factory=ForwardStats)
     recent: RecentWindow = field(default_factory=RecentWindow)  # fed by the fronts (proxy/app.py)
     in_flight: int = 0
-    grpc_port: int = 0  # the one the gRPC front listens on, once started
+    grpc_server: grpc.aio.Server | None = None  # the gRPC front, once started: a drain stops it first
+    grpc_port: int = 0  # the one it listens on
 
     def split(self, model: str) -> VersionSplit | None:
         """The configured --split for `model`'s versions (None without one)."""

@@ -1,14 +1,21 @@
 """Several proxies: each registers in Consul as classifier-proxy (health-checked on its
 /readyz, deregistered when it stops), and the client library finds them there and moves
-to another when one dies."""
+to another when one dies. A gRPC client's channel rides through a proxy's handover."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+import time
 import uuid
 
 import pytest
+import tritonclient.grpc as tritongrpc
+from tritonclient.utils import InferenceServerException
 
 from client import Client
+from edge.imaging import Preprocessing, preprocess
 from tests.conftest import ESPRESSO, consul_get
 from tests.processes import wait_for
 
@@ -40,3 +47,49 @@ async def test_proxies_in_consul_and_client_failover(consul_agent, start_worker,
     survivor.stop()  # SIGTERM: drains and deregisters (the killed one lingers, critical, for a minute)
     catalog = {e["ServicePort"] for e in consul_get(consul_agent, f"/v1/catalog/service/{proxies_name}")}
     assert survivor.port not in catalog and victim.port in catalog
+
+
+async def test_a_grpc_channel_rides_through_proxy_handovers(start_worker, start_proxy, coffee_jpeg):
+    """tritonclient keeps one gRPC channel to the proxy's port while the proxy is handed
+    over three times (SIGHUP), four threads calling back to back: the channel answers after every
+    handover (grpcio reconnects to the successor, which listens on the same port), and
+    the busy channel does not keep the old proxy draining for --drain-idle (30 s here).
+    What the drain does with gRPC is checked in test_proxy_loopback; the calls that race
+    a handover are counted by scripts/bench/handover.py."""
+    service = f"classifier-{uuid.uuid4().hex[:6]}"
+    start_worker("--service-name", service)
+    proxy = start_proxy("--service-name", service, "--drain-idle", "30").wait_live(1)
+    pixels = preprocess(coffee_jpeg, Preprocessing(), 10**8)[None]
+    client = tritongrpc.InferenceServerClient(url=proxy.grpc)
+    answered, stop = [], threading.Event()
+
+    def infer() -> int:
+        image = tritongrpc.InferInput("image", list(pixels.shape), "UINT8")
+        image.set_data_from_numpy(pixels)
+        top1 = tritongrpc.InferRequestedOutput("probabilities", class_count=1)
+        result = client.infer("efficientnet_lite0", [image], outputs=[top1], client_timeout=30)
+        return int(result.as_numpy("probabilities")[0][0].decode().split(":")[1])
+
+    def back_to_back():  # bounded: stops when told, or after 2 minutes
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(InferenceServerException):  # the benchmark counts these
+                answered.append(infer())
+
+    busy = [threading.Thread(target=back_to_back) for _ in range(4)]
+    for thread in busy:
+        thread.start()
+    try:
+        for _ in range(3):
+            wait_for(lambda: len(answered) >= 5, what="answers on the channel")
+            started = time.monotonic()
+            await asyncio.to_thread(proxy.handover)
+            assert time.monotonic() - started < 20  # the old one drained without waiting out --drain-idle
+            del answered[:]
+        wait_for(lambda: len(answered) >= 5, what="answers after the last handover")
+        assert set(answered) == {ESPRESSO}
+    finally:
+        stop.set()
+        for thread in busy:
+            thread.join()
+        client.close()

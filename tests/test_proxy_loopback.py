@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 
 import aiohttp
 import numpy as np
 import pytest
 import tritonclient.grpc as tritongrpc
+import tritonclient.grpc.aio as tritongrpc_aio
 import zmq
 import zmq.asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from tritonclient.utils import InferenceServerException
 
 from discovery.registration import ConsulAddress
 from discovery.watcher import Instance
+from edge.app import app_runner
 from proxy.app import STATE, create_app
 from proxy.config import ProxyConfig
+from proxy.server import ProxyServer
 from tests.conftest import until
 from tests.consul_dev import free_port
 from worker.protocol import (
@@ -273,3 +278,47 @@ async def test_unknown_model_is_a_404_in_forward_and_lookup(proxy, coffee_jpeg):
     assert status == 404 and body["error"]["code"] == "model_not_found" and "m" in body["error"]["message"]
     assert (await get("/?model=nope"))[0] == 404
     assert not w.requests
+
+
+async def test_a_drain_stops_grpc_at_once_and_finishes_its_calls_in_flight():
+    """The proxy's drain (a handover's or a stop's) stops its gRPC server as it begins:
+    a call in flight is answered, and the next call on the same channel is no longer
+    served here (after a handover the channel reconnects to the successor on the same
+    port). Before, gRPC kept serving through the drain, and a busy channel kept the old
+    proxy draining until --drain-idle ran out."""
+    config = ProxyConfig(host="127.0.0.1", consul=ConsulAddress("127.0.0.1", free_port()), probe_interval=30,
+                         grpc_port=0, drain_idle=30)
+    app = create_app(config)
+    runner = app_runner(app, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    (worker,) = workers = [ScriptedWorker("w", ok, delay_s=0.5)]
+    app[STATE].pool.update({worker.name: worker.instance()})
+    client = tritongrpc_aio.InferenceServerClient(f"127.0.0.1:{app[STATE].grpc_port}")
+
+    async def infer() -> str:
+        image = tritongrpc_aio.InferInput("image", [1, 224, 224, 3], "UINT8")
+        image.set_data_from_numpy(np.zeros((1, 224, 224, 3), np.uint8))
+        top1 = tritongrpc_aio.InferRequestedOutput("probabilities", class_count=1)
+        try:
+            await client.infer("m", [image], outputs=[top1], client_timeout=10)
+        except InferenceServerException as exc:
+            return str(exc.status())
+        return "answered"
+
+    try:
+        in_flight = asyncio.ensure_future(infer())
+        await until(lambda: app[STATE].in_flight == 1)  # at the worker, which takes 0.5 s
+        started = time.monotonic()
+        drain = asyncio.ensure_future(ProxyServer(config)._drain(app, runner, site))
+        await asyncio.sleep(0.1)
+        assert await infer() != "answered"  # no successor here: refused, not served by a draining proxy
+        assert await in_flight == "answered"
+        await drain
+        assert time.monotonic() - started < 10  # --drain-idle is 30: nothing held the drain open
+    finally:
+        await client.close()
+        await runner.cleanup()
+        for w in workers:
+            await w.close()

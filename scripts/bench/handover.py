@@ -1,6 +1,7 @@
 """Proxy restarts under load, counted: N seamless handovers (SIGHUP) of a proxy while
-plain HTTP clients keep posting to it, with a new connection per request (curl-like) and
-through a keep-alive pool (aiohttp/requests-like), no client-side retries.
+clients keep sending to it, no client-side retries: plain HTTP with a new connection per
+request (curl-like) and through a keep-alive pool (aiohttp/requests-like); tritonclient
+over gRPC on one channel (a long-lived client) and on a new channel per call.
 
     .venv/bin/python scripts/bench/handover.py [--restarts 20] [--concurrency 4]
 """
@@ -15,11 +16,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+import tritonclient.grpc.aio as tritongrpc
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from client.load import run_load  # noqa: E402
+from client.load import LoadResult, run_load  # noqa: E402
+from edge.imaging import Preprocessing, preprocess  # noqa: E402
 from tests.consul_dev import DevAgent  # noqa: E402
 from tests.processes import ProxyProcess, WorkerProcess, serve_model  # noqa: E402
 
@@ -39,25 +42,42 @@ async def measure(proxy: ProxyProcess, photo: bytes, restarts: int, concurrency:
             handover_s.append(time.perf_counter() - t)
         stop.set()
 
-    async def load(session: aiohttp.ClientSession):
-        async def post():
+    async def load(send) -> dict:
+        results: list[LoadResult] = []
+        while not stop.is_set():
+            results.append(await run_load(send, concurrency=concurrency, duration_s=1.0))
+        errors = [e for r in results for e in r.errors]
+        return {"answered": sum(r.ok for r in results), "failed": len(errors), "errors": errors[:3]}
+
+    def post(session: aiohttp.ClientSession):
+        async def send():
             form = aiohttp.FormData()
             form.add_field("data", photo, filename="p.jpg")
             async with session.post(proxy.url, data=form) as r:
                 await r.read()
                 if r.status != 200:
                     raise RuntimeError(str(r.status))
-        results = []
-        while not stop.is_set():
-            results.append(await run_load(post, concurrency=concurrency, duration_s=1.0))
-        return sum(r.ok for r in results), [e for r in results for e in r.errors]
+        return send
+
+    pixels = preprocess(photo, Preprocessing(), 10**8)[None]
+
+    async def infer(client: tritongrpc.InferenceServerClient):
+        image = tritongrpc.InferInput("image", list(pixels.shape), "UINT8")
+        image.set_data_from_numpy(pixels)
+        top1 = tritongrpc.InferRequestedOutput("probabilities", class_count=1)
+        await client.infer("efficientnet_lite0", [image], outputs=[top1], client_timeout=60)
+
+    async def infer_on_new_channel():
+        async with tritongrpc.InferenceServerClient(proxy.grpc) as client:
+            await infer(client)
 
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as new, \
-            aiohttp.ClientSession(timeout=timeout) as keep:
-        (ok_new, err_new), (ok_keep, err_keep), _ = await asyncio.gather(load(new), load(keep), restart_all())
-    return {"restarts": restarts, "new_connection": {"answered": ok_new, "failed": len(err_new), "errors": err_new[:3]},
-            "keep_alive": {"answered": ok_keep, "failed": len(err_keep), "errors": err_keep[:3]},
+            aiohttp.ClientSession(timeout=timeout) as keep, tritongrpc.InferenceServerClient(proxy.grpc) as channel:
+        *loads, _ = await asyncio.gather(load(post(new)), load(post(keep)), load(lambda: infer(channel)),
+                                         load(infer_on_new_channel), restart_all())
+    kinds = ("new_connection", "keep_alive", "grpc_channel", "grpc_new_channel")
+    return {"restarts": restarts, **dict(zip(kinds, loads, strict=True)),
             "handover_s_median": round(sorted(handover_s)[len(handover_s) // 2], 2)}
 
 
