@@ -162,6 +162,24 @@ async def test_a_caller_that_gives_up_is_cancelled_at_the_worker(proxy, coffee_j
     assert sorted(w.cancelled) == sorted(i for r in w.requests for i in r.ids)
 
 
+async def test_a_grpc_deadline_that_passes_is_cancelled_at_the_worker(proxy):
+    """tritonclient's `client_timeout` (a gRPC deadline) through the proxy: gRPC cancels
+    the call, and the proxy names its item in a Cancel to the slow worker."""
+    _, _, add_workers, app = proxy
+    (w,) = add_workers(("slow", ok, 1.0))
+    client = tritongrpc_aio.InferenceServerClient(f"127.0.0.1:{app[STATE].grpc_port}")
+    image = tritongrpc_aio.InferInput("image", [1, 224, 224, 3], "UINT8")
+    image.set_data_from_numpy(np.zeros((1, 224, 224, 3), np.uint8))
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            await client.infer("m", [image], client_timeout=0.2)
+    finally:
+        await client.close()
+    assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    await until(lambda: len(w.cancelled) == 1)  # read once the worker has answered its batch: ~1 s
+    assert w.cancelled == [i for r in w.requests for i in r.ids]
+
+
 async def test_full_worker_is_passed_over_not_ejected(proxy, coffee_jpeg):
     post, get, add_workers, app = proxy
     add_workers(("busy", item_error(503, "overloaded")), ("free", ok))
