@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -139,6 +140,23 @@ async def test_a_drain_that_runs_out_of_time_answers_every_request(start_worker,
         ("a", 503, "shutting_down"), ("b", 503, "shutting_down")], reply
     assert await asyncio.get_running_loop().run_in_executor(None, worker.wait, 20) == 0
     assert not [pid for pid in hosts if Path(f"/proc/{pid}").exists()]
+
+
+@pytest.mark.parametrize("stuck", [False, True])
+def test_a_thread_stuck_computing_does_not_hold_the_exit(stuck):
+    """worker.__main__'s exit: Python joins its pools' threads at exit, so an fp32
+    interpreter stuck in a batch would keep the process alive for ever (there is no hook
+    to make the real one hang: a thread that never ends stands in for it). It exits with
+    its status after the grace, saying which thread; threads that end in time are waited
+    for, and the exit is a normal one."""
+    code = ("import sys, threading, time; from worker.__main__ import exit_past_stuck_threads; "
+            f"threading.Thread(target={'threading.Event().wait' if stuck else 'time.sleep'}, "
+            f"args={'()' if stuck else '(0.2,)'}, name='inference_0').start(); "
+            "sys.exit(exit_past_stuck_threads(3, grace_s=1.0))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 3, done.stderr
+    assert ("inference_0" in done.stderr) == stuck, done.stderr
 
 
 async def test_real_photos(worker, chelsea_png):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from discovery.registration import ConsulAddress
@@ -67,12 +71,33 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     return parse_config(WorkerConfig, build_parser(), argv, consul=ConsulAddress.from_flags)
 
 
+def exit_past_stuck_threads(status: int, grace_s: float = 2.0) -> int:
+    """`status`, once the threads still running have ended; if one has not after
+    `grace_s`, exit now with it. A thread stuck in an in-process runtime (an fp32
+    interpreter that never returns from a batch) would otherwise hold the exit for ever:
+    Python joins its thread pools' threads at exit. Its images were already answered
+    (Batcher.close)."""
+    deadline = time.monotonic() + grace_s
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
+             and not t.daemon]
+    if stuck:
+        logging.getLogger("worker").error("exiting past %d thread(s) still computing after %.0f s: %s",
+                                          len(stuck), grace_s, ", ".join(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(status)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config.edge.log_level, config.edge.log_format)
     from worker.server import WorkerServer  # imports the model backend lazily, after --help
 
-    return asyncio.run(WorkerServer(config).run())
+    return exit_past_stuck_threads(asyncio.run(WorkerServer(config).run()))
 
 
 if __name__ == "__main__":
