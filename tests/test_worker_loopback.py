@@ -182,19 +182,20 @@ async def test_a_client_that_gives_up_leaves_its_image_uncomputed(held_worker, c
 
 async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker, coffee_jpeg):
     """tritonclient's `timeout` (the v2 request parameter, microseconds), over HTTP and
-    gRPC: while the model is held, each request waits 0.3 s, then is answered 504 /
-    DEADLINE_EXCEEDED, and its image, queued behind the running batch, never runs."""
+    gRPC, and its `client_timeout` over gRPC (a gRPC deadline: gRPC cancels the call on
+    the server too): while the model is held, each request waits 0.3 s, then is answered
+    504 / DEADLINE_EXCEEDED, and its image, queued behind the running batch, never runs."""
     state, batcher, gate = held_worker
     app = create_app(state)
     pixels = preprocess(coffee_jpeg, Preprocessing(), 10**8)[None]
 
-    def infer(module, address: str) -> tuple[str, float]:
+    def infer(module, address: str, **limit) -> tuple[str, float]:
         image = module.InferInput("image", list(pixels.shape), "UINT8")
         image.set_data_from_numpy(pixels)
         client = module.InferenceServerClient(url=address)
         started = time.monotonic()
         try:
-            client.infer("efficientnet_lite0", [image], timeout=300_000)
+            client.infer("efficientnet_lite0", [image], **limit)
         except InferenceServerException as exc:
             return str(exc.status()), time.monotonic() - started
         finally:
@@ -209,12 +210,14 @@ async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker,
             form.add_field("data", coffee_jpeg, filename="coffee.jpg")
             first = asyncio.ensure_future(session.post(url + "/", data=form))
             await until(lambda: state.depth == 1 and state.in_flight == 1)  # in the model, held there
+            grpc_address = f"127.0.0.1:{grpc_port}"
             answers = await asyncio.gather(
-                asyncio.to_thread(infer, tritonhttp, url.removeprefix("http://")),
-                asyncio.to_thread(infer, tritongrpc, f"127.0.0.1:{grpc_port}"))
-            assert [status for status, _ in answers] == ["504", "StatusCode.DEADLINE_EXCEEDED"], answers
+                asyncio.to_thread(infer, tritonhttp, url.removeprefix("http://"), timeout=300_000),
+                asyncio.to_thread(infer, tritongrpc, grpc_address, timeout=300_000),
+                asyncio.to_thread(infer, tritongrpc, grpc_address, client_timeout=0.3))
+            assert [status for status, _ in answers] == ["504"] + ["StatusCode.DEADLINE_EXCEEDED"] * 2, answers
             assert all(0.3 <= took < 5 for _, took in answers), answers
-            await until(lambda: state.in_flight == 1)
+            await until(lambda: state.in_flight == 1)  # their handlers were cancelled
             gate.set()
             assert (await first).status == 200
             await until(lambda: state.depth == 0)  # every batch that was going to run has run
@@ -222,45 +225,6 @@ async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker,
             gate.set()
             await grpc_server.stop(None)
     assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the timed-out images never ran
-
-
-async def test_a_grpc_deadline_that_passes_leaves_its_image_uncomputed(held_worker, coffee_jpeg):
-    """tritonclient's `client_timeout` is a gRPC deadline, not a v2 parameter: when it
-    passes, gRPC cancels the call on the server too, and the image, queued behind the
-    running batch, never runs."""
-    state, batcher, gate = held_worker
-    app = create_app(state)
-    pixels = preprocess(coffee_jpeg, Preprocessing(), 10**8)[None]
-
-    def infer(address: str) -> str:
-        image = tritongrpc.InferInput("image", list(pixels.shape), "UINT8")
-        image.set_data_from_numpy(pixels)
-        client = tritongrpc.InferenceServerClient(url=address)
-        try:
-            client.infer("efficientnet_lite0", [image], client_timeout=0.3)
-        except InferenceServerException as exc:
-            return str(exc.status())
-        finally:
-            client.close()
-        return "answered"
-
-    async with served(app, gate) as url, aiohttp.ClientSession() as session:
-        grpc_server, grpc_port = await start_grpc(app[http_api.SERVICE], state.config.edge, "127.0.0.1", 0,
-                                                  CollectorRegistry())
-        try:
-            form = aiohttp.FormData()
-            form.add_field("data", coffee_jpeg, filename="coffee.jpg")
-            first = asyncio.ensure_future(session.post(url + "/", data=form))
-            await until(lambda: state.depth == 1 and state.in_flight == 1)  # in the model, held there
-            assert await asyncio.to_thread(infer, f"127.0.0.1:{grpc_port}") == "StatusCode.DEADLINE_EXCEEDED"
-            await until(lambda: state.in_flight == 1)  # the server's handler was cancelled
-            gate.set()
-            assert (await first).status == 200
-            await until(lambda: state.depth == 0)  # every batch that was going to run has run
-        finally:
-            gate.set()
-            await grpc_server.stop(None)
-    assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the image past its deadline never ran
 
 
 async def test_a_full_queue_refuses_the_standard_protocols_before_their_bodies(held_worker, coffee_jpeg):
