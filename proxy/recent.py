@@ -8,6 +8,8 @@ from collections import deque
 
 import numpy as np
 
+REFUSED = frozenset({429, 503})  # "busy, or no worker: try again" (Retry-After), apart from errors
+
 
 class RecentWindow:
     def __init__(self, horizon_s: float = 60.0, max_items: int = 100_000):
@@ -28,7 +30,8 @@ class RecentWindow:
             "window_s": window_s,
             "requests": len(recent),
             "per_second": round(len(recent) / window_s, 2),
-            "errors": sum(1 for _, status in recent if status >= 400),
+            "errors": sum(1 for _, status in recent if status >= 400 and status not in REFUSED),
+            "refused": sum(1 for _, status in recent if status in REFUSED),
             "p50_ms": round(float(np.percentile(ok, 50)), 1) if ok else None,
             "p99_ms": round(float(np.percentile(ok, 99)), 1) if ok else None,
         }

@@ -256,7 +256,7 @@ async def test_every_inference_answer_is_in_the_recent_traffic(proxy, coffee_jpe
     assert await asyncio.to_thread(grpc_infer, "no-such-model") == "StatusCode.NOT_FOUND"
     status, text = await get("/workers")
     recent = json.loads(text)["recent"]
-    assert status == 200 and recent["requests"] == 6 and recent["errors"] == 4
+    assert status == 200 and recent["requests"] == 6 and recent["errors"] == 2 and recent["refused"] == 2
 
 
 async def test_proxy_exports_only_its_own_metrics(proxy, coffee_jpeg):
