@@ -121,6 +121,17 @@ class AutoscalerProcess(ReadyLineProcess):
         super().__init__([sys.executable, "-m", "autoscaler", "--consul", consul, "--port", "0", *extra], log_path)
 
 
+# The README's recipe for a gRPC client that rides through a proxy's restarts: a channel
+# that waits for its reconnection instead of failing fast, and retries what a restarting
+# server cancels or refuses before answering (inference is idempotent). For tritonclient:
+# InferenceServerClient(url, channel_args=RIDE_THROUGH_RESTARTS).
+RIDE_THROUGH_RESTARTS = [("grpc.service_config", json.dumps({"methodConfig": [{
+    "name": [{"service": "inference.GRPCInferenceService"}],
+    "waitForReady": True,
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}}]}))]
+
+
 class ProxyProcess:
     """`python -m proxy` as a real subprocess, by default on a free loopback port.
 

@@ -1,7 +1,9 @@
 """Proxy restarts under load, counted: N seamless handovers (SIGHUP) of a proxy while
 clients keep sending to it, no client-side retries: plain HTTP with a new connection per
 request (curl-like) and through a keep-alive pool (aiohttp/requests-like); tritonclient
-over gRPC on one channel (a long-lived client) and on a new channel per call.
+over gRPC on one channel (a long-lived client), on a new channel per call, and on one
+channel given RIDE_THROUGH_RESTARTS (the README's recipe: gRPC's own wait-for-ready and
+retry policy).
 
     .venv/bin/python scripts/bench/handover.py [--restarts 20] [--concurrency 4]
 """
@@ -24,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from client.load import LoadResult, run_load  # noqa: E402
 from edge.imaging import Preprocessing, preprocess  # noqa: E402
 from tests.consul_dev import DevAgent  # noqa: E402
-from tests.processes import ProxyProcess, WorkerProcess, serve_model  # noqa: E402
+from tests.processes import RIDE_THROUGH_RESTARTS, ProxyProcess, WorkerProcess, serve_model  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
@@ -73,10 +75,11 @@ async def measure(proxy: ProxyProcess, photo: bytes, restarts: int, concurrency:
 
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as new, \
-            aiohttp.ClientSession(timeout=timeout) as keep, tritongrpc.InferenceServerClient(proxy.grpc) as channel:
+            aiohttp.ClientSession(timeout=timeout) as keep, tritongrpc.InferenceServerClient(proxy.grpc) as channel, \
+            tritongrpc.InferenceServerClient(proxy.grpc, channel_args=RIDE_THROUGH_RESTARTS) as riding:
         *loads, _ = await asyncio.gather(load(post(new)), load(post(keep)), load(lambda: infer(channel)),
-                                         load(infer_on_new_channel), restart_all())
-    kinds = ("new_connection", "keep_alive", "grpc_channel", "grpc_new_channel")
+                                         load(infer_on_new_channel), load(lambda: infer(riding)), restart_all())
+    kinds = ("new_connection", "keep_alive", "grpc_channel", "grpc_new_channel", "grpc_channel_riding_through")
     return {"restarts": restarts, **dict(zip(kinds, loads, strict=True)),
             "handover_s_median": round(sorted(handover_s)[len(handover_s) // 2], 2)}
 
