@@ -121,8 +121,13 @@ class Batcher:
         self._closed = False
 
     @property
+    def room(self) -> int:
+        """Images the queue can still admit."""
+        return self.config.max_queue - self._admitted - self._queue.qsize()
+
+    @property
     def full(self) -> bool:
-        return self._admitted + self._queue.qsize() >= self.config.max_queue
+        return self.room < 1
 
     @property
     def depth(self) -> int:
@@ -131,7 +136,7 @@ class Batcher:
 
     def check_room(self, count: int = 1) -> None:
         """QueueFullError when `count` more images would not fit."""
-        if self._admitted + self._queue.qsize() + count > self.config.max_queue:
+        if count > self.room:
             raise QueueFullError(f"{self.config.max_queue} images already admitted for {self.model.name}")
 
     def admit(self, count: int = 1) -> Admission:
