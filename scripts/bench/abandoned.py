@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import statistics
 import sys
@@ -33,12 +32,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 
+from proxy_rate import V2_PATH, v2_base64_body  # noqa: E402
 from suite import PHOTO  # noqa: E402
 
 from tests.processes import local_cluster  # noqa: E402
 
 HEADERS = {"Content-Type": "image/jpeg"}
-V2_PATH = "v2/models/efficientnet_lite0/infer"
 
 
 async def computed(session: aiohttp.ClientSession, worker_url: str) -> int:
@@ -50,13 +49,6 @@ async def computed(session: aiohttp.ClientSession, worker_url: str) -> int:
             break
         await asyncio.sleep(0.1)
     return sum(model["images"] for model in stats["batching"].values())
-
-
-def v2_request(photo: bytes, timeout_s: float) -> bytes:
-    """A v2 inference request for the photo (BYTES, base64) with its `timeout` parameter."""
-    return json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                                   "data": [base64.b64encode(photo).decode()]}],
-                       "parameters": {"timeout": round(timeout_s * 1e6)}}).encode()
 
 
 async def burst(url: str, worker_url: str, photo: bytes, size: int, give_up_s: float, v2: bool) -> dict:
@@ -73,12 +65,13 @@ async def burst(url: str, worker_url: str, photo: bytes, size: int, give_up_s: f
                 return False
 
         async def with_timeout(body: bytes) -> bool:  # the server gives up for it, with a 504
-            async with session.post(url + V2_PATH, data=body) as r:
+            async with session.post(url + V2_PATH.lstrip("/"), data=body) as r:
                 await r.read()
                 assert r.status in (200, 504), r.status
                 return r.status == 200
 
-        clients = [with_timeout(v2_request(photo, give_up_s)) if v2 else impatient() for _ in range(size)]
+        timeout = {"timeout": round(give_up_s * 1e6)}  # the v2 parameter, microseconds
+        clients = [with_timeout(v2_base64_body(photo, timeout)) if v2 else impatient() for _ in range(size)]
         started = time.perf_counter()
         answered = sum(await asyncio.gather(*clients))
         burst_ms = (time.perf_counter() - started) * 1000

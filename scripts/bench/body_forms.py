@@ -22,19 +22,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 
 from cpu_split import measure  # noqa: E402
-from proxy_rate import POST_LUA, wrk, wrk_scratch  # noqa: E402
+from proxy_rate import POST_LUA, V2_PATH, v2_base64_body, v2_body, wrk, wrk_scratch  # noqa: E402
 from suite import PHOTO  # noqa: E402
 
 from edge.imaging import Preprocessing, preprocess  # noqa: E402
 from tests.processes import local_cluster  # noqa: E402
 
-MODEL = "efficientnet_lite0"
-V2 = f"/v2/models/{MODEL}/infer"
-TFS = f"/v1/models/{MODEL}:predict"
-
-
-def v2_body(datatype: str, shape: list[int], data: list) -> bytes:
-    return json.dumps({"inputs": [{"name": "image", "datatype": datatype, "shape": shape, "data": data}]}).encode()
+V2 = V2_PATH
+TFS = "/v1/models/efficientnet_lite0:predict"
 
 
 def forms(photo: bytes) -> dict[str, tuple[str, str, bytes]]:
@@ -43,7 +38,7 @@ def forms(photo: bytes) -> dict[str, tuple[str, str, bytes]]:
     b64 = base64.b64encode(photo).decode()
     return {
         "native": ("/", "image/jpeg", photo),
-        "v2-base64": (V2, "application/json", v2_body("BYTES", [1], [b64])),
+        "v2-base64": (V2, "application/json", v2_base64_body(photo)),
         "v2-flat": (V2, "application/json", v2_body("UINT8", [1, *pixels.shape], pixels.ravel().tolist())),
         "v2-nested": (V2, "application/json", v2_body("UINT8", [1, *pixels.shape], [pixels.tolist()])),
         "tfs-b64": (TFS, "application/json", json.dumps({"instances": [{"b64": b64}]}).encode()),

@@ -12,6 +12,7 @@ context switches. Those move less with this shared machine's speed than req/s do
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import io
 import json
@@ -39,6 +40,20 @@ local f = io.open("{body}", "rb")
 wrk.body = f:read("*all")
 f:close()
 """
+
+
+V2_PATH = "/v2/models/efficientnet_lite0/infer"  # the default model's Open Inference Protocol route
+
+
+def v2_body(datatype: str, shape: list[int], data: list, parameters: dict | None = None) -> bytes:
+    """An Open Inference Protocol request (JSON) with one input tensor, `image`."""
+    body = {"inputs": [{"name": "image", "datatype": datatype, "shape": shape, "data": data}]}
+    return json.dumps({**body, "parameters": parameters} if parameters else body).encode()
+
+
+def v2_base64_body(photo: bytes, parameters: dict | None = None) -> bytes:
+    """The photo as one BYTES element, base64 in JSON: the v2 form any JSON client can send."""
+    return v2_body("BYTES", [1], [base64.b64encode(photo).decode()], parameters)
 
 
 def multipart_body(photo: bytes) -> bytes:

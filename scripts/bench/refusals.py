@@ -11,7 +11,6 @@ base64), to the v2 infer route.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import re
@@ -27,12 +26,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from proxy_rate import BOUNDARY, multipart_body, to_ms, wrk_scratch  # noqa: E402
+from proxy_rate import BOUNDARY, V2_PATH, multipart_body, to_ms, v2_base64_body, wrk_scratch  # noqa: E402
 
 from tests.consul_dev import free_port  # noqa: E402
 from tests.processes import local_cluster  # noqa: E402
 
-V2_PATH = "/v2/models/efficientnet_lite0/infer"
 V2_ROUTE = "/v2/models/{model}/infer"  # the metrics' route label
 
 # Each request carries its send time in X-Request-ID (a token the servers echo); the
@@ -135,8 +133,7 @@ def main() -> int:
     photo = (ROOT / ".cache" / "photos" / "coffee.jpg").read_bytes()
     if a.v2:
         path, route, content_type = V2_PATH, V2_ROUTE, "application/json"
-        body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                                       "data": [base64.b64encode(photo).decode()]}]}).encode()
+        body = v2_base64_body(photo)
     else:
         path, route, content_type = "/", "/", f"multipart/form-data; boundary={BOUNDARY}"
         body = multipart_body(photo)
