@@ -57,6 +57,14 @@ def ok(request: BatchRequest) -> BatchReply:
     return BatchReply(request.batch, "", "m", results)
 
 
+def black_image(client_module) -> list:
+    """tritonclient's inputs for one black 224x224 UINT8 image (the scripted workers answer
+    whatever they are sent), from tritonclient.grpc or tritonclient.grpc.aio."""
+    image = client_module.InferInput("image", [1, 224, 224, 3], "UINT8")
+    image.set_data_from_numpy(np.zeros((1, 224, 224, 3), np.uint8))
+    return [image]
+
+
 def item_error(status: int, code: str) -> Callable[[BatchRequest], BatchReply]:
     def answer(request: BatchRequest) -> BatchReply:
         err = ErrorInfo(status, code, f"secret detail {code}")
@@ -168,11 +176,9 @@ async def test_a_grpc_deadline_that_passes_is_cancelled_at_the_worker(proxy):
     _, _, add_workers, app = proxy
     (w,) = add_workers(("slow", ok, 1.0))
     client = tritongrpc_aio.InferenceServerClient(f"127.0.0.1:{app[STATE].grpc_port}")
-    image = tritongrpc_aio.InferInput("image", [1, 224, 224, 3], "UINT8")
-    image.set_data_from_numpy(np.zeros((1, 224, 224, 3), np.uint8))
     try:
         with pytest.raises(InferenceServerException) as caught:
-            await client.infer("m", [image], client_timeout=0.2)
+            await client.infer("m", black_image(tritongrpc_aio), client_timeout=0.2)
     finally:
         await client.close()
     assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
@@ -235,12 +241,9 @@ async def test_every_inference_answer_is_in_the_recent_traffic(proxy, coffee_jpe
     post, get, add_workers, app = proxy
 
     def grpc_infer(model: str) -> str:
-        pixels = np.zeros((1, 224, 224, 3), np.uint8)
-        image = tritongrpc.InferInput("image", list(pixels.shape), "UINT8")
-        image.set_data_from_numpy(pixels)
         client = tritongrpc.InferenceServerClient(url=f"127.0.0.1:{app[STATE].grpc_port}")
         try:
-            client.infer(model, [image], outputs=[tritongrpc.InferRequestedOutput("probabilities", class_count=1)])
+            client.infer(model, black_image(tritongrpc), outputs=[tritongrpc.InferRequestedOutput("probabilities", class_count=1)])
         except InferenceServerException as exc:
             return str(exc.status())
         finally:
@@ -316,11 +319,9 @@ async def test_a_drain_stops_grpc_at_once_and_finishes_its_calls_in_flight():
     client = tritongrpc_aio.InferenceServerClient(f"127.0.0.1:{app[STATE].grpc_port}")
 
     async def infer() -> str:
-        image = tritongrpc_aio.InferInput("image", [1, 224, 224, 3], "UINT8")
-        image.set_data_from_numpy(np.zeros((1, 224, 224, 3), np.uint8))
         top1 = tritongrpc_aio.InferRequestedOutput("probabilities", class_count=1)
         try:
-            await client.infer("m", [image], outputs=[top1], client_timeout=10)
+            await client.infer("m", black_image(tritongrpc_aio), outputs=[top1], client_timeout=10)
         except InferenceServerException as exc:
             return str(exc.status())
         return "answered"
