@@ -211,14 +211,20 @@ class _ImageField:
             self.image = b"".join(self._chunks)
 
 
-def parse_top_k(request: web.Request, default: int, num_classes: int) -> int:
+_MAX_CLASSES = 1_000_000  # beyond any classifier; keeps k a small integer in JSON
+
+
+def parse_top_k(request: web.Request, default: int, num_classes: int | None) -> int:
+    """`?k=N`; `num_classes` None where the model is not known yet (the proxy, whose worker
+    checks it again against the model's classes)."""
     raw = request.query.get("k")
     if raw is None:
-        return min(default, num_classes)  # a 2-class model answers 2 by default
+        return default if num_classes is None else min(default, num_classes)  # a 2-class model answers 2
     try:
         k = int(raw)
     except ValueError:
         k = 0
-    if not 1 <= k <= num_classes:
-        raise ApiError(422, "invalid_parameter", f"k must be an integer from 1 to {num_classes}, got {raw!r}")
+    if not 1 <= k <= (num_classes or _MAX_CLASSES):
+        bound = num_classes or "the model's number of classes"
+        raise ApiError(422, "invalid_parameter", f"k must be an integer from 1 to {bound}, got {raw!r}")
     return k

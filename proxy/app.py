@@ -42,7 +42,7 @@ async def classify(request: web.Request) -> web.Response:
     state = request.app[STATE]
     config = state.config
     started = time.perf_counter()
-    k = parse_top_k(request, 0, 1_000_000)  # 0: the default; the upper bound is checked per model
+    k = parse_top_k(request, 0, None)  # 0: the model's default; its worker checks the upper bound
     check_capacity(state)  # refused before the body is read; a slow upload holds no place in flight
     data = await read_image(request, config.edge.max_body_bytes, config.edge.read_timeout)
     async with admitted(state):

@@ -128,6 +128,17 @@ async def test_bad_input_gets_json_4xx(target, case):
     assert isinstance(body, dict) and body["error"]["code"] == code and body["error"]["message"]
 
 
+@pytest.mark.parametrize("k", ["0", "1001"])
+async def test_a_bad_k_is_explained_by_the_models_classes(servers, k):
+    """The worker knows the model (1,000 classes); the proxy does not until a worker answers,
+    so it names no number of its own (it once said 'from 1 to 1000000')."""
+    jpeg = encode(coffee(), "JPEG", quality=90)
+    for target, bound in (("worker", "1000"), ("proxy", "1000" if k == "1001" else "the model's number of classes")):
+        status, body = await post(servers[target].url, fields=[("data", jpeg)], path=f"/?k={k}")
+        assert status == 422 and body["error"]["code"] == "invalid_parameter", (target, body)
+        assert f"from 1 to {bound}" in body["error"]["message"], (target, body)
+
+
 @pytest.mark.parametrize("name", ["cmyk-jpeg", "rgba-png", "animated-gif", "grayscale-jpeg", "16bit-png"])
 async def test_unusual_but_valid_images_classify(target, name):
     status, body = await post(target.url, fields=[("data", photos()[name])])
