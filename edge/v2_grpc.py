@@ -16,6 +16,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -102,12 +103,14 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: InferenceService, config: EdgeConfig, metrics: RpcMetrics,
                  answered: Answered | None = None):
         self.service, self.config, self.metrics, self.answered = service, config, metrics, answered
+        self.active = 0  # calls in our handlers now
 
     async def _call(self, method: str, context, answer: Callable[[str], object]):
         """Admit the call, answer it (`answer(request_id)`, maybe a coroutine), count it. An
         unexpected error is logged and answered INTERNAL: its text never reaches the client
         (grpcio would send it as the details of an UNKNOWN)."""
         started, status, rid = time.perf_counter(), 500, ""
+        self.active += 1
         try:
             metadata = dict(context.invocation_metadata() or ())
             rid = sane_request_id(metadata.get("x-request-id", ""))
@@ -130,6 +133,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             log.exception("unhandled error in gRPC %s request_id=%s", method, rid)
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
         finally:
+            self.active -= 1
             seconds = time.perf_counter() - started
             self.metrics.requests.labels(method, code_for(status).name).inc()
             self.metrics.latency.labels(method).observe(seconds)
@@ -182,15 +186,40 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             raw_output_contents=[t.raw() for t in tensors])
 
 
+@dataclass
+class GrpcFront:
+    """A started gRPC server and the port it listens on."""
+    server: grpc.aio.Server
+    port: int
+    servicer: V2Servicer
+
+    async def stop(self, grace: float) -> None:
+        """Take no new call, let the calls our handlers hold finish (for up to `grace` s), then
+        stop at once. grpcio can accept a call in the instant it stops and never hand it to a
+        handler; it would hold that call, and its client, for the whole grace (a proxy's
+        restart once kept a client waiting out its 30 s deadline). Stopped at once, grpcio
+        fails it at once, and a client may retry it elsewhere."""
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        deadline = time.monotonic() + grace
+        await asyncio.sleep(min(grace, _HANDED_OVER_S))
+        while self.servicer.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self.server.stop(None)  # the shortest grace given wins
+        await stopping
+
+
+_HANDED_OVER_S = 0.1  # for a call grpcio accepted before the stop to reach its handler
+
+
 async def start_grpc(service: InferenceService, config: EdgeConfig, host: str, port: int,
-                     registry: CollectorRegistry, answered: Answered | None = None) -> tuple[grpc.aio.Server, int]:
-    """A started gRPC server and the port it listens on (`port` 0: any free one);
-    `answered(status, seconds)` watches every ModelInfer, as edge's ANSWERED does POSTs."""
+                     registry: CollectorRegistry, answered: Answered | None = None) -> GrpcFront:
+    """A started gRPC front (`port` 0: any free one); `answered(status, seconds)` watches
+    every ModelInfer, as edge's ANSWERED does POSTs."""
     limit = config.max_body_bytes
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(service, config, RpcMetrics(registry), answered),
-                                                      server)
+    servicer = V2Servicer(service, config, RpcMetrics(registry), answered)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host or '0.0.0.0'}:{port}")
     await server.start()
-    return server, bound
+    return GrpcFront(server, bound, servicer)

@@ -164,10 +164,10 @@ def create_app(config: ProxyConfig) -> web.Application:
         watcher.start()
         app[STATE] = state = ProxyState(config, pool, watcher, recent=recent)
         app[SERVICE] = ProxyInference(state, app)
-        state.grpc_server, state.grpc_port = await start_grpc(app[SERVICE], config.edge, config.host,
-                                                              config.grpc_port, app[METRICS].registry, recent.record)
+        state.grpc = await start_grpc(app[SERVICE], config.edge, config.host, config.grpc_port,
+                                      app[METRICS].registry, recent.record)
         yield
-        await state.grpc_server.stop(1.0)  # stopped already after a drain
+        await state.grpc.stop(1.0)  # stopped already after a drain
         await watcher.close()
         await pool.close()
 

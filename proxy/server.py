@@ -12,7 +12,8 @@ Drain: requests in flight finish; a request arriving on an existing keep-alive c
 is answered with `Connection: close` (the client's next one opens a connection to the
 successor); connections still idle after --drain-idle seconds are closed. The gRPC server
 stops when the drain begins: grpcio sends its channels GOAWAY, so their next calls go to
-the successor, and lets the calls in flight finish.
+the successor, and lets the calls in flight finish; then it stops at once (what grpcio
+holds without handing it to a handler would otherwise wait out the whole grace).
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class ProxyServer:
         state = app[STATE]
         # gRPC at once: its GOAWAY sends a channel's next calls to the successor, listening on
         # the same port (SO_REUSEPORT); calls in flight get what an HTTP request gets.
-        grpc_stopped = asyncio.ensure_future(state.grpc_server.stop(self.config.request_timeout))
+        grpc_stopped = asyncio.ensure_future(state.grpc.stop(self.config.request_timeout))
         deadline = time.monotonic() + self.config.drain_idle
         while time.monotonic() < deadline and (state.in_flight or runner.server.connections):
             await asyncio.sleep(0.02)

@@ -20,7 +20,7 @@ from proxy.pool import WorkerPool
 from proxy.recent import RecentWindow
 
 if TYPE_CHECKING:
-    import grpc
+    from edge.v2_grpc import GrpcFront
 
 
 @dataclass
@@ -32,8 +32,7 @@ class ProxyState:
     stats: ForwardStats = field(default_factory=ForwardStats)
     recent: RecentWindow = field(default_factory=RecentWindow)  # fed by the fronts (proxy/app.py)
     in_flight: int = 0
-    grpc_server: grpc.aio.Server | None = None  # the gRPC front, once started: a drain stops it first
-    grpc_port: int = 0  # the one it listens on
+    grpc: GrpcFront | None = None  # the gRPC front, once started: a drain stops it first
 
     def split(self, model: str) -> VersionSplit | None:
         """The configured --split for `model`'s versions (None without one)."""

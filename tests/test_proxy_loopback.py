@@ -175,7 +175,7 @@ async def test_a_grpc_deadline_that_passes_is_cancelled_at_the_worker(proxy):
     the call, and the proxy names its item in a Cancel to the slow worker."""
     _, _, add_workers, app = proxy
     (w,) = add_workers(("slow", ok, 1.0))
-    client = tritongrpc_aio.InferenceServerClient(f"127.0.0.1:{app[STATE].grpc_port}")
+    client = tritongrpc_aio.InferenceServerClient(f"127.0.0.1:{app[STATE].grpc.port}")
     try:
         with pytest.raises(InferenceServerException) as caught:
             await client.infer("m", black_image(tritongrpc_aio), client_timeout=0.2)
@@ -241,7 +241,7 @@ async def test_every_inference_answer_is_in_the_recent_traffic(proxy, coffee_jpe
     post, get, add_workers, app = proxy
 
     def grpc_infer(model: str) -> str:
-        client = tritongrpc.InferenceServerClient(url=f"127.0.0.1:{app[STATE].grpc_port}")
+        client = tritongrpc.InferenceServerClient(url=f"127.0.0.1:{app[STATE].grpc.port}")
         try:
             client.infer(model, black_image(tritongrpc), outputs=[tritongrpc.InferRequestedOutput("probabilities", class_count=1)])
         except InferenceServerException as exc:
@@ -316,7 +316,7 @@ async def test_a_drain_stops_grpc_at_once_and_finishes_its_calls_in_flight():
     await site.start()
     (worker,) = workers = [ScriptedWorker("w", ok, delay_s=0.5)]
     app[STATE].pool.update({worker.name: worker.instance()})
-    client = tritongrpc_aio.InferenceServerClient(f"127.0.0.1:{app[STATE].grpc_port}")
+    client = tritongrpc_aio.InferenceServerClient(f"127.0.0.1:{app[STATE].grpc.port}")
 
     async def infer() -> str:
         top1 = tritongrpc_aio.InferRequestedOutput("probabilities", class_count=1)

@@ -10,6 +10,7 @@ import threading
 import time
 
 import aiohttp
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tritongrpc
@@ -20,12 +21,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from edge.app import DECODE_POOL, app_runner
 from edge.imaging import Preprocessing, preprocess
 from edge.metrics import METRICS
-from edge.v2_grpc import start_grpc
+from edge.v2_grpc import GrpcFront, RpcMetrics, V2Servicer, start_grpc
 from tests.conftest import ESPRESSO, scrape, stalled_upload, until, value
 from worker import http_api
 from worker.batcher import BatchConfig, Batcher
@@ -203,14 +205,13 @@ async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker,
         return "answered", time.monotonic() - started
 
     async with served(app, gate) as url, aiohttp.ClientSession() as session:
-        grpc_server, grpc_port = await start_grpc(app[http_api.SERVICE], state.config.edge, "127.0.0.1", 0,
-                                                  CollectorRegistry())
+        front = await start_grpc(app[http_api.SERVICE], state.config.edge, "127.0.0.1", 0, CollectorRegistry())
         try:
             form = aiohttp.FormData()
             form.add_field("data", coffee_jpeg, filename="coffee.jpg")
             first = asyncio.ensure_future(session.post(url + "/", data=form))
             await until(lambda: state.depth == 1 and state.in_flight == 1)  # in the model, held there
-            grpc_address = f"127.0.0.1:{grpc_port}"
+            grpc_address = f"127.0.0.1:{front.port}"
             answers = await asyncio.gather(
                 asyncio.to_thread(infer, tritonhttp, url.removeprefix("http://"), timeout=300_000),
                 asyncio.to_thread(infer, tritongrpc, grpc_address, timeout=300_000),
@@ -223,7 +224,7 @@ async def test_a_v2_timeout_that_passes_leaves_its_image_uncomputed(held_worker,
             await until(lambda: state.depth == 0)  # every batch that was going to run has run
         finally:
             gate.set()
-            await grpc_server.stop(None)
+            await front.stop(0)
     assert batcher.stats.images == 1 and batcher.stats.batches == 1  # the timed-out images never ran
 
 
@@ -299,10 +300,10 @@ async def test_an_unexpected_grpc_error_is_internal_and_its_text_stays_in_the_lo
 
     monkeypatch.setattr(type(app[http_api.SERVICE]), "model", broken)
     registry = CollectorRegistry()
-    grpc_server, grpc_port = await start_grpc(app[http_api.SERVICE], state.config.edge, "127.0.0.1", 0, registry)
+    front = await start_grpc(app[http_api.SERVICE], state.config.edge, "127.0.0.1", 0, registry)
 
     def metadata() -> tuple[str, str]:
-        client = tritongrpc.InferenceServerClient(url=f"127.0.0.1:{grpc_port}")
+        client = tritongrpc.InferenceServerClient(url=f"127.0.0.1:{front.port}")
         try:
             client.get_model_metadata("efficientnet_lite0", headers={"x-request-id": "rid-broken"})
         except InferenceServerException as exc:
@@ -314,9 +315,64 @@ async def test_an_unexpected_grpc_error_is_internal_and_its_text_stays_in_the_lo
     try:
         status, message = await asyncio.to_thread(metadata)
     finally:
-        await grpc_server.stop(None)
+        await front.stop(0)
     assert status == "StatusCode.INTERNAL" and "secret" not in message and "RuntimeError" not in message
     assert "the server failed" in message
     assert any("rid-broken" in r.getMessage() and r.exc_info for r in caplog.records)
     assert registry.get_sample_value("imagecluster_grpc_requests_total",
                                      {"method": "ModelMetadata", "code": "INTERNAL"}) == 1
+
+
+async def test_a_grpc_stop_waits_for_our_calls_and_holds_no_other(held_worker, coffee_jpeg):
+    """GrpcFront.stop lets the calls in our handlers finish, then stops at once. grpcio, in
+    the instant a server stops, can accept a call and never hand it to a handler (1 stop
+    in 80 of a scratch probe): it held that call, and its client, for the whole grace (a
+    proxy's restart once kept a client waiting out its 30 s deadline). The stand-in here
+    is a call to a handler outside ours that never answers; it is now failed at once."""
+    state, batcher, gate = held_worker
+    servicer = V2Servicer(create_app(state)[http_api.SERVICE], state.config.edge, RpcMetrics(CollectorRegistry()))
+    server = grpc.aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    never = asyncio.Event()
+
+    async def hold(request, context):
+        await never.wait()
+    held = grpc.unary_unary_rpc_method_handler(hold)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Held", {"Call": held}),))
+    front = GrpcFront(server, server.add_insecure_port("127.0.0.1:0"), servicer)
+    await server.start()
+    pixels = preprocess(coffee_jpeg, Preprocessing(), 10**8)[None]
+
+    def ours() -> str:
+        image = tritongrpc.InferInput("image", list(pixels.shape), "UINT8")
+        image.set_data_from_numpy(pixels)
+        with tritongrpc.InferenceServerClient(url=f"127.0.0.1:{front.port}") as client:
+            return client.infer("efficientnet_lite0", [image]).as_numpy("probabilities").argmax()
+
+    def other() -> tuple[str, float]:
+        started = time.monotonic()
+        with grpc.insecure_channel(f"127.0.0.1:{front.port}") as channel:
+            try:
+                channel.unary_unary("/test.Held/Call")(b"", timeout=60)
+            except grpc.RpcError as exc:
+                return exc.code().name, time.monotonic() - started
+        return "OK", time.monotonic() - started
+
+    try:
+        answer = asyncio.ensure_future(asyncio.to_thread(ours))
+        await until(lambda: servicer.active == 1 and state.depth == 1)  # in the model, held there
+        stand_in = asyncio.ensure_future(asyncio.to_thread(other))
+        await asyncio.sleep(0.2)  # at its handler
+        started = time.monotonic()
+        stopping = asyncio.ensure_future(front.stop(30))
+        await asyncio.sleep(0.5)
+        assert not stopping.done()  # our call holds the stop
+        gate.set()
+        assert await answer == ESPRESSO
+        await stopping
+        code, waited = await stand_in
+        assert time.monotonic() - started < 10 and code != "OK" and waited < 10, (code, waited)
+    finally:
+        gate.set()
+        never.set()
+        await server.stop(None)

@@ -94,9 +94,10 @@ class WorkerServer:
         resources.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, self.config.host, self.config.port).start()
         self.http_port = runner.addresses[0][1]
-        grpc_server, self.grpc_port = await start_grpc(app[SERVICE], self.config.edge, self.config.host,
-                                                       self.config.grpc_port, app[METRICS].registry)
-        resources.push_async_callback(grpc_server.stop, 1.0)
+        grpc = await start_grpc(app[SERVICE], self.config.edge, self.config.host, self.config.grpc_port,
+                                app[METRICS].registry)
+        resources.push_async_callback(grpc.stop, 1.0)
+        self.grpc_port = grpc.port
         endpoint = ZmqEndpoint(self.state, self.config.host, self.config.zmq_port, self.config.max_zmq_message_bytes)
         endpoint.start()
         resources.push_async_callback(endpoint.close)
