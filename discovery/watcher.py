@@ -15,6 +15,7 @@ Instances that really died meanwhile are the proxy's to eject (ZeroMQ disconnect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,8 +64,19 @@ class ServiceWatcher:
         self.resync_grace_s = resync_grace_s
         self.instances: dict[str, Instance] = {}
         self.connected = False
-        self.synced = False  # True after the first successful answer
+        self._answered = asyncio.Event()  # set by the first successful answer
         self._task: asyncio.Task | None = None
+
+    @property
+    def synced(self) -> bool:
+        """True after the first successful answer."""
+        return self._answered.is_set()
+
+    async def wait_synced(self, timeout_s: float) -> bool:
+        """Whether Consul has answered within `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._answered.wait(), timeout_s)
+        return self.synced
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._watch(), name=f"watch-{self.service}")
@@ -115,6 +127,6 @@ class ServiceWatcher:
                 if instances != self.instances or not self.synced:
                     self.instances = instances
                     self.on_change(instances)
-                self.synced = True
+                self._answered.set()
         finally:
             await client.close()

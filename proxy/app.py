@@ -147,6 +147,13 @@ async def close_when_draining(request: web.Request, handler):
     return response
 
 
+SUCCESSOR_SYNC_S = 10.0  # how long a successor waits for Consul's first answer; its predecessor serves meanwhile
+
+
+class ConsulSilent(Exception):
+    """A successor heard nothing from Consul, so it knows no worker: it would answer 503."""
+
+
 def create_app(config: ProxyConfig) -> web.Application:
     app = create_edge_app(config.edge, classify, healthz, readyz)
     app.middlewares.insert(0, close_when_draining)
@@ -162,6 +169,13 @@ def create_app(config: ProxyConfig) -> web.Application:
         watcher = ServiceWatcher(config.consul, config.edge.service_name, pool.update,
                                  wait_s=config.watch_wait, resync_grace_s=config.resync_grace)
         watcher.start()
+        # A successor shares its predecessor's listening socket (and gRPC port) from the moment
+        # it listens: it must know the workers by then, or it answers what it takes 503.
+        if config.listen_fd >= 0 and not await watcher.wait_synced(SUCCESSOR_SYNC_S):
+            await watcher.close()
+            await pool.close()
+            raise ConsulSilent(f"Consul at {config.consul.host}:{config.consul.port} did not answer within "
+                               f"{SUCCESSOR_SYNC_S:g} s")
         app[STATE] = state = ProxyState(config, pool, watcher, recent=recent)
         app[SERVICE] = ProxyInference(state, app)
         state.grpc = await start_grpc(app[SERVICE], config.edge, config.host, config.grpc_port,

@@ -3,7 +3,8 @@
 The proxy listens on a socket it opens itself, or on one it inherits (`--listen-fd`) from
 the proxy it replaces. SIGHUP (`scripts/cluster restart-proxy`, or a process manager's
 reload) hands over: start a successor with the same flags and the listening socket,
-wait for its ready message, then stop accepting. The kernel socket and its accept queue
+wait for its ready message, then stop accepting. A successor takes connections only once
+Consul has told it the workers; if Consul is silent, it exits and this proxy serves on. The kernel socket and its accept queue
 live on in the successor, so no connection is ever refused or reset; this process then
 drains. SIGTERM/SIGINT stop: leave Consul (maintenance), stop accepting, drain,
 deregister. Signal handlers only set a flag.
@@ -34,7 +35,7 @@ from aiohttp import web
 from discovery.registration import Registration, ServiceInstance, advertised_address
 from edge.app import app_runner
 from edge.memory import freeze_startup_objects
-from proxy.app import DRAINING, create_app
+from proxy.app import DRAINING, ConsulSilent, create_app
 from proxy.config import ProxyConfig
 from proxy.state import STATE
 
@@ -83,8 +84,12 @@ class ProxyServer:
         async with AsyncExitStack() as resources:
             app = create_app(self.config)
             runner = app_runner(app, shutdown_timeout=self.config.request_timeout)
-            await runner.setup()
-            resources.push_async_callback(runner.cleanup)
+            resources.push_async_callback(runner.cleanup)  # after a failed setup too: what it opened
+            try:
+                await runner.setup()
+            except ConsulSilent as exc:
+                log.error("%s: not taking over; the proxy before this one keeps serving", exc)
+                return 1
             sock = listening_socket(self.config)
             site = web.SockSite(runner, sock)
             await site.start()

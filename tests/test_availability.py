@@ -5,8 +5,11 @@ to another when one dies. A gRPC client's channel rides through a proxy's handov
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -15,7 +18,9 @@ from tritonclient.utils import InferenceServerException
 
 from client import Client
 from edge.imaging import Preprocessing, preprocess
+from proxy.app import SUCCESSOR_SYNC_S
 from tests.conftest import ESPRESSO, consul_get
+from tests.consul_dev import DevAgent
 from tests.processes import RIDE_THROUGH_RESTARTS, wait_for
 
 pytestmark = pytest.mark.system
@@ -97,3 +102,31 @@ async def test_a_grpc_channel_rides_through_proxy_handovers(start_worker, start_
         for thread in busy:
             thread.join()
         client.close()
+
+
+def test_a_handover_while_consul_is_silent_leaves_the_old_proxy_serving(start_worker, start_proxy, coffee_jpeg,
+                                                                        artifacts_dir):
+    """A successor takes connections only once Consul has told it the workers. With Consul
+    down it knew none, took over anyway, and once the old proxy had drained answered
+    every request 503 until Consul came back. Now it gives up after SUCCESSOR_SYNC_S,
+    and the proxy before it serves on from the workers it last knew."""
+    agent = DevAgent(log_path=artifacts_dir / "consul-silent.log").start()
+    try:
+        start_worker(consul=agent)
+        proxy = start_proxy(consul=agent).wait_live(1)
+        agent.stop()
+        old = proxy.pid
+        os.kill(old, signal.SIGHUP)
+        statuses = []
+        deadline = time.monotonic() + SUCCESSOR_SYNC_S + 5  # bounded: the successor gave up by then
+        while time.monotonic() < deadline:
+            request = urllib.request.Request(proxy.url + "/", data=coffee_jpeg, headers={"Content-Type": "image/jpeg"})
+            with urllib.request.urlopen(request, timeout=30) as r:
+                statuses.append(r.status)
+            time.sleep(0.5)
+        assert statuses and set(statuses) == {200}, statuses
+        assert proxy._written_pid() == old and os.path.exists(f"/proc/{old}")  # no successor took over
+        log = open(proxy.stderr.name).read()
+        assert "not taking over" in log and "did not become ready" in log
+    finally:
+        agent.stop()
