@@ -103,14 +103,15 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: InferenceService, config: EdgeConfig, metrics: RpcMetrics,
                  answered: Answered | None = None):
         self.service, self.config, self.metrics, self.answered = service, config, metrics, answered
-        self.active = 0  # calls in our handlers now
+        self.unfinished = 0  # calls our handlers have, or whose ends grpcio is still sending
 
     async def _call(self, method: str, context, answer: Callable[[str], object]):
         """Admit the call, answer it (`answer(request_id)`, maybe a coroutine), count it. An
         unexpected error is logged and answered INTERNAL: its text never reaches the client
         (grpcio would send it as the details of an UNKNOWN)."""
         started, status, rid = time.perf_counter(), 500, ""
-        self.active += 1
+        self.unfinished += 1
+        context.add_done_callback(self._finished)  # once grpcio has sent the call's end
         try:
             metadata = dict(context.invocation_metadata() or ())
             rid = sane_request_id(metadata.get("x-request-id", ""))
@@ -133,12 +134,14 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             log.exception("unhandled error in gRPC %s request_id=%s", method, rid)
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
         finally:
-            self.active -= 1
             seconds = time.perf_counter() - started
             self.metrics.requests.labels(method, code_for(status).name).inc()
             self.metrics.latency.labels(method).observe(seconds)
             if method == "ModelInfer" and self.answered:
                 self.answered(status, seconds)
+
+    def _finished(self, context) -> None:
+        self.unfinished -= 1
 
     async def ServerLive(self, request, context):
         return await self._call("ServerLive", context, lambda rid: pb.ServerLiveResponse(live=True))
@@ -194,21 +197,27 @@ class GrpcFront:
     servicer: V2Servicer
 
     async def stop(self, grace: float) -> None:
-        """Take no new call, let the calls our handlers hold finish (for up to `grace` s), then
-        stop at once. grpcio can accept a call in the instant it stops and never hand it to a
+        """Take no new call, let the calls we have finish (for up to `grace` s), then stop at
+        once. grpcio can accept a call in the instant it stops and never hand it to a
         handler; it would hold that call, and its client, for the whole grace (a proxy's
         restart once kept a client waiting out its 30 s deadline). Stopped at once, grpcio
-        fails it at once, and a client may retry it elsewhere."""
+        fails it at once, and a client may retry it elsewhere. We wait for a quiet moment,
+        not the first idle one: a call sent before its client read the GOAWAY may still be
+        on its way to our handler."""
         stopping = asyncio.ensure_future(self.server.stop(grace))
-        deadline = time.monotonic() + grace
-        await asyncio.sleep(min(grace, _HANDED_OVER_S))
-        while self.servicer.active and time.monotonic() < deadline:
+        now = asyncio.get_running_loop().time
+        deadline, quiet_since = now() + grace, now()
+        while now() < deadline:
+            if self.servicer.unfinished:
+                quiet_since = now()
+            elif now() - quiet_since >= _QUIET_S:
+                break
             await asyncio.sleep(0.02)
         await self.server.stop(None)  # the shortest grace given wins
         await stopping
 
 
-_HANDED_OVER_S = 0.1  # for a call grpcio accepted before the stop to reach its handler
+_QUIET_S = 0.1
 
 
 async def start_grpc(service: InferenceService, config: EdgeConfig, host: str, port: int,

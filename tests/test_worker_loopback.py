@@ -360,7 +360,7 @@ async def test_a_grpc_stop_waits_for_our_calls_and_holds_no_other(held_worker, c
 
     try:
         answer = asyncio.ensure_future(asyncio.to_thread(ours))
-        await until(lambda: servicer.active == 1 and state.depth == 1)  # in the model, held there
+        await until(lambda: servicer.unfinished == 1 and state.depth == 1)  # in the model, held there
         stand_in = asyncio.ensure_future(asyncio.to_thread(other))
         await asyncio.sleep(0.2)  # at its handler
         started = time.monotonic()
