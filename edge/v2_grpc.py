@@ -16,7 +16,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -195,8 +195,15 @@ class GrpcFront:
     server: grpc.aio.Server
     port: int
     servicer: V2Servicer
+    _stopping: asyncio.Future | None = field(default=None, init=False, repr=False)
 
     async def stop(self, grace: float) -> None:
+        """Stop once (a second call waits for the first); see _stop."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+        await self._stopping
+
+    async def _stop(self, grace: float) -> None:
         """Take no new call, let the calls we have finish (for up to `grace` s), then stop at
         once. grpcio can accept a call in the instant it stops and never hand it to a
         handler; it would hold that call, and its client, for the whole grace (a proxy's
@@ -217,7 +224,7 @@ class GrpcFront:
         await stopping
 
 
-_QUIET_S = 0.1
+_QUIET_S = 0.1  # seconds with no call unfinished, after which what grpcio still holds is held for good
 
 
 async def start_grpc(service: InferenceService, config: EdgeConfig, host: str, port: int,

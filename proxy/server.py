@@ -3,11 +3,11 @@
 The proxy listens on a socket it opens itself, or on one it inherits (`--listen-fd`) from
 the proxy it replaces. SIGHUP (`scripts/cluster restart-proxy`, or a process manager's
 reload) hands over: start a successor with the same flags and the listening socket,
-wait for its ready message, then stop accepting. A successor takes connections only once
-Consul has told it the workers; if Consul is silent, it exits and this proxy serves on. The kernel socket and its accept queue
+wait for its ready message, then stop accepting. The kernel socket and its accept queue
 live on in the successor, so no connection is ever refused or reset; this process then
-drains. SIGTERM/SIGINT stop: leave Consul (maintenance), stop accepting, drain,
-deregister. Signal handlers only set a flag.
+drains. A successor takes connections only once Consul has told it the workers; if
+Consul is silent, it exits and this proxy serves on. SIGTERM/SIGINT stop: leave Consul
+(maintenance), stop accepting, drain, deregister. Signal handlers only set a flag.
 
 Drain: requests in flight finish; a request arriving on an existing keep-alive connection
 is answered with `Connection: close` (the client's next one opens a connection to the
