@@ -35,11 +35,13 @@ from aiohttp import web
 from discovery.registration import Registration, ServiceInstance, advertised_address
 from edge.app import app_runner
 from edge.memory import freeze_startup_objects
+from edge.tasks import cancel
 from proxy.app import DRAINING, ConsulSilent, create_app
 from proxy.config import ProxyConfig
 from proxy.state import STATE
 
 log = logging.getLogger(__name__)
+REGISTER_RETRY_S = 2.0
 
 
 def listening_socket(config: ProxyConfig) -> socket.socket:
@@ -72,6 +74,7 @@ class ProxyServer:
         self.signalled = asyncio.Event()
         self.handover = False  # SIGHUP (hand over) rather than SIGTERM (stop)
         self.registration: Registration | None = None
+        self.registering: asyncio.Task | None = None  # while this host's address cannot be learnt
 
     def _on_signal(self, sig: int) -> None:
         self.handover = sig == signal.SIGHUP
@@ -106,20 +109,39 @@ class ProxyServer:
         return 0
 
     async def _register(self, resources: AsyncExitStack, port: int) -> None:
-        c = self.config
-        if not c.register:
+        """Register in Consul as a proxy. Bound to every interface with no --advertise, our
+        address comes from the local agent: if it is down, keep asking in the background
+        and serve meanwhile (clients given our URL reach us), so that Consul DNS lists us
+        once it is back (before, such a proxy never registered)."""
+        if not self.config.register:
             return
+        resources.push_async_callback(self._leave_consul)
+        if not await self._try_register(port, quiet=False):
+            self.registering = asyncio.create_task(self._register_when_reachable(port))
+
+    async def _try_register(self, port: int, quiet: bool) -> bool:
+        c = self.config
         try:
             address = await advertised_address(c.consul, c.host, c.advertise)
-        except Exception as exc:  # serve anyway: clients given our URL still reach us
-            log.error("not registering in Consul: cannot learn this host's address (%s); pass --advertise", exc)
-            return
+        except Exception as exc:
+            if not quiet:
+                log.error("not registered in Consul yet: cannot learn this host's address (%s); trying every "
+                          "%g s (or pass --advertise)", exc, REGISTER_RETRY_S)
+            return False
         instance = ServiceInstance(c.proxy_service_name, f"{c.proxy_service_name}-{address}-{port}", address, port,
                                    {"grpc_port": str(c.grpc_port)})
         self.registration = Registration(c.consul, instance, http_check=f"http://{address}:{port}/readyz")
         await self.registration.start()
-        # A handed-over proxy leaves the registration to its successor (the same id).
-        resources.push_async_callback(lambda: self.registration.close(deregister=not self.handover))
+        return True
+
+    async def _register_when_reachable(self, port: int) -> None:
+        while not await self._try_register(port, quiet=True):
+            await asyncio.sleep(REGISTER_RETRY_S)
+
+    async def _leave_consul(self) -> None:
+        await cancel(self.registering)
+        if self.registration:  # a handed-over proxy leaves it to its successor (the same id)
+            await self.registration.close(deregister=not self.handover)
 
     def _announce_ready(self, sock: socket.socket) -> None:
         host, port = sock.getsockname()[:2]

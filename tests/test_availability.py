@@ -130,3 +130,19 @@ def test_a_handover_while_consul_is_silent_leaves_the_old_proxy_serving(start_wo
         assert "not taking over" in log and "did not become ready" in log
     finally:
         agent.stop()
+
+
+def test_a_proxy_started_before_its_consul_agent_registers_once_the_agent_is_up(start_worker, start_proxy,
+                                                                                  artifacts_dir):
+    """Bound to every interface with no --advertise, a proxy learns its address from its
+    local Consul agent. Started while the agent was down, it served but never registered,
+    so Consul DNS never listed it; now it keeps asking and registers once the agent is up."""
+    agent = DevAgent(log_path=artifacts_dir / "consul-late.log")  # its port chosen, not started yet
+    try:
+        proxy = start_proxy("--host", "0.0.0.0", consul=agent)  # serves on 127.0.0.1 too
+        agent.start()
+        start_worker(consul=agent)  # the proxy's /readyz check passes once it routes to a worker
+        wait_for(lambda: passing_proxies(agent, "classifier-proxy") == {proxy.port}, timeout=20,
+                 what="the proxy registered and passing")
+    finally:
+        agent.stop()
