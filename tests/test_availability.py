@@ -1,6 +1,8 @@
 """Several proxies: each registers in Consul as classifier-proxy (health-checked on its
 /readyz, deregistered when it stops), and the client library finds them there and moves
-to another when one dies. A gRPC client's channel rides through a proxy's handover."""
+to another when one dies. A gRPC client's channel rides through a proxy's handover; a
+handover while Consul is silent is refused, and a proxy started before its Consul agent
+registers once the agent is up."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 import tritonclient.grpc as tritongrpc
@@ -125,8 +128,8 @@ def test_a_handover_while_consul_is_silent_leaves_the_old_proxy_serving(start_wo
                 statuses.append(r.status)
             time.sleep(0.5)
         assert statuses and set(statuses) == {200}, statuses
-        assert proxy._written_pid() == old and os.path.exists(f"/proc/{old}")  # no successor took over
-        log = open(proxy.stderr.name).read()
+        assert int(proxy.pid_file.read_text()) == old and os.path.exists(f"/proc/{old}")  # no successor took over
+        log = Path(proxy.stderr.name).read_text()
         assert "not taking over" in log and "did not become ready" in log
     finally:
         agent.stop()
