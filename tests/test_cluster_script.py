@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -79,6 +80,19 @@ def test_up_add_remove_autoscale_status_down(tmp_path, coffee_jpeg):
         new_proxy = int((run / "proxy.pid").read_text())
         assert "handed its socket" in restarted and new_proxy != old_proxy and not alive(old_proxy)
         assert live_workers() == 2  # the new proxy serves on the same port
+
+        # With Consul hung, the successor gives up (after 10 s) and the script says so at once.
+        consul = int((run / "consul.pid").read_text())
+        os.kill(consul, signal.SIGSTOP)
+        try:
+            refused = subprocess.run([str(SCRIPT), "restart-proxy"], env=env, capture_output=True, text=True,
+                                     timeout=50)
+        finally:
+            os.kill(consul, signal.SIGCONT)
+        assert refused.returncode == 1 and "serves on" in refused.stderr, refused.stdout + refused.stderr
+        assert int((run / "proxy.pid").read_text()) == new_proxy
+        # Consul's TTL checks may lapse while it was stopped: the next heartbeats pass them again.
+        wait_for(lambda: live_workers() == 2, timeout=15, what="both workers passing again")
 
         removed = cluster("remove-worker")
         assert "draining worker 2" in removed
