@@ -127,10 +127,11 @@ def test_a_handover_while_consul_is_silent_leaves_the_old_proxy_serving(start_wo
             with urllib.request.urlopen(request, timeout=30) as r:
                 statuses.append(r.status)
             time.sleep(0.5)
+        log = Path(proxy.stderr.name)
+        wait_for(lambda: "did not become ready" in log.read_text(), timeout=30, what="the successor to give up")
+        assert "not taking over" in log.read_text()
         assert statuses and set(statuses) == {200}, statuses
         assert int(proxy.pid_file.read_text()) == old and os.path.exists(f"/proc/{old}")  # no successor took over
-        log = Path(proxy.stderr.name).read_text()
-        assert "not taking over" in log and "did not become ready" in log
     finally:
         agent.stop()
 
