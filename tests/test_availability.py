@@ -120,18 +120,22 @@ def test_a_handover_while_consul_is_silent_leaves_the_old_proxy_serving(start_wo
         agent.stop()
         old = proxy.pid
         os.kill(old, signal.SIGHUP)
-        statuses = []
-        deadline = time.monotonic() + SUCCESSOR_SYNC_S + 5  # bounded: the successor gave up by then
-        while time.monotonic() < deadline:
-            request = urllib.request.Request(proxy.url + "/", data=coffee_jpeg, headers={"Content-Type": "image/jpeg"})
-            with urllib.request.urlopen(request, timeout=30) as r:
-                statuses.append(r.status)
-            time.sleep(0.5)
-        log = Path(proxy.stderr.name)
-        wait_for(lambda: "did not become ready" in log.read_text(), timeout=30, what="the successor to give up")
-        assert "not taking over" in log.read_text()
-        assert statuses and set(statuses) == {200}, statuses
-        assert int(proxy.pid_file.read_text()) == old and os.path.exists(f"/proc/{old}")  # no successor took over
+        try:
+            statuses = []
+            deadline = time.monotonic() + SUCCESSOR_SYNC_S + 5  # bounded: the successor gave up by then
+            while time.monotonic() < deadline:
+                request = urllib.request.Request(proxy.url + "/", data=coffee_jpeg,
+                                                 headers={"Content-Type": "image/jpeg"})
+                with urllib.request.urlopen(request, timeout=30) as r:
+                    statuses.append(r.status)
+                time.sleep(0.5)
+            log = Path(proxy.stderr.name)
+            wait_for(lambda: "did not become ready" in log.read_text(), timeout=30, what="the successor to give up")
+            assert "not taking over" in log.read_text()
+            assert statuses and set(statuses) == {200}, statuses
+            assert int(proxy.pid_file.read_text()) == old and os.path.exists(f"/proc/{old}")  # no successor took over
+        finally:  # a successor that took over (the old code's did) is the process the fixture must stop
+            proxy.pid = int(proxy.pid_file.read_text())
     finally:
         agent.stop()
 
