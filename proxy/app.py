@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 from aiohttp import web
@@ -162,28 +163,27 @@ def create_app(config: ProxyConfig) -> web.Application:
     app[ANSWERED] = recent.record
 
     async def resources(app: web.Application):
-        pool = WorkerPool(max_batch_size=config.max_batch_size, max_batch_delay_ms=config.max_batch_delay_ms,
-                          probe_interval_s=config.probe_interval, retire_timeout_s=config.retire_timeout,
-                          policy=POLICIES[config.policy](), token=config.edge.auth_token or "")
-        await pool.start()
-        watcher = ServiceWatcher(config.consul, config.edge.service_name, pool.update,
-                                 wait_s=config.watch_wait, resync_grace_s=config.resync_grace)
-        watcher.start()
-        # A successor shares its predecessor's listening socket (and gRPC port) from the moment
-        # it listens: it must know the workers by then, or it answers what it takes 503.
-        if config.listen_fd >= 0 and not await watcher.wait_synced(SUCCESSOR_SYNC_S):
-            await watcher.close()
-            await pool.close()
-            raise ConsulSilent(f"Consul at {config.consul.host}:{config.consul.port} did not answer within "
-                               f"{SUCCESSOR_SYNC_S:g} s")
-        app[STATE] = state = ProxyState(config, pool, watcher, recent=recent)
-        app[SERVICE] = ProxyInference(state, app)
-        state.grpc = await start_grpc(app[SERVICE], config.edge, config.host, config.grpc_port,
-                                      app[METRICS].registry, recent.record)
-        yield
-        await state.grpc.stop(1.0)  # stopped already after a drain
-        await watcher.close()
-        await pool.close()
+        async with AsyncExitStack() as opened:  # closed in reverse order, after a failed start too
+            pool = WorkerPool(max_batch_size=config.max_batch_size, max_batch_delay_ms=config.max_batch_delay_ms,
+                              probe_interval_s=config.probe_interval, retire_timeout_s=config.retire_timeout,
+                              policy=POLICIES[config.policy](), token=config.edge.auth_token or "")
+            await pool.start()
+            opened.push_async_callback(pool.close)
+            watcher = ServiceWatcher(config.consul, config.edge.service_name, pool.update,
+                                     wait_s=config.watch_wait, resync_grace_s=config.resync_grace)
+            watcher.start()
+            opened.push_async_callback(watcher.close)
+            # A successor shares its predecessor's listening socket (and gRPC port) from the moment
+            # it listens: it must know the workers by then, or it answers what it takes 503.
+            if config.listen_fd >= 0 and not await watcher.wait_synced(SUCCESSOR_SYNC_S):
+                raise ConsulSilent(f"Consul at {config.consul.host}:{config.consul.port} did not answer within "
+                                   f"{SUCCESSOR_SYNC_S:g} s")
+            app[STATE] = state = ProxyState(config, pool, watcher, recent=recent)
+            app[SERVICE] = ProxyInference(state, app)
+            state.grpc = await start_grpc(app[SERVICE], config.edge, config.host, config.grpc_port,
+                                          app[METRICS].registry, recent.record)
+            opened.push_async_callback(state.grpc.stop, 1.0)  # stopped already after a drain
+            yield
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/", lookup_text)

@@ -28,7 +28,6 @@ from suite import PHOTO  # noqa: E402
 from edge.imaging import Preprocessing, preprocess  # noqa: E402
 from tests.processes import local_cluster  # noqa: E402
 
-V2 = V2_PATH
 TFS = "/v1/models/efficientnet_lite0:predict"
 
 
@@ -38,9 +37,9 @@ def forms(photo: bytes) -> dict[str, tuple[str, str, bytes]]:
     b64 = base64.b64encode(photo).decode()
     return {
         "native": ("/", "image/jpeg", photo),
-        "v2-base64": (V2, "application/json", v2_base64_body(photo)),
-        "v2-flat": (V2, "application/json", v2_body("UINT8", [1, *pixels.shape], pixels.ravel().tolist())),
-        "v2-nested": (V2, "application/json", v2_body("UINT8", [1, *pixels.shape], [pixels.tolist()])),
+        "v2-base64": (V2_PATH, "application/json", v2_base64_body(photo)),
+        "v2-flat": (V2_PATH, "application/json", v2_body("UINT8", [1, *pixels.shape], pixels.ravel().tolist())),
+        "v2-nested": (V2_PATH, "application/json", v2_body("UINT8", [1, *pixels.shape], [pixels.tolist()])),
         "tfs-b64": (TFS, "application/json", json.dumps({"instances": [{"b64": b64}]}).encode()),
         "tfs-pixels": (TFS, "application/json", json.dumps({"instances": [pixels.tolist()]}).encode()),
     }
