@@ -17,12 +17,13 @@ COPY worker worker
 COPY discovery discovery
 COPY proxy proxy
 COPY client client
+COPY model_tools model_tools
 COPY scripts scripts
 RUN pip install .
 
 # Build the default model into /app/models, then drop the label source.
 RUN scripts/lib/fetch-deb bookworm darknet /tmp/darknet \
-    && python -m worker.build_model --models-dir /app/models \
+    && python -m model_tools build --models-dir /app/models \
          --labels-dir /tmp/darknet/usr/share/darknet/data \
     && rm -rf /tmp/darknet
 

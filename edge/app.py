@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 from edge.auth import bearer_auth
 from edge.config import EdgeConfig
 from edge.errors import ApiError, json_errors
-from edge.imaging import ImageError, Preprocessing, configure_decoding, preprocess
+from edge.imaging import ImageError, configure_decoding, preprocess
 from edge.metrics import METRICS, HttpMetrics, metrics_handler
+from edge.preprocessing import Preprocessing
 from edge.priority import compute_pool
 from edge.request_log import request_log
 from edge.upload import UPLOADS, UploadBudget

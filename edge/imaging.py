@@ -14,13 +14,13 @@ from __future__ import annotations
 import functools
 import io
 import logging
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from edge.memory import keep_freed_memory
+from edge.preprocessing import PATHS, Preprocessing
 from edge.resize import compile_now, crop_and_resize, tf_centre_crop
 
 log = logging.getLogger(__name__)
@@ -44,15 +44,7 @@ UPRIGHT = {
     8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
 }
 
-# How pixels become the model's input. "exact" is the model's reference (TensorFlow's
-# eval path: full decode, its centre crop, its bicubic without antialiasing; see
-# edge/resize.py); the others are faster approximations, measured against it by
-# scripts/bench/fidelity.py (README, "Preprocessing fidelity").
-#   opencv: full decode, the reference's crop, OpenCV's cubic (Keys a = -0.75, fixed point)
-#   draft:  JPEG DCT-domain downscaling to just above the crop, then as opencv
-#   pillow: full decode, the reference's crop, Pillow's antialiased bicubic
-# (RESIZERS, at the end, maps each path to its resize; PATHS is its keys.)
-DEFAULT_PATH = "exact"
+# The preprocessing paths (PATHS) and their settings (Preprocessing): edge/preprocessing.py.
 
 
 @functools.cache  # once a process, however many fronts open a decode pool
@@ -78,19 +70,6 @@ class ImageError(Exception):
     def status(self) -> int:
         """The HTTP status to answer with."""
         return 413 if self.code == "image_too_large" else 400
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a model wants its input: square side, centre-crop fraction, resampling, and
-    which path computes it. The one place the defaults live (the worker protocol's Meta
-    schema uses them too)."""
-
-    size: int = 224
-    crop_fraction: float = 0.875
-    resample: str = "bicubic"
-    path: str = DEFAULT_PATH
-    channels: int = 3  # 1: grayscale (ITU-R 601 luma, OpenCV's RGB2GRAY)
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -200,4 +179,4 @@ def _pillow(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 
 RESIZERS = {"exact": _exact, "opencv": _opencv, "draft": _opencv, "pillow": _pillow}
-PATHS = tuple(RESIZERS)
+assert tuple(RESIZERS) == PATHS, "edge/preprocessing.py names every path"

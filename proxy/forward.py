@@ -21,7 +21,7 @@ import numpy as np
 
 from edge.app import decode_image
 from edge.errors import ApiError, retry_later
-from edge.imaging import Preprocessing
+from edge.preprocessing import Preprocessing
 from proxy.channel import WorkerError
 from proxy.pool import WorkerHandle, WorkerPool
 from worker.protocol import BUSY_CODES, CLIENT_CODES, ItemResult

@@ -12,8 +12,8 @@ import numpy as np
 from aiohttp import web
 
 from edge.errors import ApiError, retry_later
-from edge.imaging import Preprocessing
 from edge.inference import Inference, InferRequest, ModelInfo, not_found
+from edge.preprocessing import Preprocessing
 from proxy.forward import DecodedOnce, forward
 from proxy.state import ProxyState, admitted, check_capacity, route_for
 

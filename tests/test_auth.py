@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 
 from client import ClassifyError, Client
-from edge.imaging import Preprocessing, preprocess
+from edge.imaging import preprocess
+from edge.preprocessing import Preprocessing
 from tests.conftest import ESPRESSO, consul_get, roundtrip
 from worker.protocol import BatchRequest
 

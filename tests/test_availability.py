@@ -20,7 +20,8 @@ import tritonclient.grpc as tritongrpc
 from tritonclient.utils import InferenceServerException
 
 from client import Client
-from edge.imaging import Preprocessing, preprocess
+from edge.imaging import preprocess
+from edge.preprocessing import Preprocessing
 from proxy.app import SUCCESSOR_SYNC_S
 from tests.conftest import ESPRESSO, consul_get
 from tests.consul_dev import DevAgent

@@ -88,7 +88,7 @@ def test_dockerfile_runs_as_non_root_and_copies_what_exists():
     users = [args for op, args in instructions if op == "USER"]
     assert users and users[-1] not in ("root", "0")
     runs = " ".join(args for op, args in instructions if op == "RUN")
-    assert "worker.build_model --models-dir /app/models" in runs  # the model is in the image
+    assert "model_tools build --models-dir /app/models" in runs  # the model is in the image
     for op, args in instructions:
         if op == "COPY":
             *sources, _dest = args.split()

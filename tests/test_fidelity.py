@@ -62,7 +62,8 @@ async def test_served_scores_match_the_reference_in_every_mode(start_worker, sta
 
 
 def write_reference() -> None:
-    from edge.imaging import Preprocessing, preprocess
+    from edge.imaging import preprocess
+    from edge.preprocessing import Preprocessing
     from worker.model import load_model
 
     model = load_model(PROJECT_ROOT / "models" / "efficientnet_lite0", preprocessing="exact", fp32=True)

@@ -21,8 +21,9 @@ from PIL import Image
 
 from edge import tfserving, v2_rest
 from edge.errors import ApiError, json_errors
-from edge.imaging import ImageError, Preprocessing, preprocess
+from edge.imaging import ImageError, preprocess
 from edge.inference import ModelInfo
+from edge.preprocessing import Preprocessing
 from edge.upload import UPLOADS, UploadBudget, read_image
 from tests.conftest import until
 from worker.protocol import BatchRequest, ProtocolError

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from edge.imaging import ImageError, Preprocessing, decode, open_image, opencv_decodes, preprocess, rgb_pixels
+from edge.imaging import ImageError, decode, open_image, opencv_decodes, preprocess, rgb_pixels
 from edge.memory import freeze_startup_objects, keep_freed_memory
+from edge.preprocessing import Preprocessing
 
 pytestmark = pytest.mark.unit
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from edge.imaging import preprocess
-from tests.conftest import DOMESTIC_CATS, ESPRESSO, MODEL_DIR, SKIMAGE_DATA, jpeg_bytes
-from worker import build_model
-from worker.model import load_model
-from worker.torch_legacy import (
+from model_tools import default_model
+from model_tools.torch_legacy import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,
     UnsafePickleError,
     load_state_dict,
 )
+from tests.conftest import DOMESTIC_CATS, ESPRESSO, MODEL_DIR, SKIMAGE_DATA, jpeg_bytes
+from worker.model import load_model
 
 VERSION_DIR = MODEL_DIR / "1"
 
@@ -41,7 +41,7 @@ def photos(model):
 
 @pytest.mark.unit
 def test_weights_verified_and_complete():
-    state = load_state_dict(str(build_model.weights_path()))  # weights_path checks the sha256
+    state = load_state_dict(str(default_model.weights_path()))  # weights_path checks the sha256
     assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
     assert state["_fc.weight"].shape == (1000, 1280)
     assert sum(k.endswith("_depthwise_conv.weight") for k in state) == 16
@@ -133,7 +133,7 @@ def _digest(path):
 
 def _build(models_dir) -> str:
     """Run the build as users do, in a fresh process (graph names depend on process state)."""
-    return subprocess.run([sys.executable, "-m", "worker.build_model", "--models-dir", str(models_dir)],
+    return subprocess.run([sys.executable, "-m", "model_tools", "build", "--models-dir", str(models_dir)],
                           capture_output=True, text=True, check=True, timeout=300).stdout
 
 

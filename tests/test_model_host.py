@@ -20,11 +20,11 @@ import pytest
 from PIL import Image
 
 from edge.imaging import preprocess
+from model_tools.quantise import CALIBRATION_SEED, augmented
 from tests.conftest import MODEL_DIR, SKIMAGE_DATA
 from worker import model_host
 from worker.model import load_model, uses_fp16
 from worker.model_host import XNNPACK_QS8_QU8, ModelHost, ModelHostError, cpu_has_fp16, native_fp16
-from worker.quantise import CALIBRATION_SEED, augmented
 from worker.serving import ServingSpec
 
 NO_FP16 = "this CPU has no native half precision (AVX512-FP16, Arm FP16): the worker runs fp32 here"

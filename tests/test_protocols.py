@@ -17,7 +17,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from edge.imaging import Preprocessing, preprocess
+from edge.imaging import preprocess
+from edge.preprocessing import Preprocessing
 from tests.conftest import ESPRESSO, MODEL_DIR
 from tests.processes import ProxyProcess, WorkerProcess, serve_model
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from edge import resize
-from edge.imaging import Preprocessing, preprocess
+from edge.imaging import preprocess
+from edge.preprocessing import Preprocessing
 from edge.resize import crop_and_resize, resize_bicubic, tf_centre_crop
 
 pytestmark = pytest.mark.unit

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.imaging import Preprocessing, preprocess
+from edge.imaging import preprocess
+from edge.preprocessing import Preprocessing
 from tests.conftest import DOMESTIC_CATS, ESPRESSO, SKIMAGE_DATA, roundtrip, scrape, stalled_upload, value, worker_stats
 from tests.processes import child_pids
 from worker.model_host import native_fp16

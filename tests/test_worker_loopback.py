@@ -25,8 +25,9 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from edge.app import DECODE_POOL, app_runner
-from edge.imaging import Preprocessing, preprocess
+from edge.imaging import preprocess
 from edge.metrics import METRICS
+from edge.preprocessing import Preprocessing
 from edge.v2_grpc import GrpcFront, RpcMetrics, V2Servicer, start_grpc
 from tests.conftest import ESPRESSO, scrape, stalled_upload, until, value
 from worker import http_api

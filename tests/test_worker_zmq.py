@@ -11,7 +11,8 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from edge.imaging import Preprocessing, preprocess
+from edge.imaging import preprocess
+from edge.preprocessing import Preprocessing
 from tests.conftest import ESPRESSO, consul_get, roundtrip
 from tests.consul_dev import PROJECT_ROOT
 from worker.protocol import BatchRequest, Cancel, ProtocolError, decode_message
@@ -104,10 +105,10 @@ def test_zeromq_binds_only_the_configured_interface(consul_agent, worker):
 
 @pytest.mark.unit
 def test_nothing_on_the_wire_path_uses_pickle():
-    """pickle is imported only by worker/torch_legacy.py, the build-time weights reader,
+    """pickle is imported only by model_tools/torch_legacy.py, the build-time weights reader,
     behind a restricted unpickler; nothing else imports it or uses pyzmq's pickle-based
     send_pyobj / recv_pyobj."""
     pattern = re.compile(r"^\s*(import|from)\s+(c?pickle|dill|marshal)\b|_pyobj\(", re.M)
-    users = sorted(str(p.relative_to(PROJECT_ROOT)) for pkg in ("edge", "worker", "proxy", "client", "discovery")
+    users = sorted(str(p.relative_to(PROJECT_ROOT)) for pkg in ("edge", "worker", "proxy", "client", "discovery", "model_tools")
                    for p in (PROJECT_ROOT / pkg).rglob("*.py") if pattern.search(p.read_text()))
-    assert users == ["worker/torch_legacy.py"]
+    assert users == ["model_tools/torch_legacy.py"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from discovery.registration import ConsulAddress
 from edge.config import add_edge_flags, parse_config
-from edge.imaging import PATHS
+from edge.preprocessing import PATHS
 from edge.request_log import setup_logging
 from worker.batcher import BatchConfig
 from worker.config import WorkerConfig

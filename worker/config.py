@@ -8,7 +8,7 @@ from pathlib import Path
 
 from discovery.registration import ConsulAddress
 from edge.config import EdgeConfig
-from edge.imaging import DEFAULT_PATH
+from edge.preprocessing import DEFAULT_PATH
 from worker.batcher import BatchConfig
 
 

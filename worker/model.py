@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.imaging import DEFAULT_PATH, PATHS, Preprocessing
+from edge.preprocessing import DEFAULT_PATH, PATHS, Preprocessing
 from worker import backends
 from worker.model_host import ModelHostError, native_fp16
 from worker.serving import (

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from edge import jsonio
-from edge.imaging import Preprocessing
+from edge.preprocessing import Preprocessing
 
 DTYPE = "uint8"
 MAX_HEADER_BYTES = 64 * 1024

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.imaging import RESAMPLE, Preprocessing
+from edge.imaging import RESAMPLE
+from edge.preprocessing import Preprocessing
 
 # Reference preprocessings a serving.json may declare (what the model was validated with).
 REFERENCES = {"tf_eval": "TensorFlow's eval path: centre crop, tf.image.resize bicubic, no antialias"}

@@ -25,7 +25,8 @@ from cpu_split import measure  # noqa: E402
 from proxy_rate import POST_LUA, V2_PATH, v2_base64_body, v2_body, wrk, wrk_scratch  # noqa: E402
 from suite import PHOTO  # noqa: E402
 
-from edge.imaging import Preprocessing, preprocess  # noqa: E402
+from edge.imaging import preprocess  # noqa: E402
+from edge.preprocessing import Preprocessing  # noqa: E402
 from tests.processes import local_cluster  # noqa: E402
 
 TFS = "/v1/models/efficientnet_lite0:predict"

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 from proxy_rate import POST_LUA, small_photo, wrk, wrk_scratch  # noqa: E402
 from suite import PHOTO  # noqa: E402
 
-from edge.imaging import Preprocessing, configure_decoding, preprocess  # noqa: E402
+from edge.imaging import configure_decoding, preprocess  # noqa: E402
+from edge.preprocessing import Preprocessing  # noqa: E402
 from tests.processes import child_pids, local_cluster  # noqa: E402
 
 TARGETS = ("direct", "proxy")

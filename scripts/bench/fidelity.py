@@ -27,7 +27,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from edge.imaging import PATHS, Preprocessing, configure_decoding, preprocess  # noqa: E402
+from edge.imaging import configure_decoding, preprocess  # noqa: E402
+from edge.preprocessing import PATHS, Preprocessing  # noqa: E402
 from worker.model import load_model  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"

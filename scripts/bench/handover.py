@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from client.load import LoadResult, run_load  # noqa: E402
-from edge.imaging import Preprocessing, preprocess  # noqa: E402
+from edge.imaging import preprocess  # noqa: E402
+from edge.preprocessing import Preprocessing  # noqa: E402
 from tests.consul_dev import DevAgent  # noqa: E402
 from tests.processes import RIDE_THROUGH_RESTARTS, ProxyProcess, WorkerProcess, serve_model  # noqa: E402
 

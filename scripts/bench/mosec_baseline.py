@@ -25,7 +25,8 @@ from mosec import Server, Worker
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from edge.imaging import Preprocessing, configure_decoding, preprocess  # noqa: E402
+from edge.imaging import configure_decoding, preprocess  # noqa: E402
+from edge.preprocessing import Preprocessing  # noqa: E402
 
 MODEL = ROOT / "models" / "efficientnet_lite0" / "1"
 SHAPE = (224, 224, 3)

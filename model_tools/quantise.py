@@ -1,4 +1,4 @@
-"""Integer variants of the default model, built offline: `python -m worker.build_model --quantise`.
+"""Integer variants of the default model, built offline: `python -m model_tools build --quantise`.
 
 EfficientNet-Lite was designed for integer inference. Two post-training candidates are
 written beside the float model, as models of their own in the repository, so each is one
@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from edge.config import EdgeConfig
-from edge.imaging import Preprocessing, preprocess
+from edge.imaging import preprocess
+from edge.preprocessing import Preprocessing
 from worker.serving import read_spec
 
 VARIANTS = ("int8", "dynamic")
