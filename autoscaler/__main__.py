@@ -18,9 +18,9 @@ from edge.config import parse_config
 from edge.request_log import setup_logging
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m autoscaler") -> argparse.ArgumentParser:
     d, s = AutoscalerConfig(), ScalePolicy()
-    p = argparse.ArgumentParser(prog="python -m autoscaler", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     ConsulAddress.add_flags(p)
     p.add_argument("--service-name", default=d.service_name, help="the workers' Consul service (default %(default)s)")
     p.add_argument("--model", default=d.model, help="the model to scale (default %(default)s)")
@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> AutoscalerConfig:
-    parser = build_parser()
+def parse_args(argv: list[str] | None = None, prog: str = "python -m autoscaler") -> AutoscalerConfig:
+    parser = build_parser(prog)
     try:
         return parse_config(AutoscalerConfig, parser, argv, consul=ConsulAddress.from_flags)
     except ValueError as exc:  # the policy's own checks (min <= max, ...)
@@ -73,8 +73,8 @@ def actuator_for(config: AutoscalerConfig) -> Actuator:
     return LocalProcesses(argv, Path(config.log_dir) if config.log_dir else None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m autoscaler") -> int:
+    config = parse_args(argv, prog)
     setup_logging(config.log_level, config.log_format)
     from autoscaler.service import Autoscaler
 

@@ -3,7 +3,8 @@
     python -m client classify PHOTO_OR_DIR... [--model NAME] [--mode p2p|proxy] [--top-k 5] [--json] [--max-side 1024]
                               [--concurrency 8]
     python -m client lookup [--model NAME]
-    (global: --proxy URL[,URL...] | --consul HOST:PORT | --dns HOST:PORT, --token T)
+    (anywhere: --proxy URL[,URL...] | --consul HOST:PORT | --dns HOST:PORT, --token T;
+     each also from the environment, e.g. IMAGE_CLUSTER_PROXY: image_cluster/envflags.py)
     python -m client bench PHOTO [--mode p2p|proxy] [--concurrency 8] [--duration 10 | --count N] [--json]
 """
 
@@ -19,6 +20,7 @@ import time
 from client.api import Client
 from client.images import downscale, expand_paths
 from client.load import run_load
+from image_cluster.envflags import apply_environment
 
 # From scripts/bench/formats.py: photos up to 1024 px are sent untouched (their answer is
 # exactly the model's); bigger ones lose little at 1024 and most of their bytes.
@@ -100,16 +102,26 @@ async def bench(args) -> int:
     return 1 if result.errors else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m client")
-    p.add_argument("--proxy", default=os.environ.get("PROXY_URL", "http://127.0.0.1:12480"),
+def add_connection_flags(p: argparse.ArgumentParser, here: bool = True) -> None:
+    """Where the cluster is and how to be let in: on the command itself and, with `here`
+    False, again on each subcommand (defaults left to the command's), so they may come
+    before or after the subcommand's name."""
+    def default(value):
+        return value if here else argparse.SUPPRESS
+
+    p.add_argument("--proxy", default=default(os.environ.get("PROXY_URL", "http://127.0.0.1:12480")),
                    help="proxy URL(s), comma-separated: the next is used when one fails (default $PROXY_URL "
-                        "or %(default)s)")
-    p.add_argument("--consul", default=None, help="find the proxies in this Consul agent (host:port) instead")
-    p.add_argument("--dns", default=None,
+                        "or http://127.0.0.1:12480)")
+    p.add_argument("--consul", default=default(None), help="find the proxies in this Consul agent (host:port) instead")
+    p.add_argument("--dns", default=default(None),
                    help="look workers up in Consul's DNS at host:port (e.g. 127.0.0.1:8600): p2p with no proxy")
-    p.add_argument("--token", default=os.environ.get("IMAGE_CLUSTER_TOKEN"),
-                   help="bearer token when the cluster requires one (default $IMAGE_CLUSTER_TOKEN)")
+    p.add_argument("--token", default=default(None),
+                   help="bearer token when the cluster requires one (better in $IMAGE_CLUSTER_TOKEN: ps shows flags)")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m client") -> int:
+    p = argparse.ArgumentParser(prog=prog)
+    add_connection_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     def model(sp):
@@ -124,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                              "are (default %(default)s: README, 'Image formats and sizes')")
 
     c = sub.add_parser("classify", help="classify photos (files or directories)")
+    add_connection_flags(c, here=False)
     c.add_argument("photos", nargs="+")
     common(c)
     c.add_argument("--top-k", type=int, default=None, help="best classes per photo (default: 5 or fewer)")
@@ -131,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--concurrency", type=positive, default=8,
                    help="photos in flight at once; answers print in the order given (default %(default)s)")
 
-    model(sub.add_parser("lookup", help="print one live worker's host:port"))
+    lk = sub.add_parser("lookup", help="print one live worker's host:port")
+    add_connection_flags(lk, here=False)
+    model(lk)
 
     b = sub.add_parser("bench", help="load-test with one photo")
+    add_connection_flags(b, here=False)
     b.add_argument("photo")
     common(b)
     b.add_argument("--concurrency", type=positive, default=8)
@@ -141,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--count", type=int, default=None, help="stop after this many requests instead")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    apply_environment(p)
     args = p.parse_args(argv)
     return asyncio.run({"classify": classify, "lookup": lookup, "bench": bench}[args.command](args))
 

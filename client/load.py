@@ -4,11 +4,10 @@ is reached, and the result reports throughput and latency percentiles."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-
-import numpy as np
 
 
 @dataclass
@@ -27,7 +26,7 @@ class LoadResult:
         return self.ok / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+        return percentile(self.latencies_ms, q)
 
     def summary(self) -> dict:
         return {
@@ -40,6 +39,18 @@ class LoadResult:
             "p90_ms": round(self.percentile(90), 2),
             "p99_ms": round(self.percentile(99), 2),
         }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile, interpolated between the two nearest ranks as numpy's default
+    does (the client installs without numpy); nan for no values."""
+    if not values:
+        return float("nan")
+    ranked = sorted(values)
+    position = (len(ranked) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ranked) - 1)
+    return ranked[low] + (ranked[high] - ranked[low]) * (position - low)
 
 
 async def run_load(send: Callable[[], Awaitable[object]], *, concurrency: int, duration_s: float,

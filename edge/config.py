@@ -1,7 +1,8 @@
 """Settings both HTTP fronts share, their flags, and the one way a config is filled.
 
 Each process has one config dataclass (worker/config.py, proxy/config.py) whose fields
-are named like its flags (`--read-timeout` fills `read_timeout`); the settings both
+are named like its flags (`--read-timeout` fills `read_timeout`, and so does
+IMAGE_CLUSTER_READ_TIMEOUT: image_cluster/envflags.py); the settings both
 tiers share live once, in `EdgeConfig`, nested in both. `from_args` fills a config from
 parsed flags by field name, recursing into nested dataclasses, so a flag and its field
 cannot drift apart (tests/test_config.py checks every flag has its field and back).
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from edge.auth import ENV_VAR
 from edge.cores import usable_cores
+from image_cluster.envflags import apply_environment
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,10 @@ T = typing.TypeVar("T")
 
 def parse_config(cls: type[T], parser: argparse.ArgumentParser, argv: list[str] | None,
                  **folds: typing.Callable[[argparse.Namespace], object]) -> T:
-    """Parse `argv` into a `cls`; `folds` turn several flags into one field's value first
+    """Parse `argv` into a `cls`, each flag's default read from the environment first
+    (image_cluster/envflags.py); `folds` turn several flags into one field's value first
     (e.g. consul=ConsulAddress.from_flags for --consul and --consul-token)."""
+    apply_environment(parser)
     args = parser.parse_args(argv)
     for name, fold in folds.items():
         setattr(args, name, fold(args))

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from image_cluster.envflags import apply_environment
 from model_tools.default_model import add_build_parser, run_build
 from worker.serving import CHANNELS, LAYOUTS, OUTPUTS, PRECISIONS, ModelError, parse_spec
 
@@ -84,7 +85,9 @@ def run_retrain(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m model_tools") -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    apply_environment(parser)
+    args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter (Keras import, retrain)
     try:
         {"build": run_build, "import": run_import, "retrain": run_retrain}[args.command](args)

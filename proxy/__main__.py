@@ -14,9 +14,9 @@ from proxy.config import ProxyConfig
 from proxy.policy import POLICIES, parse_split
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m proxy") -> argparse.ArgumentParser:
     d = ProxyConfig()
-    p = argparse.ArgumentParser(prog="python -m proxy", description="Forwarding and lookup proxy.")
+    p = argparse.ArgumentParser(prog=prog, description="Forwarding and lookup proxy.")
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port, help="(default %(default)s)")
     p.add_argument("--grpc-port", type=int, default=d.grpc_port,
@@ -50,12 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> ProxyConfig:
-    return parse_config(ProxyConfig, build_parser(), argv, consul=ConsulAddress.from_flags)
+def parse_args(argv: list[str] | None = None, prog: str = "python -m proxy") -> ProxyConfig:
+    return parse_config(ProxyConfig, build_parser(prog), argv, consul=ConsulAddress.from_flags)
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m proxy") -> int:
+    config = parse_args(argv, prog)
     setup_logging(config.edge.log_level, config.edge.log_format)
     logging.getLogger(__name__).info("proxy on %s:%d, Consul %s:%d, policy %s", config.host, config.port,
                                      config.consul.host, config.consul.port, config.policy)

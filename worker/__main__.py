@@ -24,9 +24,9 @@ def model_list(text: str) -> tuple[str, ...]:
     return tuple(filter(None, (name.strip() for name in text.split(","))))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m worker") -> argparse.ArgumentParser:
     d, b = WorkerConfig(), BatchConfig()
-    p = argparse.ArgumentParser(prog="python -m worker", description="Image classification worker.")
+    p = argparse.ArgumentParser(prog=prog, description="Image classification worker.")
     p.add_argument("--model-repository", type=Path, default=d.model_repository,
                    help="NAME/VERSION/ for each model (default %(default)s)")
     p.add_argument("--models", type=model_list, default=d.models,
@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> WorkerConfig:
-    return parse_config(WorkerConfig, build_parser(), argv, consul=ConsulAddress.from_flags)
+def parse_args(argv: list[str] | None = None, prog: str = "python -m worker") -> WorkerConfig:
+    return parse_config(WorkerConfig, build_parser(prog), argv, consul=ConsulAddress.from_flags)
 
 
 def exit_past_stuck_threads(status: int, grace_s: float = 2.0) -> int:
@@ -92,8 +92,8 @@ def exit_past_stuck_threads(status: int, grace_s: float = 2.0) -> int:
     return status
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m worker") -> int:
+    config = parse_args(argv, prog)
     setup_logging(config.edge.log_level, config.edge.log_format)
     from worker.server import WorkerServer  # imports the model backend lazily, after --help
 
