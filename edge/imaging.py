@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from edge.memory import keep_freed_memory
 from edge.preprocessing import PATHS, Preprocessing
-from edge.resize import compile_now, crop_and_resize, tf_centre_crop
+from edge.resize import crop_and_resize, tf_centre_crop
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,9 @@ UPRIGHT = {
 def configure_decoding() -> None:
     """Process-wide decode settings, applied by each front when it opens its decode pool:
     the pool already uses every core, and OpenCV's own threads would only contend; freed
-    image buffers stay in the process for the next image (edge/memory.py). The exact
-    resize is compiled here, before the first request rather than during it."""
+    image buffers stay in the process for the next image (edge/memory.py)."""
     cv2.setNumThreads(1)
     keep_freed_memory()
-    compile_now()
 
 
 class ImageError(Exception):

@@ -15,7 +15,7 @@ after large images: ~20-55 MB more RSS after a burst of photos up to 3000x2250; 
 thresholds kept less but sent those photos back to mmap, slower than glibc's defaults.
 
 Python's full collections walk every tracked object, and a served process starts with
-~150k of them (aiohttp, numpy, OpenCV, numba, the model's runtime): 40-110 ms a full
+~150k of them (aiohttp, numpy, OpenCV, the model's runtime; numba too, then): 40-110 ms a full
 collection, during which the event loop answers nothing. Requests that outlive a young
 collection (hundreds in flight under load) reach the old generation and trigger a full
 one every second or so in a storm of refusals. Freezing what start-up built (gc.freeze)
@@ -52,10 +52,24 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+def trim_heap() -> bool:
+    """Give the free memory in malloc's heaps back to the kernel (malloc_trim(3)): what
+    loading a model allocated and freed (packing its weights, reading its file) would
+    otherwise stay in the RSS for good under TRIM_THRESHOLD. Once, after start-up; the
+    blocks serving reuses are allocated after it. False where the C library has none."""
+    malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if malloc_trim is None:
+        return False
+    malloc_trim.argtypes = (ctypes.c_size_t,)
+    return bool(malloc_trim(0))
+
+
 def freeze_startup_objects() -> int:
-    """Collect start-up's garbage, then move every object left into the permanent
-    generation, which later collections skip; the number frozen. Call once serving is
-    set up: objects made later (a new model version) are collected as usual."""
+    """Collect start-up's garbage, hand the heap it freed back to the kernel, then move
+    every object left into the permanent generation, which later collections skip; the
+    number frozen. Call once serving is set up: objects made later (a new model version)
+    are collected as usual."""
     gc.collect()
+    trim_heap()
     gc.freeze()
     return gc.get_freeze_count()

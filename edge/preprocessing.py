@@ -1,6 +1,6 @@
 """How a model wants its input, as plain data: the worker protocol's Consul Meta schema
 carries it, so the proxy and the autoscaler read it without loading the decoders
-(OpenCV, numba) that edge/imaging.py needs to compute it.
+(OpenCV and the compiled resize) that edge/imaging.py needs to compute it.
 
 How pixels become the model's input. "exact" is the model's reference (TensorFlow's
 eval path: full decode, its centre crop, its bicubic without antialiasing; see

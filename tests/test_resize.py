@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 
-from edge import resize
 from edge.imaging import preprocess
 from edge.preprocessing import Preprocessing
 from edge.resize import crop_and_resize, resize_bicubic, tf_centre_crop
@@ -58,20 +56,3 @@ def test_crop_and_resize_rounds_the_resized_crop(writeable):
 def test_only_rgb_images_are_resized():
     with pytest.raises(ValueError, match="RGB"):
         resize_bicubic(np.zeros((9, 7, 4), np.uint8), 4, 6)
-
-
-def test_the_kernel_compiles_where_numba_cannot_cache(monkeypatch):
-    # A read-only install run by a user without a home: no cache directory is writable.
-    from numba.core import caching
-
-    def unwritable(locator):
-        raise PermissionError(13, "Permission denied", locator.get_cache_path())
-
-    monkeypatch.setattr(caching._CacheLocator, "ensure_cache_path", unwritable)
-    with pytest.raises(RuntimeError, match="no locator"):  # what numba itself does
-        numba.njit(cache=True)(lambda x: x)
-
-    def twice(x):
-        return 2 * x
-
-    assert resize._compiled(twice)(21) == 42
