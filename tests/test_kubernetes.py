@@ -52,22 +52,28 @@ def test_every_manifest_file_is_in_the_kustomization():
     assert set(kustomization["resources"]) == {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
 
 
-def test_commands_parse_with_the_real_flags():
-    worker = container("worker")
-    assert worker["command"] == ["python", "-m", "worker"]
-    config = worker_args([a.replace("$(POD_IP)", "10.1.2.3") for a in worker["args"]])
-    assert config.advertise == "10.1.2.3" and (config.port, config.zmq_port, config.grpc_port) == (8601, 8602, 8603)
-    (pod_ip,) = [e for e in worker["env"] if e["name"] == "POD_IP"]
-    assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"  # each pod advertises its own IP
-    proxy = container("proxy")
-    assert proxy["command"] == ["python", "-m", "proxy"]
-    p = proxy_args([a.replace("$(POD_IP)", "10.1.2.4") for a in proxy["args"]])
+def parsed(name: str, parse, pod_ip: str, monkeypatch):
+    """The container's command line, with its environment (a pod's IP for status.podIP),
+    through the role's real parser, as `image-cluster ROLE` parses it."""
+    c = container(name)
+    assert c["command"] == ["image-cluster", name]
+    for env in c.get("env", []):
+        field = env.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        monkeypatch.setenv(env["name"], env["value"] if "value" in env else {"status.podIP": pod_ip}[field])
+    return parse(c["args"])
+
+
+def test_commands_parse_with_the_real_flags(monkeypatch):
+    config = parsed("worker", worker_args, "10.1.2.3", monkeypatch)
+    assert config.advertise == "10.1.2.3"  # each pod advertises its own IP
+    assert (config.port, config.zmq_port, config.grpc_port, config.consul.host) == (8601, 8602, 8603, "consul")
+    p = parsed("proxy", proxy_args, "10.1.2.4", monkeypatch)
     assert (p.port, p.grpc_port, p.consul.host, p.advertise) == (12480, 12481, "consul", "10.1.2.4")
     ports = {port["port"] for port in by_kind("Service")["proxy"]["spec"]["ports"]}
     assert ports == {12480, 12481}
 
 
-def test_probes_hit_real_routes_and_the_drain_fits_the_grace_period():
+def test_probes_hit_real_routes_and_the_drain_fits_the_grace_period(monkeypatch):
     worker_routes = {r.resource.canonical for r in worker_app(WorkerState(WorkerConfig(), "w")).router.routes()}
     proxy_routes = {r.resource.canonical for r in proxy_app(ProxyConfig()).router.routes()}
     for name, routes in (("worker", worker_routes), ("proxy", proxy_routes)):
@@ -75,7 +81,7 @@ def test_probes_hit_real_routes_and_the_drain_fits_the_grace_period():
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" in routes
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" in routes
     worker = by_kind("Deployment")["worker"]["spec"]["template"]["spec"]
-    drain = worker_args(container("worker")["args"]).drain_timeout
+    drain = parsed("worker", worker_args, "10.1.2.3", monkeypatch).drain_timeout
     assert worker["terminationGracePeriodSeconds"] > drain
     assert worker["securityContext"]["runAsUser"] == 10001  # the image's non-root user
 
