@@ -103,8 +103,8 @@ def main() -> None:
         rows = [measure(image, agent.address, args.seconds) for image in args.images]
     finally:
         agent.stop()
-    print(f"\n| image | size MB | cold start s | worker ready s | idle worker / proxy MB | c=32 img/s | "
-          f"loaded worker / proxy MB |\n|---|---|---|---|---|---|---|")
+    print("\n| image | size MB | cold start s | worker ready s | idle worker / proxy MB | c=32 img/s | "
+          "loaded worker / proxy MB |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['image']} | {r['bytes'] / 1e6:,.0f} | {r['cold_start_s']} | {r['worker_ready_s']} | "
               f"{r['idle_mb']['worker']} / {r['idle_mb']['proxy']} | {r['load']['per_second']} | "

@@ -5,7 +5,7 @@
 For each configuration (the default worker; the same with --batch-interpreters 1, no
 one-thread lanes) it starts a dev Consul, a worker serving the default model and a proxy
 (tests/processes.local_cluster), classifies a photo through the proxy and straight at the
-worker, waits 2 s and reads both processes' RSS (idle); then posts the photo from
+worker, waits 2 s and reads both processes' RSS, with their children's (idle); then posts the photo from
 --concurrency loops through the proxy for --seconds and reads it again (loaded). Each
 idle process's mappings (/proc/PID/smaps) are summed by what holds them: the libraries
 of each package, the model file, and anonymous memory (the
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from client.load import run_load  # noqa: E402
-from tests.processes import local_cluster  # noqa: E402
+from tests.processes import child_pids, local_cluster  # noqa: E402
 
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
 # In the order the worker loads them (worker/server.py and what it imports).
@@ -49,6 +49,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def tree_mb(pid: int) -> float:
+    """The process's RSS and its children's: a worker on a CPU with native fp16 runs its
+    models in child processes (worker/model_host.py)."""
+    return rss_mb(pid) + sum(rss_mb(child) for child in child_pids(pid))
 
 
 def holder(path: str) -> str:
@@ -93,10 +99,10 @@ def measure(name: str, worker_args: tuple, args, out: Path) -> dict:
             asyncio.run(load(url, photo, 1, 0.5))
         time.sleep(2)
         pids = {"worker": worker.proc.pid, "proxy": proxy.pid}
-        row = {"config": name, "idle_mb": {k: round(rss_mb(p), 1) for k, p in pids.items()},
+        row = {"config": name, "idle_mb": {k: round(tree_mb(p), 1) for k, p in pids.items()},
                "holders": {k: by_holder(p) for k, p in pids.items()}}
         row["load"] = asyncio.run(load(proxy.url, photo, args.concurrency, args.seconds))
-        row["loaded_mb"] = {k: round(rss_mb(p), 1) for k, p in pids.items()}
+        row["loaded_mb"] = {k: round(tree_mb(p), 1) for k, p in pids.items()}
     return row
 
 
