@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -92,3 +94,30 @@ def test_no_product_function_is_over_60_lines():
                     if length > 60:
                         long.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {node.name} ({length})")
     assert not long
+
+
+def test_the_worker_protocol_loads_no_decoder_or_runtime():
+    """The proxy and the autoscaler read Consul Meta through worker.protocol: in a fresh
+    interpreter it (and the autoscaler's load reader) loads no OpenCV, compiler, model
+    runtime or TensorFlow."""
+    code = ("import sys, worker.protocol, autoscaler.load\n"
+            "heavy = ('cv2', 'numba', 'llvmlite', 'onnxruntime', 'ai_edge_litert', 'tensorflow', 'edge._resample')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_serving_never_imports_tensorflow_but_for_the_savedmodel_backend():
+    """TensorFlow is the [tensorflow] extra's: in worker/ only the SavedModel backend's
+    loader imports it, inside the function, so a [server] install serves without it."""
+    users = []
+    for package in ("edge", "worker", "proxy", "discovery", "autoscaler", "client", "image_cluster"):
+        for path in (PROJECT_ROOT / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if any(n.split(".")[0] in ("tensorflow", "keras") for n in names):
+                    users.append((str(path.relative_to(PROJECT_ROOT)), node.col_offset > 0))
+    assert users == [("worker/backends.py", True)]  # indented: inside the loader, never at import
