@@ -62,6 +62,19 @@ def run(image: str, name: str, *argv: str) -> int:
     return int(podman("inspect", "-f", "{{.State.Pid}}", name))
 
 
+def startup_seconds(container: str, timeout: float = 10) -> float | None:
+    """The worker's own spawn-to-ready time, from its ready line (/readyz turns 200 a
+    moment before the line is written, so this waits for it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = subprocess.run(["podman", "logs", container], capture_output=True, text=True)
+        found = re.search(r'"startup_seconds": ([0-9.]+)', logs.stdout + logs.stderr)
+        if found:
+            return float(found.group(1))
+        time.sleep(0.2)
+    return None
+
+
 def measure(image: str, consul: str, seconds: float) -> dict:
     row = {"image": image, "bytes": int(podman("image", "inspect", "-f", "{{.Size}}", image))}
     http, zmq, grpc, proxy_port = free_port(), free_port(), free_port(), free_port()
@@ -72,9 +85,7 @@ def measure(image: str, consul: str, seconds: float) -> dict:
     try:
         wait(lambda: ready(f"http://127.0.0.1:{http}/readyz"), 120, "the worker's /readyz")
         row["cold_start_s"] = round(time.monotonic() - started, 2)
-        logs = subprocess.run(["podman", "logs", "measure-worker"], capture_output=True, text=True)
-        found = re.search(r"ready in ([0-9.]+) s", logs.stdout + logs.stderr)
-        row["worker_ready_s"] = float(found.group(1)) if found else None
+        row["worker_ready_s"] = startup_seconds("measure-worker")
         proxy = run(image, "measure-proxy", "python", "-m", "proxy", "--host", "127.0.0.1", "--port",
                     str(proxy_port), "--grpc-port", str(free_port()), "--consul", consul)
         url = f"http://127.0.0.1:{proxy_port}/"

@@ -6,7 +6,8 @@ For each configuration (the default worker; the same with --batch-interpreters 1
 one-thread lanes) it starts a dev Consul, a worker serving the default model and a proxy
 (tests/processes.local_cluster), classifies a photo through the proxy and straight at the
 worker, waits 2 s and reads both processes' RSS, with their children's (idle); then posts the photo from
---concurrency loops through the proxy for --seconds and reads it again (loaded). Each
+--concurrency loops through the proxy for --seconds, then straight to the worker, and
+reads it again (loaded). Each
 idle process's mappings (/proc/PID/smaps) are summed by what holds them: the libraries
 of each package, the model file, and anonymous memory (the
 Python heap, the interpreters' packed weights and arenas). Last, the imports the worker
@@ -102,6 +103,7 @@ def measure(name: str, worker_args: tuple, args, out: Path) -> dict:
         row = {"config": name, "idle_mb": {k: round(tree_mb(p), 1) for k, p in pids.items()},
                "holders": {k: by_holder(p) for k, p in pids.items()}}
         row["load"] = asyncio.run(load(proxy.url, photo, args.concurrency, args.seconds))
+        row["load_direct"] = asyncio.run(load(worker.url, photo, args.concurrency, args.seconds))
         row["loaded_mb"] = {k: round(tree_mb(p), 1) for k, p in pids.items()}
     return row
 
@@ -131,7 +133,8 @@ def main() -> None:
     rows = [measure(name, extra, args, args.out) for name, extra in CONFIGS.items()]
     for row in rows:
         print(f"\n{row['config']}: idle worker {row['idle_mb']['worker']} MB, proxy {row['idle_mb']['proxy']} MB; "
-              f"at c={args.concurrency} ({row['load']['per_second']} img/s through the proxy): "
+              f"at c={args.concurrency} ({row['load']['per_second']} img/s through the proxy, "
+              f"{row['load_direct']['per_second']} straight to the worker): "
               f"worker {row['loaded_mb']['worker']} MB, proxy {row['loaded_mb']['proxy']} MB")
         for role, holders in row["holders"].items():
             print(f"  {role} idle, by holder: " + ", ".join(f"{k} {v}" for k, v in holders.items()))
