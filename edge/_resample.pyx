@@ -4,9 +4,9 @@ with the GIL released for all of it.
 
 Each output row is 4 weighted input rows, then each output column 4 weighted columns,
 in float32, the products summed left to right as TensorFlow's kernel does
-(resize_bicubic_op.cc). Whole-row pointers and three channels spelled out keep the
-inner loops free of index arithmetic; the row pass, most of the work, is C that the
-compiler vectorises for the CPU it runs on.
+(resize_bicubic_op.cc). The loops are C (below), which the compiler vectorises for the
+CPU it runs on; whole-row pointers and three channels spelled out keep them free of
+index arithmetic. They check no bounds: edge/resize.py checks the crop first.
 
 Built with the package (pyproject.toml, ext-modules; Cython and a C compiler at build
 time only): serving loads this one small library instead of a JIT compiler.

@@ -77,7 +77,10 @@ def resize_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def crop_and_resize(image: np.ndarray, top: int, left: int, side: int, size: int) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> uint8 (size, size, 3): the square crop at (top, left) resized
     as `resize_bicubic`, rounded half to even and clipped to [0, 255], in one call."""
-    taps = bicubic_taps(side, size)
+    height, width = image.shape[:2]
+    if not (0 <= top and 0 <= left and 0 < side and top + side <= height and left + side <= width):
+        raise ValueError(f"crop {side}x{side} at ({top}, {left}) is outside the {width}x{height} image")
+    taps = bicubic_taps(side, size)  # the compiled loops check no bounds: the crop is checked here
     return _resample_uint8(_as_rows(image), top, left, side, *taps, *taps).reshape(size, size, 3)
 
 

@@ -53,6 +53,14 @@ def test_crop_and_resize_rounds_the_resized_crop(writeable):
     np.testing.assert_array_equal(crop_and_resize(image, top, left, side, 224), expected)
 
 
+def test_a_crop_outside_the_image_is_refused_before_the_compiled_loops():
+    image = np.zeros((100, 80, 3), np.uint8)
+    for top, left, side in ((0, 0, 101), (30, 0, 80), (0, 1, 80), (-1, 0, 10), (0, 0, 0)):
+        with pytest.raises(ValueError, match="outside"):
+            crop_and_resize(image, top, left, side, 224)
+    assert crop_and_resize(image, 20, 0, 80, 224).shape == (224, 224, 3)
+
+
 def test_only_rgb_images_are_resized():
     with pytest.raises(ValueError, match="RGB"):
         resize_bicubic(np.zeros((9, 7, 4), np.uint8), 4, 6)

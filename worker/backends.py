@@ -76,15 +76,19 @@ def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     path = version_dir / "model.tflite"
-    # In fp16 this interpreter only reads the model's inputs and outputs: no XNNPACK, which
-    # would pack the weights for nothing.
-    details_only = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if fp16 else {}
-    # One copy of the model's bytes for every interpreter (each keeps a reference, none
-    # copies it): with model_path each mapped the file again, and the RSS counted it once
-    # an interpreter, 18.5 MB each for the default model (docs, "Memory").
+    # fp32: one copy of the model's bytes for every interpreter (each keeps a reference,
+    # none copies it); with model_path each mapped the file again, and the RSS counted it
+    # once an interpreter, 18.5 MB each for the default model (README, "Memory").
+    # fp16: this interpreter only reads the model's inputs and outputs (its child
+    # processes run it), so the file is mapped, read in part, and XNNPACK is left out,
+    # which would pack the weights for nothing.
+    if fp16:
+        source = {"model_path": str(path),
+                  "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    else:
+        source = {"model_content": path.read_bytes()}
     try:
-        content = path.read_bytes()
-        interpreter = Interpreter(model_content=content, num_threads=threads or usable_cores(), **details_only)
+        interpreter = Interpreter(num_threads=threads or usable_cores(), **source)
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a TFLite model TFLite can load ({exc})") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
@@ -97,7 +101,7 @@ def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_
     dtype = _float_or_uint8(inp["dtype"], str(path))
     if fp16:
         return _fp16_runner(path, threads, lane_count(batch_interpreters), out["name"], signature, dtype)
-    lanes = [Interpreter(model_content=content, num_threads=1) for _ in range(lane_count(batch_interpreters))]
+    lanes = [Interpreter(num_threads=1, **source) for _ in range(lane_count(batch_interpreters))]
     pool = _Interpreters(interpreter, lanes)
 
     def prepare(shape: tuple) -> None:
