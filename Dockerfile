@@ -21,7 +21,6 @@ COPY discovery discovery
 COPY proxy proxy
 COPY client client
 COPY autoscaler autoscaler
-COPY model_tools model_tools
 COPY image_cluster image_cluster
 COPY scripts/lib scripts/lib
 RUN pip wheel --no-deps --wheel-dir /wheels . \

@@ -5,7 +5,7 @@
     image-cluster autoscaler --min 1 --max 4    python -m autoscaler
     image-cluster classify photo.jpg            python -m client classify
     image-cluster lookup | bench PHOTO          python -m client lookup | bench
-    image-cluster models build|import|retrain   python -m model_tools
+    image-cluster models build|import|retrain   python -m image_cluster.models
 
 Each subcommand takes the same flags as its `python -m` form, and reads them from the
 environment too (image_cluster/envflags.py). A role is imported only when it runs, so a
@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 
 NAME = "image-cluster"
-OURS = {"autoscaler", "client", "discovery", "edge", "image_cluster", "model_tools", "proxy", "worker"}
+OURS = {"autoscaler", "client", "discovery", "edge", "image_cluster", "proxy", "worker"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ COMMANDS = {
     "classify": Command("client.__main__", "classify photos (files or folders)", "", client=True),
     "lookup": Command("client.__main__", "print a live worker's host:port", "", client=True),
     "bench": Command("client.__main__", "load-test the cluster with one photo", "", client=True),
-    "models": Command("model_tools.__main__", "build the default model, import or retrain one", "tensorflow"),
+    "models": Command("image_cluster.models.__main__", "build the default model, import or retrain one", "tensorflow"),
 }
 
 

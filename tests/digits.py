@@ -26,7 +26,7 @@ def png(image: np.ndarray, side: int = 64) -> bytes:
 
 
 def write_folders(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    """ROOT/<digit>/<i>.png: the layout `python -m model_tools retrain` reads."""
+    """ROOT/<digit>/<i>.png: the layout `python -m image_cluster.models retrain` reads."""
     for i, (image, label) in enumerate(zip(images, labels)):
         folder = root / str(label)
         folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def features(images: np.ndarray) -> np.ndarray:
 
 
 # serving.json for the scikit-learn digits model: flat 8x8 grayscale, back to the 0-16 scale;
-# and the same as `python -m model_tools import` flags.
+# and the same as `python -m image_cluster.models import` flags.
 DIGITS_SPEC = {"layout": "flat", "size": 8, "channels": "L", "scale": 16 / 255, "crop_fraction": 1.0}
 DIGIT_FLAGS = ["--layout", "flat", "--size", "8", "--channels", "L", "--scale", str(16 / 255), "--crop-fraction", "1"]
 DIGIT_LABELS = [str(d) for d in range(10)]

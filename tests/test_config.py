@@ -68,25 +68,26 @@ def test_other_tiers_import_only_the_worker_protocol(package):
 
 def test_servers_and_client_stay_in_their_lanes():
     """edge imports neither tier; the client and discovery import no server package; no
-    server imports the model tooling (model_tools/, which needs TensorFlow)."""
-    tools = ("model_tools",)  # build-time tooling: serving never imports it
+    server imports the model tooling (image_cluster.models, which needs TensorFlow)."""
+    tools = ("image_cluster.models",)  # build-time tooling: serving never imports it
     rules = {"edge": ("worker", "proxy", "client", "autoscaler", *tools),
              "client": ("worker", "proxy", "edge", "discovery", "autoscaler", *tools),
              "discovery": ("worker", "proxy", "client", "edge", "autoscaler", *tools),
              "worker": ("proxy", "client", "autoscaler", *tools), "proxy": ("client", "autoscaler", *tools),
-             "autoscaler": ("proxy", "client", *tools), "model_tools": ("proxy", "client", "autoscaler")}
+             "autoscaler": ("proxy", "client", *tools), "image_cluster/models": ("proxy", "client", "autoscaler")}
     for package, forbidden in rules.items():
         for path in (PROJECT_ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
                     [a.name for a in node.names] if isinstance(node, ast.Import) else []
                 for name in names:
-                    assert name.split(".")[0] not in forbidden, f"{path}: imports {name}"
+                    assert not any(name == f or name.startswith(f + ".") for f in forbidden), \
+                        f"{path}: imports {name}"
 
 
 def test_no_product_function_is_over_60_lines():
     long = []
-    for package in ("edge", "worker", "proxy", "discovery", "client", "autoscaler", "model_tools", "image_cluster"):
+    for package in ("edge", "worker", "proxy", "discovery", "client", "autoscaler", "image_cluster"):
         for path in (PROJECT_ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -112,8 +113,11 @@ def test_serving_never_imports_tensorflow_but_for_the_savedmodel_backend():
     """TensorFlow is the [tensorflow] extra's: in worker/ only the SavedModel backend's
     loader imports it, inside the function, so a [server] install serves without it."""
     users = []
+    tooling = PROJECT_ROOT / "image_cluster" / "models"  # the [tensorflow] extra's own
     for package in ("edge", "worker", "proxy", "discovery", "autoscaler", "client", "image_cluster"):
         for path in (PROJECT_ROOT / package).rglob("*.py"):
+            if path.is_relative_to(tooling):
+                continue
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \

@@ -1,4 +1,4 @@
-"""`python -m model_tools import`: what it accepts, what it refuses (with a message and
+"""`python -m image_cluster.models import`: what it accepts, what it refuses (with a message and
 nothing written), and that versions are numbered and appear whole; the retrain command's
 own steps (photo folders, stratified hold-out, the softmax fit)."""
 
@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from model_tools.__main__ import main
-from model_tools.importer import import_model
-from model_tools.retrain import find_photos, fit_softmax, split
+from image_cluster.models.__main__ import main
+from image_cluster.models.importer import import_model
+from image_cluster.models.retrain import find_photos, fit_softmax, split
 from tests.digits import DIGIT_FLAGS, DIGIT_LABELS, DIGITS_SPEC, digits, png, sklearn_onnx
 from worker.serving import ModelError, parse_spec
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from edge.imaging import preprocess
-from model_tools import default_model
-from model_tools.torch_legacy import (
+from image_cluster.models import default_model
+from image_cluster.models.torch_legacy import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,
     UnsafePickleError,
@@ -133,7 +133,7 @@ def _digest(path):
 
 def _build(models_dir) -> str:
     """Run the build as users do, in a fresh process (graph names depend on process state)."""
-    return subprocess.run([sys.executable, "-m", "model_tools", "build", "--models-dir", str(models_dir)],
+    return subprocess.run([sys.executable, "-m", "image_cluster.models", "build", "--models-dir", str(models_dir)],
                           capture_output=True, text=True, check=True, timeout=300).stdout
 
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from edge.imaging import preprocess
-from model_tools.quantise import CALIBRATION_SEED, augmented
+from image_cluster.models.quantise import CALIBRATION_SEED, augmented
 from tests.conftest import MODEL_DIR, SKIMAGE_DATA
 from worker import model_host
 from worker.model import load_model, uses_fp16

@@ -1,6 +1,6 @@
 """Your own models beside the default one, end to end on real processes: a scikit-learn
 pipeline exported to ONNX and a network retrained on digit photos (TFLite), both brought
-in with `python -m model_tools`, served by one worker next to the ImageNet model, and
+in with `python -m image_cluster.models`, served by one worker next to the ImageNet model, and
 reached through the proxy (forward), p2p lookup and the client; answers must be exactly
 what the same models answer in process. And a new version imported under a running
 worker appears whole: the hot swap loses nothing."""
@@ -33,8 +33,8 @@ HELD_OUT = 120  # digits sent through the cluster per model and path
 
 
 def models_cli(*args: str) -> str:
-    """`python -m model_tools ...` as a user runs it; its stdout (fails the test on an error)."""
-    done = subprocess.run([sys.executable, "-m", "model_tools", *args], cwd=PROJECT_ROOT, capture_output=True,
+    """`python -m image_cluster.models ...` as a user runs it; its stdout (fails the test on an error)."""
+    done = subprocess.run([sys.executable, "-m", "image_cluster.models", *args], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout

@@ -1,4 +1,4 @@
-"""The quantised variants (model_tools/quantise.py): built offline beside the float model as
+"""The quantised variants (image_cluster/models/quantise.py): built offline beside the float model as
 models of their own, served by a real worker next to it, and agreeing with it on the
 test photos the float model is sure about. (How far they agree elsewhere, and how fast
 they are, is scripts/bench/quantise.py's job: figures, not assertions.)"""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from model_tools.default_model import PROJECT_LABELS_DIR
-from model_tools.quantise import build_variants
+from image_cluster.models.default_model import PROJECT_LABELS_DIR
+from image_cluster.models.quantise import build_variants
 from tests.conftest import DOMESTIC_CATS, ESPRESSO, MODEL_DIR, SKIMAGE_DATA
 
 pytestmark = pytest.mark.system

@@ -105,10 +105,10 @@ def test_zeromq_binds_only_the_configured_interface(consul_agent, worker):
 
 @pytest.mark.unit
 def test_nothing_on_the_wire_path_uses_pickle():
-    """pickle is imported only by model_tools/torch_legacy.py, the build-time weights reader,
+    """pickle is imported only by image_cluster/models/torch_legacy.py, the build-time weights reader,
     behind a restricted unpickler; nothing else imports it or uses pyzmq's pickle-based
     send_pyobj / recv_pyobj."""
     pattern = re.compile(r"^\s*(import|from)\s+(c?pickle|dill|marshal)\b|_pyobj\(", re.M)
-    users = sorted(str(p.relative_to(PROJECT_ROOT)) for pkg in ("edge", "worker", "proxy", "client", "discovery", "model_tools")
+    users = sorted(str(p.relative_to(PROJECT_ROOT)) for pkg in ("edge", "worker", "proxy", "client", "discovery", "image_cluster")
                    for p in (PROJECT_ROOT / pkg).rglob("*.py") if pattern.search(p.read_text()))
-    assert users == ["model_tools/torch_legacy.py"]
+    assert users == ["image_cluster/models/torch_legacy.py"]

@@ -3,9 +3,9 @@ model in fp32: agreement and speed, in process and through a worker.
 
 The default model runs in fp16 where the CPU has native half precision (its serving.json
 allows it; worker/model_host.py); here it is also staged as efficientnet_lite0_fp32, the
-same file kept in fp32, which is the reference. `python -m model_tools build --quantise`
+same file kept in fp32, which is the reference. `python -m image_cluster.models build --quantise`
 writes efficientnet_lite0_int8 (full integer) and efficientnet_lite0_dynamic (dynamic
-range) beside the float model (model_tools/quantise.py).
+range) beside the float model (image_cluster/models/quantise.py).
 Agreement with the float model's answer, on images kept apart from calibration: every
 real photo available offline as shipped (scripts/bench/fidelity.py's set) and 300
 augmented crops of them made with another seed than calibration's. Speed: img/s of the
@@ -41,7 +41,7 @@ from versus import in_turn  # noqa: E402
 
 from edge.imaging import preprocess  # noqa: E402
 from edge.preprocessing import Preprocessing  # noqa: E402
-from model_tools.quantise import CALIBRATION_SEED, augmented  # noqa: E402
+from image_cluster.models.quantise import CALIBRATION_SEED, augmented  # noqa: E402
 from tests.consul_dev import DevAgent  # noqa: E402
 from tests.processes import WorkerProcess  # noqa: E402
 from worker.model import load_model  # noqa: E402
@@ -167,7 +167,7 @@ def main() -> int:
     a = p.parse_args()
     missing = [name for name in VARIANTS.values() if name != VARIANTS["float"] and not (a.models / name).is_dir()]
     if missing:
-        sys.exit(f"missing {missing} in {a.models}: run .venv/bin/python -m model_tools build --quantise")
+        sys.exit(f"missing {missing} in {a.models}: run .venv/bin/python -m image_cluster.models build --quantise")
     if not native_fp16():
         print("note: this CPU has no native half precision: the fp16 row runs fp32 here")
     models = staged(a.models, a.out / "quantise-models")

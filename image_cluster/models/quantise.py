@@ -1,4 +1,4 @@
-"""Integer variants of the default model, built offline: `python -m model_tools build --quantise`.
+"""Integer variants of the default model, built offline: `python -m image_cluster.models build --quantise`.
 
 EfficientNet-Lite was designed for integer inference. Two post-training candidates are
 written beside the float model, as models of their own in the repository, so each is one

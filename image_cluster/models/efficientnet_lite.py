@@ -103,7 +103,7 @@ class EfficientNetLite0(tf.Module):
 
     def embed(self, images):
         """uint8 images -> the 1280 pooled features the classifier reads (what
-        `python -m model_tools retrain` fits a new head on)."""
+        `python -m image_cluster.models retrain` fits a new head on)."""
         x = (tf.cast(images, tf.float32) - MEAN) / STD
         x = tf.nn.relu6(self._conv(x, self.stem, stride=2))
         for block in self.blocks:
