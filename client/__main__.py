@@ -16,8 +16,11 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
-from client.api import Client
+import aiohttp
+
+from client.api import UNREACHABLE, ClassifyError, Client, parse_proxy_url
 from client.images import downscale, expand_paths
 from client.load import run_load
 from image_cluster.envflags import apply_environment
@@ -27,24 +30,70 @@ from image_cluster.envflags import apply_environment
 DEFAULT_MAX_SIDE = 1024
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage block is what --help is for)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
+
+
+def at_least(low: float, kind: type = int):
+    """An argparse type: a number of `kind`, at least `low`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text!r}")
+        return value
+    return parse
+
+
+positive, non_negative = at_least(1), at_least(0)
+
+
+def seconds(text: str) -> float:
+    value = at_least(0.0, float)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
     return value
+
+
+def top_k(text: str) -> int:
+    """The same words as the servers' for a bad k (edge/errors.py, bad_top_k)."""
+    try:
+        return at_least(1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"k must be an integer from 1 to the model's number of classes, got {text!r}") from None
+
+
+def proxy_urls(text: str) -> list[str]:
+    """Comma-separated proxy URLs; `host:port` alone means http://host:port."""
+    try:
+        urls = [parse_proxy_url(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not urls:
+        raise argparse.ArgumentTypeError("no proxy URL given")
+    return urls
 
 
 def make_client(args, **kw) -> Client:
     """--proxy takes several URLs, comma-separated; --consul finds the proxies in Consul;
     --dns looks workers up in Consul's DNS (no proxy needed for p2p)."""
-    return Client(args.proxy.split(","), token=args.token, consul=args.consul, dns=args.dns, **kw)
+    return Client(args.proxy, token=args.token, consul=args.consul, dns=args.dns, **kw)
 
 
 async def classify(args) -> int:
     failed = 0
+    photos = expand_paths(args.photos)
+    if not photos:
+        raise NoPhotos(f"no image files in {', '.join(args.photos)}")
     async with make_client(args, retries=args.retries, max_side=args.max_side) as client:
-        answers = client.classify_many(expand_paths(args.photos), concurrency=args.concurrency, mode=args.mode,
-                                       k=args.top_k, model=args.model)
+        answers = client.classify_many(photos, concurrency=args.concurrency, mode=args.mode, k=args.top_k,
+                                       model=args.model)
         async for path, result in answers:
             if isinstance(result, Exception):
                 print(f"{path}: error: {result}", file=sys.stderr)
@@ -66,7 +115,7 @@ async def lookup(args) -> int:
 
 
 async def bench(args) -> int:
-    photo = open(args.photo, "rb").read()
+    photo = Path(args.photo).read_bytes()
     if args.max_side:
         photo = downscale(photo, args.max_side)
     duration = args.duration if args.count is None else 24 * 3600.0
@@ -74,6 +123,7 @@ async def bench(args) -> int:
 
     async with make_client(args, retries=args.retries) as client:
         send = lambda: client.classify(photo, mode=args.mode, model=args.model)  # noqa: E731
+        await send()  # one first: a photo or setting the cluster refuses ends the run here, in its words
         progress = None
         if not args.json:
             async def report():
@@ -109,7 +159,7 @@ def add_connection_flags(p: argparse.ArgumentParser, here: bool = True) -> None:
     def default(value):
         return value if here else argparse.SUPPRESS
 
-    p.add_argument("--proxy", default=default(os.environ.get("PROXY_URL", "http://127.0.0.1:12480")),
+    p.add_argument("--proxy", type=proxy_urls, default=default(os.environ.get("PROXY_URL", "http://127.0.0.1:12480")),
                    help="proxy URL(s), comma-separated: the next is used when one fails (default $PROXY_URL "
                         "or http://127.0.0.1:12480)")
     p.add_argument("--consul", default=default(None), help="find the proxies in this Consul agent (host:port) instead")
@@ -119,8 +169,8 @@ def add_connection_flags(p: argparse.ArgumentParser, here: bool = True) -> None:
                    help="bearer token when the cluster requires one (better in $IMAGE_CLUSTER_TOKEN: ps shows flags)")
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m client") -> int:
-    p = argparse.ArgumentParser(prog=prog)
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = Parser(prog=prog)
     add_connection_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -130,8 +180,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m client") -> int:
     def common(sp):
         model(sp)
         sp.add_argument("--mode", choices=["p2p", "proxy"], default="p2p")
-        sp.add_argument("--retries", type=int, default=6)
-        sp.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+        sp.add_argument("--retries", type=non_negative, default=6, help="tries after the first (default %(default)s)")
+        sp.add_argument("--max-side", type=non_negative, default=DEFAULT_MAX_SIDE,
                         help="downscale bigger photos to this long side before sending, 0 to send them as they "
                              "are (default %(default)s: README, 'Image formats and sizes')")
 
@@ -139,7 +189,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m client") -> int:
     add_connection_flags(c, here=False)
     c.add_argument("photos", nargs="+")
     common(c)
-    c.add_argument("--top-k", type=int, default=None, help="best classes per photo (default: 5 or fewer)")
+    c.add_argument("--top-k", type=top_k, default=None, help="best classes per photo (default: 5 or fewer)")
     c.add_argument("--json", action="store_true", help="one JSON object per photo")
     c.add_argument("--concurrency", type=positive, default=8,
                    help="photos in flight at once; answers print in the order given (default %(default)s)")
@@ -153,13 +203,57 @@ def main(argv: list[str] | None = None, prog: str = "python -m client") -> int:
     b.add_argument("photo")
     common(b)
     b.add_argument("--concurrency", type=positive, default=8)
-    b.add_argument("--duration", type=float, default=10.0, help="seconds (default %(default)s)")
-    b.add_argument("--count", type=int, default=None, help="stop after this many requests instead")
+    b.add_argument("--duration", type=seconds, default=10.0, help="seconds (default %(default)s)")
+    b.add_argument("--count", type=positive, default=None, help="stop after this many requests instead")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
-
     apply_environment(p)
-    args = p.parse_args(argv)
-    return asyncio.run({"classify": classify, "lookup": lookup, "bench": bench}[args.command](args))
+    return p
+
+
+class NoPhotos(Exception):
+    """classify was given nothing it could send."""
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m client") -> int:
+    """Run a subcommand; whatever stops it is one line on stderr and a non-zero status:
+    the cluster's refusal in its own words, what could not be reached, a file that could
+    not be read. Per-photo failures of classify are its own lines, and it goes on."""
+    args = build_parser(prog).parse_args(argv)
+    command = {"classify": classify, "lookup": lookup, "bench": bench}[args.command]
+
+    def fail(message: str) -> int:
+        print(f"{prog} {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        return asyncio.run(command(args))
+    except ClassifyError as exc:
+        return fail(str(exc))
+    except UNREACHABLE as exc:  # before OSError: a refused connection is both
+        return fail(unreachable(args, exc))
+    except OSError as exc:
+        return fail(f"cannot read {exc.filename}: {exc.strerror}" if exc.filename else str(exc))
+    except NoPhotos as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+def unreachable(args, exc: Exception) -> str:
+    """What could not be reached, named: the proxy, a worker, Consul's DNS or the proxies
+    Consul lists."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer from the cluster in time (30 s)"
+    if args.dns:
+        return f"Consul's DNS at {args.dns}: {exc}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        address = f"{exc.host}:{exc.port}"
+        proxies = [u for u in args.proxy if u.split("://", 1)[1] in (address, exc.host)]
+        what = f"the proxy at {proxies[0]}" if proxies and not args.consul else f"{address}"
+        return f"cannot reach {what} ({exc.strerror or exc.os_error})"
+    if args.consul:
+        return f"no proxy reachable from Consul at {args.consul} ({exc})"
+    return f"the cluster stopped answering ({exc})"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -34,6 +35,22 @@ from client.images import downscale
 
 RETRYABLE_STATUS = {500, 502, 503, 504}
 UNREACHABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
+
+
+def parse_proxy_url(text: str) -> str:
+    """A proxy's base URL: `http://` added when no scheme is given (as curl takes
+    `127.0.0.1:12480`); ValueError for anything that is not an http(s) URL of a host, with
+    a port if one is written."""
+    given, text = text, text.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
+    try:
+        parts.port  # noqa: B018 (ValueError for a port that is not a number)
+    except ValueError:
+        parts = None
+    if not parts or parts.scheme not in ("http", "https") or not parts.hostname or parts.netloc.endswith(":") \
+            or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{given!r} is not a proxy URL (http://HOST:PORT)")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 class ClassifyError(Exception):
@@ -51,7 +68,9 @@ class Client:
                  session: aiohttp.ClientSession | None = None, consul: str | None = None,
                  dns: str | None = None, service: str = "classifier", proxy_service: str = "classifier-proxy"):
         urls = [proxy_url] if isinstance(proxy_url, str) else list(proxy_url)
-        self.proxies = Proxies([u.rstrip("/") for u in urls], consul, proxy_service)
+        if retries < 0 or (max_side is not None and max_side < 0):
+            raise ValueError(f"retries and max_side must be at least 0, not {retries} and {max_side}")
+        self.proxies = Proxies([parse_proxy_url(u) for u in urls], consul, proxy_service)
         self.dns = WorkerDns(dns, service) if dns else None
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.max_side = max_side  # downscale bigger photos before sending (see client/images.py)
@@ -123,6 +142,8 @@ class Client:
         async def outcome(image) -> dict | Exception:
             try:
                 return await self.classify(image, **options)
+            except UNREACHABLE:
+                raise  # the cluster, not this image: every image would fail the same way
             except (ClassifyError, OSError) as exc:
                 return exc
 

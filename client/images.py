@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -28,8 +28,15 @@ def expand_paths(paths: list[str]) -> list[Path]:
 
 
 def downscale(data: bytes, max_side: int, quality: int = 90) -> bytes:
-    """Re-encode as JPEG with the long side at most `max_side`; smaller images pass unchanged."""
-    img = Image.open(io.BytesIO(data))
+    """Re-encode as JPEG with the long side at most `max_side`; smaller images pass
+    unchanged, and so does anything Pillow cannot open: the server judges it and says
+    what is wrong in its own words (not_an_image, corrupt_image, ...)."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be at least 1, not {max_side}")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        return data
     if max(img.size) <= max_side:
         return data
     img.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale directly

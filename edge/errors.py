@@ -33,6 +33,13 @@ def retry_later(code: str, message: str, seconds: int = 1, status: int = 503) ->
     return ApiError(status, code, message, {"Retry-After": str(seconds)})
 
 
+def bad_top_k(got: object, bound: int | str) -> ApiError:
+    """The one wording of a bad `k`, on every tier and entry point (the client's CLI says
+    the same of --top-k); `bound` the model's number of classes, or words for it where the
+    model is not known yet."""
+    return ApiError(422, "invalid_parameter", f"k must be an integer from 1 to {bound}, got {str(got)!r}")
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
                    path: str = "/") -> web.Response:
     """Our own format, or the standard protocols' where the path is theirs: the Open

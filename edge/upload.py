@@ -27,7 +27,7 @@ from aiohttp import web
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from edge.errors import ApiError, retry_later
+from edge.errors import ApiError, bad_top_k, retry_later
 
 IMAGE_FIELDS = ("data", "image", "file")
 RAW_TYPES = ("application/octet-stream",)
@@ -225,6 +225,5 @@ def parse_top_k(request: web.Request, default: int, num_classes: int | None) -> 
     except ValueError:
         k = 0
     if not 1 <= k <= (num_classes or _MAX_CLASSES):
-        bound = num_classes or "the model's number of classes"
-        raise ApiError(422, "invalid_parameter", f"k must be an integer from 1 to {bound}, got {raw!r}")
+        raise bad_top_k(raw, num_classes or "the model's number of classes")
     return k

@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     command = COMMANDS.get(name)
+    if command is None and name.startswith("-"):
+        print(f"{NAME}: options go after the command's name: {NAME} COMMAND {name} ... (--help lists the "
+              f"commands)", file=sys.stderr)
+        return 2
     if command is None:
         print(f"{NAME}: no command {name!r}; the commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.app import decode_image
-from edge.errors import ApiError, retry_later
+from edge.errors import ApiError, bad_top_k, retry_later
 from edge.preprocessing import Preprocessing
 from proxy.channel import WorkerError
 from proxy.pool import WorkerHandle, WorkerPool
@@ -123,7 +123,7 @@ async def forward(
         served = handle.meta.models[route.model]
         k = k or min(DEFAULT_TOP_K, served.num_labels)
         if k > served.num_labels:
-            raise ApiError(422, "invalid_parameter", f"k must be from 1 to {served.num_labels}, got {k}")
+            raise bad_top_k(k, served.num_labels)
         if tried:
             stats.retries += 1
         tried.add(handle)

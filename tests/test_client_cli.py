@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import uuid
 
 import pytest
 from PIL import Image
 
+from client.api import parse_proxy_url
 from client.images import downscale, expand_paths
+from tests.consul_dev import PROJECT_ROOT
 from tests.processes import client_cli as cli
 from tests.processes import wait_for
 
@@ -45,6 +49,29 @@ def test_expand_paths(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert expand_paths([str(tmp_path)]) == [tmp_path / "a.jpg", tmp_path / "sub" / "b.PNG"]
     assert expand_paths([str(tmp_path / "notes.txt")]) == [tmp_path / "notes.txt"]
+
+
+@pytest.mark.unit
+def test_a_file_pillow_cannot_open_is_sent_as_it_is_for_the_server_to_judge():
+    notes = b"a shopping list, not a photo"
+    assert downscale(notes, 1024) == notes
+    with pytest.raises(ValueError, match="at least 1"):
+        downscale(notes, 0)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("given, url", [("127.0.0.1:12480", "http://127.0.0.1:12480"), ("localhost", "http://localhost"),
+                                        ("https://p.example:443/", "https://p.example:443"),
+                                        ("http://[::1]:8", "http://[::1]:8")])
+def test_proxy_urls_take_curls_forms(given, url):
+    assert parse_proxy_url(given) == url
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("given", ["ftp://h:1", "http://", "h:port", "127.0.0.1:", "http://h:1/path", "http://h?x=1"])
+def test_what_is_not_a_proxy_url_is_refused(given):
+    with pytest.raises(ValueError, match="is not a proxy URL"):
+        parse_proxy_url(given)
 
 
 @pytest.mark.system
@@ -83,3 +110,61 @@ def test_cli_classify_lookup_bench(start_worker, start_proxy, coffee_jpeg, chels
     assert summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"]
     out = cli(proxy.url, "bench", str(photos / "coffee.jpg"), "--duration", "1", "--mode", "proxy")
     assert out.returncode == 0 and "img/s" in out.stdout and "p99" in out.stdout
+
+
+# Each ordinary mistake (issue 36's list), as the command a user types; what the one
+# line on stderr must say. {photo}, {notes}, {empty} and {missing} are files of the test.
+MISTAKES = [
+    (["--proxy", "http://127.0.0.1:1", "classify", "{photo}"], "cannot reach the proxy at http://127.0.0.1:1"),
+    (["classify", "{photo}", "--max-side", "-1"], "argument --max-side: must be at least 0, got '-1'"),
+    (["classify", "{photo}", "--retries", "-1"], "argument --retries: must be at least 0, got '-1'"),
+    (["classify", "{photo}", "--top-k", "0"], "k must be an integer from 1 to the model's number of classes, got '0'"),
+    (["classify", "{photo}", "--proxy", "ftp://h:1"], "'ftp://h:1' is not a proxy URL"),
+    (["lookup", "--model", "nosuch"], "404 model_not_found: model 'nosuch' is not served"),
+    (["bench", "{missing}"], "cannot read {missing}: No such file or directory"),
+    (["bench", "{notes}", "--count", "3"], "400 not_an_image"),
+    (["bench", "{photo}", "--count", "0"], "argument --count: must be at least 1, got '0'"),
+    (["bench", "{photo}", "--duration", "0"], "argument --duration: must be more than 0"),
+    (["classify", "{notes}"], "{notes}: error: 400 not_an_image"),
+    (["classify", "{empty}"], "no image files in {empty}"),
+    (["classify", "{photo}", "--top-k", "5000"], "k must be an integer from 1 to 1000, got '5000'"),
+]
+
+
+@pytest.mark.system
+def test_each_mistake_is_one_line_on_stderr_and_a_non_zero_exit(start_worker, start_proxy, coffee_jpeg, tmp_path):
+    service = f"classifier-{uuid.uuid4().hex[:6]}"
+    start_worker("--service-name", service)
+    proxy = start_proxy("--service-name", service)
+    wait_for(lambda: proxy.workers()["live"] == 1, what="live worker")
+    files = {"photo": tmp_path / "coffee.jpg", "notes": tmp_path / "notes.txt", "empty": tmp_path / "empty",
+             "missing": tmp_path / "missing.jpg"}
+    files["photo"].write_bytes(coffee_jpeg)
+    files["notes"].write_text("a shopping list, not a photo\n")
+    files["empty"].mkdir()
+    names = {k: str(v) for k, v in files.items()}
+    for argv, said in MISTAKES:
+        argv = [a.format(**names) for a in argv]
+        if "--proxy" not in argv:
+            argv = ["--proxy", proxy.url, *argv]
+        done = subprocess.run([sys.executable, "-m", "client", *argv], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=60)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0, (argv, done.stdout)
+        assert len(lines) == 1 and "Traceback" not in done.stderr, (argv, done.stderr)
+        assert said.format(**names) in lines[0], (argv, lines[0])
+
+
+@pytest.mark.system
+def test_the_proxy_may_be_given_without_a_scheme_as_curl_takes_it(start_worker, start_proxy, coffee_jpeg,
+                                                                   tmp_path):
+    service = f"classifier-{uuid.uuid4().hex[:6]}"
+    start_worker("--service-name", service)
+    proxy = start_proxy("--service-name", service)
+    wait_for(lambda: proxy.workers()["live"] == 1, what="live worker")
+    photo = tmp_path / "coffee.jpg"
+    photo.write_bytes(coffee_jpeg)
+    bare = proxy.url.removeprefix("http://")  # 127.0.0.1:PORT
+    done = subprocess.run([sys.executable, "-m", "image_cluster", "classify", str(photo), "--proxy", bare,
+                           "--top-k", "1"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "espresso" in done.stdout, done.stderr

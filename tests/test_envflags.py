@@ -79,9 +79,10 @@ def test_client_options_go_before_or_after_the_subcommand(monkeypatch):
 
     monkeypatch.setattr("client.__main__.lookup", lookup)
     monkeypatch.setenv("IMAGE_CLUSTER_TOKEN", "from-env")
-    assert main(["lookup", "--proxy", "http://after:1"]) == 0 and seen == {"proxy": "http://after:1",
+    assert main(["lookup", "--proxy", "http://after:1"]) == 0 and seen == {"proxy": ["http://after:1"],
                                                                           "token": "from-env"}
-    assert main(["--proxy", "http://before:1", "lookup"]) == 0 and seen["proxy"] == "http://before:1"
+    assert main(["--proxy", "before:1,http://b:2/", "lookup"]) == 0
+    assert seen["proxy"] == ["http://before:1", "http://b:2"]  # no scheme: http, as curl takes it
 
 
 def test_the_command_lists_its_subcommands_and_refuses_others(capsys):

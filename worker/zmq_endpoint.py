@@ -21,7 +21,7 @@ import zmq
 import zmq.asyncio
 
 from edge.auth import token_matches
-from edge.errors import ApiError
+from edge.errors import ApiError, bad_top_k
 from edge.request_log import QUIET_STATUSES, access_log
 from edge.tasks import cancel
 from worker.batcher import Batcher
@@ -145,7 +145,7 @@ class ZmqEndpoint:
         if request.images.shape[1:] != model.input_shape:
             raise ApiError(400, "wrong_shape", f"images must be {model.input_shape}, got {request.images.shape[1:]}")
         if not 1 <= request.k <= len(model.labels):
-            raise ApiError(422, "invalid_parameter", f"k must be from 1 to {len(model.labels)}")
+            raise bad_top_k(request.k, len(model.labels))
         return batcher
 
     async def _one(self, batcher: Batcher, item_id: str, image, k: int, probabilities: bool) -> ItemResult:
