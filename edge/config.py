@@ -41,14 +41,16 @@ class EdgeConfig:
 def add_edge_flags(p: argparse.ArgumentParser) -> None:
     d = EdgeConfig()
     p.add_argument("--service-name", default=d.service_name, help="the workers' Consul service (default %(default)s)")
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes,
-                   help="request bodies being read at once, in bytes (chunked ones count --max-body-bytes); "
-                        "beyond, 503 overloaded (default %(default)s)")
+    p.add_argument("--max-body-bytes", type=byte_size, default=d.max_body_bytes,
+                   help="a larger request body is refused, 413 (a size: bytes or 20MiB)")
+    p.add_argument("--max-upload-bytes", type=byte_size, default=d.max_upload_bytes,
+                   help="request bodies being read at once (chunked ones count --max-body-bytes); beyond, "
+                        "503 overloaded")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="bigger images are refused before decoding")
     p.add_argument("--read-timeout", type=float, default=d.read_timeout,
                    help="seconds for the whole request body to arrive, else 408 (default %(default)s)")
-    p.add_argument("--decode-threads", type=int, default=d.decode_threads)
+    p.add_argument("--decode-threads", type=int, default=d.decode_threads,
+                   help="threads decoding and preprocessing images (default: the cores this process may use)")
     p.add_argument("--auth-token", default=os.environ.get(ENV_VAR) or None,
                    help=f"require this bearer token (default ${ENV_VAR}; prefer the variable, ps shows flags)")
     p.add_argument("--version-labels", type=flag_type(labels_flag), default={},
@@ -56,9 +58,63 @@ def add_edge_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--default-model", default=d.default_model,
                    help="the model for requests that name none (?model=NAME does); when it is not served and "
                         "only one model is, that one (default %(default)s)")
-    p.add_argument("--log-level", default=d.log_level)
+    p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument("--log-format", choices=["text", "json"], default=d.log_format,
                    help="json: one JSON object per line")
+
+
+UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 2**20, "mb": 2**20, "mib": 2**20,
+         "g": 2**30, "gb": 2**30, "gib": 2**30}
+
+
+def byte_size(text: str) -> int:
+    """A size: bytes, or with a unit (20MiB, 512k, 1G; K, M and G are 1024-based)."""
+    number = text.strip().rstrip("bBiI").rstrip("kKmMgG") or "x"
+    unit = text.strip()[len(number):].lower()
+    try:
+        value = float(number) * UNITS[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 20MiB, 512KiB or 1048576, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a size cannot be negative, got {text!r}")
+    return int(value)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help, sizes in MiB."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        on_off = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        empty = not default and not isinstance(default, (int, float))  # None, "", {}, (): nothing to show
+        said = "%(default)" in text or "(default" in text  # the help says it in its own words
+        if said or empty or on_off or default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.dest.endswith("_bytes") and isinstance(default, int):
+            return f"{text} (default {default / 2**20:g} MiB)".lstrip()
+        return f"{text} (default %(default)s)".lstrip()
+
+
+def finish_parser(p: argparse.ArgumentParser, essential: list[str]) -> argparse.ArgumentParser:
+    """A role's --help in two sections, the options most deployments set (`essential`, by
+    flag) and the tuning ones, each with its default; and --version."""
+    from image_cluster.cli import version  # standard library only
+
+    p.formatter_class = HelpFormatter
+    p.usage = "%(prog)s [options]"  # the options follow, in their two sections
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    main = p.add_argument_group("essential options")
+    tuning = p.add_argument_group("tuning (the defaults suit most deployments)")
+    for action in list(p._optionals._group_actions):  # argparse has no public way to regroup
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        p._optionals._group_actions.remove(action)
+        group = main if action.option_strings[0] in essential else tuning
+        group._group_actions.append(action)
+    unknown = set(essential) - {a.option_strings[0] for a in main._group_actions}
+    assert not unknown, f"no such options: {unknown}"
+    return p
 
 
 def numbered(text: str, form: str) -> dict[str, str]:

@@ -8,26 +8,32 @@ import logging
 import sys
 
 from discovery.registration import ConsulAddress
-from edge.config import add_edge_flags, flag_type, parse_config
+from edge.config import add_edge_flags, finish_parser, flag_type, parse_config
 from edge.request_log import setup_logging
 from proxy.config import ProxyConfig
 from proxy.policy import POLICIES, parse_split
+
+# What most deployments set; the rest is tuning (--help shows the two apart).
+ESSENTIAL = ["--host", "--port", "--grpc-port", "--consul", "--consul-token", "--service-name", "--advertise",
+             "--policy", "--split", "--auth-token", "--default-model", "--log-level", "--log-format"]
 
 
 def build_parser(prog: str = "python -m proxy") -> argparse.ArgumentParser:
     d = ProxyConfig()
     p = argparse.ArgumentParser(prog=prog, description="Forwarding and lookup proxy.")
-    p.add_argument("--host", default=d.host)
-    p.add_argument("--port", type=int, default=d.port, help="(default %(default)s)")
+    p.add_argument("--host", default=d.host, help="interface to bind")
+    p.add_argument("--port", type=int, default=d.port, help="HTTP port: forwarding, lookups, the standard protocols")
     p.add_argument("--grpc-port", type=int, default=d.grpc_port,
                    help="Open Inference Protocol over gRPC (default %(default)s; 0: any free port)")
     ConsulAddress.add_flags(p)
     add_edge_flags(p)
-    p.add_argument("--policy", choices=sorted(POLICIES), default=d.policy)
+    p.add_argument("--policy", choices=sorted(POLICIES), default=d.policy,
+                   help="how a worker is picked for each request and lookup")
     p.add_argument("--split", type=flag_type(parse_split), default={},
                    help="share traffic between model versions by weight, e.g. 1=90,2=10 (A/B); ?version=N overrides")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="per-worker micro-batch")
-    p.add_argument("--max-batch-delay-ms", type=float, default=d.max_batch_delay_ms)
+    p.add_argument("--max-batch-delay-ms", type=float, default=d.max_batch_delay_ms,
+                   help="how long a micro-batch to one worker may wait for more images")
     p.add_argument("--worker-timeout", type=float, default=d.worker_timeout, help="seconds per attempt")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds in all (504)")
     p.add_argument("--max-in-flight", type=int, default=d.max_in_flight, help="beyond: fast 503")
@@ -47,7 +53,7 @@ def build_parser(prog: str = "python -m proxy") -> argparse.ArgumentParser:
     p.add_argument("--listen-fd", type=int, default=d.listen_fd, help=argparse.SUPPRESS)  # handover internals
     p.add_argument("--ready-fd", type=int, default=d.ready_fd, help=argparse.SUPPRESS)
     p.add_argument("--pid-file", default=d.pid_file, help="write the pid here once ready (a handover updates it)")
-    return p
+    return finish_parser(p, ESSENTIAL)
 
 
 def parse_args(argv: list[str] | None = None, prog: str = "python -m proxy") -> ProxyConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 from autoscaler.__main__ import build_parser as autoscaler_parser
 from autoscaler.config import AutoscalerConfig
+from edge.config import byte_size
 from proxy.__main__ import build_parser as proxy_parser
 from proxy.__main__ import parse_args as proxy_args
 from proxy.config import ProxyConfig
@@ -39,8 +41,29 @@ def leaves(cls: type, flags: set[str]) -> set[str]:
 @pytest.mark.parametrize("parser, config", [(worker_parser, WorkerConfig), (proxy_parser, ProxyConfig),
                                             (autoscaler_parser, AutoscalerConfig)])
 def test_every_flag_has_its_field_and_every_field_its_flag(parser, config):
-    flags = {a.dest for a in parser()._actions if a.dest != "help"}
+    flags = {a.dest for a in parser()._actions if a.dest not in ("help", "version")}
     assert flags - FOLDED == leaves(config, flags)
+
+
+@pytest.mark.parametrize("parser", [worker_parser, proxy_parser, autoscaler_parser])
+def test_help_has_every_option_explained_with_its_default_in_two_sections(parser):
+    p = parser()
+    text = p.format_help()
+    assert "essential options:" in text and text.index("essential options:") < text.index("tuning (")
+    for action in p._actions:
+        if action.option_strings and action.help is not argparse.SUPPRESS:
+            assert action.help, f"{action.option_strings[0]} has no help"
+    for flag in ("--max-body-bytes", "--max-zmq-message-bytes"):
+        if flag in p._option_string_actions:  # sizes read and shown in MiB
+            assert p.parse_args([flag, "2MiB"]).__dict__[flag[2:].replace("-", "_")] == 2 * 2**20
+    assert "(default 20 MiB)" in text or "--max-body-bytes" not in text
+    assert "(default " in text and text.startswith("usage: ")
+
+
+def test_the_roles_say_their_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        worker_parser().parse_args(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("python -m worker ")
 
 
 def test_flags_reach_nested_and_shared_settings():
@@ -125,3 +148,15 @@ def test_serving_never_imports_tensorflow_but_for_the_savedmodel_backend():
                 if any(n.split(".")[0] in ("tensorflow", "keras") for n in names):
                     users.append((str(path.relative_to(PROJECT_ROOT)), node.col_offset > 0))
     assert users == [("worker/backends.py", True)]  # indented: inside the loader, never at import
+
+
+@pytest.mark.parametrize("text, size", [("1048576", 2**20), ("20MiB", 20 * 2**20), ("512k", 512 * 1024),
+                                        ("1G", 2**30), ("1.5MB", 3 * 2**19), ("64mib", 64 * 2**20)])
+def test_sizes_take_units(text, size):
+    assert byte_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "20XB", "-1MiB", ""])
+def test_a_size_that_is_not_one_is_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        byte_size(text)

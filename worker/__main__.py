@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from discovery.registration import ConsulAddress
-from edge.config import add_edge_flags, parse_config
+from edge.config import add_edge_flags, byte_size, finish_parser, parse_config
 from edge.preprocessing import PATHS
 from edge.request_log import setup_logging
 from worker.batcher import BatchConfig
@@ -22,6 +22,12 @@ from worker.model import BACKENDS
 
 def model_list(text: str) -> tuple[str, ...]:
     return tuple(filter(None, (name.strip() for name in text.split(","))))
+
+
+# What most deployments set; the rest is tuning (--help shows the two apart).
+ESSENTIAL = ["--model-repository", "--models", "--host", "--port", "--zmq-port", "--grpc-port", "--advertise",
+             "--consul", "--consul-token", "--service-name", "--default-model", "--auth-token", "--log-level",
+             "--log-format"]
 
 
 def build_parser(prog: str = "python -m worker") -> argparse.ArgumentParser:
@@ -39,14 +45,15 @@ def build_parser(prog: str = "python -m worker") -> argparse.ArgumentParser:
     p.add_argument("--zmq-port", type=int, default=d.zmq_port, help="ZeroMQ port for proxies, 0 for any")
     p.add_argument("--grpc-port", type=int, default=d.grpc_port,
                    help="Open Inference Protocol over gRPC, 0 for any free port (published in Consul Meta)")
-    p.add_argument("--max-zmq-message-bytes", type=int, default=d.max_zmq_message_bytes,
-                   help="a proxy that sends more is disconnected (default %(default)s)")
+    p.add_argument("--max-zmq-message-bytes", type=byte_size, default=d.max_zmq_message_bytes,
+                   help="a proxy that sends a larger message is disconnected (a size: bytes or 64MiB)")
     p.add_argument("--advertise", default=None, help="address registered in Consul (default: the Consul agent's)")
     ConsulAddress.add_flags(p)
     add_edge_flags(p)
     p.add_argument("--max-batch-size", type=int, default=b.max_batch_size,
                    help="images per batch (default %(default)s; at most 4 on one-thread TFLite interpreters)")
-    p.add_argument("--max-batch-delay-ms", type=float, default=b.max_batch_delay_ms)
+    p.add_argument("--max-batch-delay-ms", type=float, default=b.max_batch_delay_ms,
+                   help="how long a batch that is not full may wait for more images")
     p.add_argument("--max-queue", type=int, default=b.max_queue, help="images admitted (being decoded or queued) before 503s")
     p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
                    help="the runtime's threads: TFLite, ONNX Runtime, TensorFlow intra-op; 0 = every core")
@@ -64,7 +71,7 @@ def build_parser(prog: str = "python -m worker") -> argparse.ArgumentParser:
     p.add_argument("--default-top-k", type=int, default=d.default_top_k, help="predictions when ?k= is absent")
     p.add_argument("--version-poll", type=float, default=d.version_poll,
                    help="seconds between looks for a newer model version (default %(default)s)")
-    return p
+    return finish_parser(p, ESSENTIAL)
 
 
 def parse_args(argv: list[str] | None = None, prog: str = "python -m worker") -> WorkerConfig:
