@@ -128,6 +128,13 @@ async def workers(request: web.Request) -> web.Response:
     })
 
 
+async def worker_stats(request: web.Request) -> web.Response:
+    """GET /workers/stats: each worker's own counts (every client's answers, p2p included),
+    for the status page."""
+    state = request.app[STATE]
+    return json_response({"workers": await state.pool.worker_stats()})
+
+
 STATUS_PAGE = (Path(__file__).parent / "status.html").read_text()
 
 
@@ -189,6 +196,7 @@ def create_app(config: ProxyConfig) -> web.Application:
     app.router.add_get("/", lookup_text)
     app.router.add_get("/lookup", lookup_json)
     app.router.add_get("/workers", workers)
+    app.router.add_get("/workers/stats", worker_stats)
     app.router.add_get("/status", status_page)
     add_v2_routes(app)
     add_tfserving_routes(app, config.edge.version_labels)

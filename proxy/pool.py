@@ -156,6 +156,27 @@ class WorkerPool:
                 log.info("worker %s is back (probe)", handle.id)
             return
 
+    async def worker_stats(self, timeout_s: float = 1.0) -> dict[str, dict]:
+        """Each known worker's own /stats (what it answered to every client, p2p ones too,
+        and what it holds now), fetched side by side; {"error": ...} for one that did not
+        answer in `timeout_s`. For the status page: nothing routes on it."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+        async def one(handle: WorkerHandle) -> dict:
+            url = f"http://{handle.instance.http_address}/stats"
+            try:
+                async with self._session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+                    body = await r.json(content_type=None)
+                    if r.status != 200:
+                        return {"error": f"{r.status}"}
+                    return {key: body.get(key) for key in ("served", "in_flight", "queue_depth")}
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                return {"error": type(exc).__name__}
+
+        handles = list(self.workers.values())
+        answers = await asyncio.gather(*(one(h) for h in handles))
+        return {h.id: answer for h, answer in zip(handles, answers)}
+
     async def _retire(self, handle: WorkerHandle) -> None:
         deadline = asyncio.get_running_loop().time() + self.retire_timeout_s
         while handle.outstanding and asyncio.get_running_loop().time() < deadline:
