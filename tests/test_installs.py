@@ -1,7 +1,7 @@
-"""The installs by role, for real: fresh virtualenvs, `pip install .` and `pip install
-'.[server]'` from this tree (not editable), then a worker and a proxy run from the
-[server] install serve the default model, and the client-only install's `image-cluster`
-command classifies through them, forwarded and p2p."""
+"""The installs by role, for real: this tree's wheel installed alone (`pip install .`)
+and with its server extra (`pip install '.[server]'`) into fresh virtualenvs, then a
+worker and a proxy run from the [server] install serve the default model, and the
+client-only install's `image-cluster` command classifies through them, forwarded and p2p."""
 
 from __future__ import annotations
 
@@ -28,20 +28,28 @@ NOT_IN_CLIENT = NOT_IN_ANY | {"numpy", "opencv-python-headless", "onnxruntime", 
 SERVES = {"ai-edge-litert", "onnxruntime", "opencv-python-headless", "pyzmq", "grpcio", "py-consul"}
 
 
-def install(venv: Path, target: str) -> Path:
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", target],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+def pip(*args: str, cwd: Path = PROJECT_ROOT) -> None:
+    done = subprocess.run([*args, "-q", "--disable-pip-version-check"], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def install(venv: Path, requirement: str) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip(str(venv / "bin" / "pip"), "install", requirement)
     return venv
 
 
 @pytest.fixture(scope="module")
 def venvs(tmp_path_factory) -> dict[str, Path]:
+    """One wheel of this tree (built once: two builds at once would share its build/),
+    installed alone and with [server] into fresh virtualenvs, side by side."""
     root = tmp_path_factory.mktemp("installs")
+    pip(sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(root / "wheel"), ".")
+    (wheel,) = (root / "wheel").glob("image_cluster-*.whl")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        client = pool.submit(install, root / "client", ".")
-        server = pool.submit(install, root / "server", ".[server]")
+        client = pool.submit(install, root / "client", str(wheel))
+        server = pool.submit(install, root / "server", f"{wheel}[server]")
         return {"client": client.result(), "server": server.result()}
 
 

@@ -31,7 +31,7 @@ WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 MODEL_NAME = "efficientnet_lite0"
 # Where scripts/setup unpacks Debian's darknet package.
-PROJECT_LABELS_DIR = Path(__file__).resolve().parent.parent / ".cache/darknet/usr/share/darknet/data"
+PROJECT_LABELS_DIR = Path(__file__).resolve().parents[2] / ".cache/darknet/usr/share/darknet/data"
 # "reference": the preprocessing the model was validated with, TensorFlow's eval path
 # (edge/resize.py); the worker's --preprocessing picks how it is computed.
 SERVING = {"crop_fraction": 0.875, "resample": "bicubic", "reference": "tf_eval", "labels": "labels.txt"}
