@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from memory import load, rss_mb  # noqa: E402  (beside this file)
 
 from tests.consul_dev import DevAgent, free_port  # noqa: E402
+from tests.processes import wait_for  # noqa: E402
 
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
 
@@ -44,15 +45,6 @@ def ready(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
-
-
-def wait(predicate, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(what)
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def run(image: str, name: str, *argv: str) -> int:
@@ -83,13 +75,13 @@ def measure(image: str, consul: str, seconds: float) -> dict:
                  "--host", "127.0.0.1", "--port", str(http), "--zmq-port", str(zmq), "--grpc-port", str(grpc),
                  "--consul", consul)
     try:
-        wait(lambda: ready(f"http://127.0.0.1:{http}/readyz"), 120, "the worker's /readyz")
+        wait_for(lambda: ready(f"http://127.0.0.1:{http}/readyz"), 120, 0.05, "the worker's /readyz")
         row["cold_start_s"] = round(time.monotonic() - started, 2)
         row["worker_ready_s"] = startup_seconds("measure-worker")
         proxy = run(image, "measure-proxy", "python", "-m", "proxy", "--host", "127.0.0.1", "--port",
                     str(proxy_port), "--grpc-port", str(free_port()), "--consul", consul)
         url = f"http://127.0.0.1:{proxy_port}/"
-        wait(lambda: ready(url + "readyz"), 60, "the proxy's /readyz")
+        wait_for(lambda: ready(url + "readyz"), 60, 0.05, "the proxy's /readyz")
         photo = PHOTO.read_bytes()
         for target in (url, f"http://127.0.0.1:{http}/"):
             asyncio.run(load(target, photo, 1, 0.5))
