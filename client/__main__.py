@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from client.api import UNREACHABLE, ClassifyError, Client, parse_proxy_url
+from client.api import TIMEOUT_S, UNREACHABLE, ClassifyError, Client, parse_proxy_url
 from client.images import downscale, expand_paths
 from client.load import run_load
 from image_cluster.envflags import apply_environment
@@ -243,7 +243,7 @@ def unreachable(args, exc: Exception) -> str:
     """What could not be reached, named: the proxy, a worker, Consul's DNS or the proxies
     Consul lists."""
     if isinstance(exc, asyncio.TimeoutError):
-        return "no answer from the cluster in time (30 s)"
+        return f"no answer from the cluster in time ({TIMEOUT_S:g} s)"
     if args.dns:
         return f"Consul's DNS at {args.dns}: {exc}"
     if isinstance(exc, aiohttp.ClientConnectorError):

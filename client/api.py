@@ -34,6 +34,7 @@ import aiohttp
 from client.images import downscale
 
 RETRYABLE_STATUS = {500, 502, 503, 504}
+TIMEOUT_S = 30.0  # each HTTP request's limit (aiohttp's total), unless the caller says otherwise
 UNREACHABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
 
 
@@ -64,7 +65,7 @@ class ClassifyError(Exception):
 
 class Client:
     def __init__(self, proxy_url: str | list[str] = "http://127.0.0.1:12480", *, retries: int = 6,
-                 timeout_s: float = 30.0, max_side: int | None = None, token: str | None = None,
+                 timeout_s: float = TIMEOUT_S, max_side: int | None = None, token: str | None = None,
                  session: aiohttp.ClientSession | None = None, consul: str | None = None,
                  dns: str | None = None, service: str = "classifier", proxy_service: str = "classifier-proxy"):
         urls = [proxy_url] if isinstance(proxy_url, str) else list(proxy_url)

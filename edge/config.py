@@ -96,14 +96,23 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default %(default)s)".lstrip()
 
 
+class VersionAction(argparse._VersionAction):
+    """--version, the installed version looked up only when asked: the lookup scans the
+    installed packages' metadata (~90 ms here), which no other start needs."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from image_cluster.cli import version  # standard library only
+
+        print(f"{parser.prog} {version()}")  # on stdout, as argparse's own --version
+        parser.exit()
+
+
 def finish_parser(p: argparse.ArgumentParser, essential: list[str]) -> argparse.ArgumentParser:
     """A role's --help in two sections, the options most deployments set (`essential`, by
     flag) and the tuning ones, each with its default; and --version."""
-    from image_cluster.cli import version  # standard library only
-
     p.formatter_class = HelpFormatter
     p.usage = "%(prog)s [options]"  # the options follow, in their two sections
-    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    p.add_argument("--version", action=VersionAction)
     main = p.add_argument_group("essential options")
     tuning = p.add_argument_group("tuning (the defaults suit most deployments)")
     for action in list(p._optionals._group_actions):  # argparse has no public way to regroup
