@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import importlib
 import sys
+import textwrap
 from dataclasses import dataclass
+
+from image_cluster.envflags import EPILOG
 
 NAME = "image-cluster"
 OURS = {"autoscaler", "client", "discovery", "edge", "image_cluster", "proxy", "worker"}
@@ -56,9 +59,7 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"usage: {NAME} COMMAND [options]   ({NAME} COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()]
-    lines += ["", "Every option can also be set in the environment: IMAGE_CLUSTER_ and its name in capitals,",
-              "e.g. IMAGE_CLUSTER_PROXY=http://10.0.0.5:12480. The command line wins.",
-              f"  {NAME} --version   the installed version"]
+    lines += ["", textwrap.fill(EPILOG, 90), "", f"  {NAME} --version   the installed version"]
     return "\n".join(lines)
 
 
