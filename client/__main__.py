@@ -183,7 +183,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         sp.add_argument("--retries", type=non_negative, default=6, help="tries after the first (default %(default)s)")
         sp.add_argument("--max-side", type=non_negative, default=DEFAULT_MAX_SIDE,
                         help="downscale bigger photos to this long side before sending, 0 to send them as they "
-                             "are (default %(default)s: README, 'Image formats and sizes')")
+                             "are (default %(default)s: docs/performance/studies.md)")
 
     c = sub.add_parser("classify", help="classify photos (files or directories)")
     add_connection_flags(c, here=False)

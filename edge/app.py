@@ -31,7 +31,7 @@ def app_runner(app: web.Application, shutdown_timeout: float) -> web.AppRunner:
     """The runner both servers use: access logged by our middleware, signals ours, and a
     client that disconnects cancels its handler (aiohttp's handler cancellation, off by
     default): the image of a caller that gave up leaves the queue uncomputed instead of
-    taking a turn of the model for no one (README, "Clients that give up")."""
+    taking a turn of the model for no one (docs/guide/worker.md, "Clients that give up")."""
     return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
                          handler_cancellation=True)
 

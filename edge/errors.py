@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from edge.error_codes import STATUS_OVERRIDES
 from edge.jsonio import json_response
 from edge.metrics import protocol_of
 from edge.request_log import REQUEST_ID
@@ -44,12 +45,13 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
                    path: str = "/") -> web.Response:
     """Our own format, or the standard protocols' where the path is theirs: the Open
     Inference Protocol (/v2) and TF Serving (/v1/models) answer {"error": "..."}, and TF
-    Serving says 429 (resource exhausted) where we say 503 overloaded."""
+    Serving's statuses differ from ours where the catalog says so (edge/error_codes.py)."""
     protocol = protocol_of(path)
     if protocol == "v2":
         return json_response({"error": message}, status=status, headers=headers)
     if protocol == "tfserving":
-        return json_response({"error": message}, status=429 if code == "overloaded" else status, headers=headers)
+        return json_response({"error": message}, status=STATUS_OVERRIDES.get((protocol, code), status),
+                             headers=headers)
     return json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 

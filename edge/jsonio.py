@@ -3,7 +3,7 @@ protocols' request bodies and the ZeroMQ messages between proxy and worker.
 
 The standard library's json cost a v2 request with its 224x224 image as JSON numbers
 7.6 ms to parse and a TF Serving answer of 1,000 probabilities 0.42 ms to write, on the
-event loop; orjson takes 2.0 and 0.02 (docs/performance.md, "JSON through orjson").
+event loop; orjson takes 2.0 and 0.02 (docs/performance/history.md, "JSON through orjson").
 numpy arrays and scalars are written as they are, float32 at float32's shortest form.
 Stricter than json on input: NaN, Infinity and nesting deeper than 1,024 are refused.
 """

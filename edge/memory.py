@@ -7,7 +7,7 @@ sizes again for the next one. glibc's malloc serves blocks that size from mmap, 
 them off the top of its heap when they are freed, so every image touched fresh pages
 from the kernel: ~280 page faults to preprocess a 600x400 JPEG, half of its 3.8 ms here.
 Raising both of malloc's thresholds keeps those blocks in the heap for reuse: 1.6-2.0 ms,
-with 15x fewer faults (README, "Decoding").
+with 15x fewer faults (docs/guide/preprocessing.md, "Decoding").
 
 Both thresholds must move together: raising either alone switches off glibc's own
 adjustment of the other, and preprocessing got slower still. The price is memory kept
@@ -19,7 +19,7 @@ Python's full collections walk every tracked object, and a served process starts
 collection, during which the event loop answers nothing. Requests that outlive a young
 collection (hundreds in flight under load) reach the old generation and trigger a full
 one every second or so in a storm of refusals. Freezing what start-up built (gc.freeze)
-leaves the full collections only what serving made (docs/performance.md, "Start-up's objects are frozen").
+leaves the full collections only what serving made (docs/performance/history.md, "Start-up's objects are frozen").
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ are all busy, Linux's scheduler shares them by weight, so every compute thread r
 lower priority (nice +10) and the loop wins the core whenever it has work. Idle cores
 still go to the compute threads and the loop's share is small, so throughput holds: a
 worker refusing a storm of 256 connections answered 8% more and its refusal p99 fell
-from 55-71 to 52 ms; at c=32 and c=1 on the real model it stayed within noise (docs/performance.md,
+from 55-71 to 52 ms; at c=32 and c=1 on the real model it stayed within noise (docs/performance/history.md,
 "The event loop runs ahead of the compute threads").
 """
 

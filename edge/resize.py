@@ -14,7 +14,7 @@ that releases the GIL for the whole image. A numpy version (a gather and a batch
 product per pass, transposes, rounding) released and retook the GIL about ten times an
 image, and under load each retake queued behind the event loop: one call instead gave a
 no-op worker 1.35-1.53x the requests at 0.65-0.75x the CPU each, the default model
-1.05-1.18x the images (docs/performance.md, "Decoding"). The same loops were first
+1.05-1.18x the images (docs/guide/preprocessing.md, "Decoding"). The same loops were first
 compiled by numba at run time, which put a whole LLVM (~60-70 MB resident) in every
 serving process for them (docs, "Memory").
 """

@@ -36,16 +36,13 @@ from edge.inference import (
     InferRequest,
     infer_within,
 )
+from edge.error_codes import GRPC_STATUS
 from edge.metrics import LATENCY_BUCKETS
 from edge.request_log import CLIENT_CLOSED, Answered, sane_request_id
 from edge.tensors import bad, output_spec, output_tensor, read_images, serialize_bytes, timeout_parameter, wanted
 from edge.v2_rest import EXTENSIONS, model_metadata
 
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-         404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
-         413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.INVALID_ARGUMENT,
-         429: grpc.StatusCode.RESOURCE_EXHAUSTED, 502: grpc.StatusCode.UNAVAILABLE,
-         503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+CODES = {status: getattr(grpc.StatusCode, name) for status, name in GRPC_STATUS.items()}
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 INTERNAL = "the server failed to handle this request"
 
@@ -56,8 +53,6 @@ def code_for(status: int) -> grpc.StatusCode:
     """The gRPC status code for an HTTP-like status."""
     if status == 200:
         return grpc.StatusCode.OK
-    if status == CLIENT_CLOSED:
-        return grpc.StatusCode.CANCELLED
     return CODES.get(status, grpc.StatusCode.INTERNAL)
 
 

@@ -1,4 +1,4 @@
-"""Example data for "Serve your own model" (README): scikit-learn's 1,797 real 8x8
+"""Example data for docs/guide/own-models.md: scikit-learn's 1,797 real 8x8
 handwritten digits, written to run/digits/ (or the directory given):
 
     digits.onnx     a scikit-learn pipeline (scaler + logistic regression) exported by skl2onnx

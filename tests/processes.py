@@ -121,7 +121,7 @@ class AutoscalerProcess(ReadyLineProcess):
         super().__init__([sys.executable, "-m", "autoscaler", "--consul", consul, "--port", "0", *extra], log_path)
 
 
-# The README's recipe for a gRPC client that rides through a proxy's restarts: a channel
+# The recipe in docs/operations/faults.md for a gRPC client that rides through a proxy's restarts: a channel
 # that waits for its reconnection instead of failing fast, and retries what a restarting
 # server cancels or refuses before answering (inference is idempotent). For tritonclient:
 # InferenceServerClient(url, channel_args=RIDE_THROUGH_RESTARTS).

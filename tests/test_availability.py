@@ -58,7 +58,7 @@ async def test_proxies_in_consul_and_client_failover(consul_agent, start_worker,
 
 
 async def test_a_grpc_channel_rides_through_proxy_handovers(start_worker, start_proxy, coffee_jpeg):
-    """tritonclient keeps one gRPC channel to the proxy's port, configured as the README
+    """tritonclient keeps one gRPC channel to the proxy's port, configured as docs/operations/faults.md
     says (RIDE_THROUGH_RESTARTS: wait for ready, retry CANCELLED and UNAVAILABLE), while
     the proxy is handed over three times (SIGHUP), four threads calling back to back: no
     call fails, the channel answers after every handover (grpcio reconnects to the

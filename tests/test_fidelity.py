@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.consul_dev import PROJECT_ROOT  # noqa: E402
 
 REFERENCE = Path(__file__).parent / "data" / "reference_top5.json"
-BOUND = 0.02  # largest top-5 probability difference allowed (README, "Preprocessing fidelity")
+BOUND = 0.02  # largest top-5 probability difference allowed (docs/guide/preprocessing.md)
 DARKNET = PROJECT_ROOT / ".cache" / "darknet" / "usr" / "share" / "darknet" / "data"
 
 

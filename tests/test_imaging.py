@@ -165,7 +165,7 @@ def test_freed_memory_setting_is_skipped_where_malloc_is_not_glibcs(monkeypatch)
 
 def test_startup_objects_are_left_out_of_later_collections():
     """What exists when serving starts goes to the permanent generation: a full collection
-    then walks only the objects made since (docs/performance.md, "Start-up's objects are frozen")."""
+    then walks only the objects made since (docs/performance/history.md, "Start-up's objects are frozen")."""
     try:
         frozen = freeze_startup_objects()
         assert frozen == gc.get_freeze_count() and frozen > 10_000  # this process's imports

@@ -62,7 +62,7 @@ def build_parser(prog: str = "python -m worker") -> argparse.ArgumentParser:
                    help="TFLite: one-thread interpreters running batches side by side; 0 = one per core, 1 = none")
     p.add_argument("--fp32", action="store_true",
                    help="run every model in fp32, even one whose serving.json allows fp16 on a CPU that has it "
-                        "(the default model's does: README, \"Half precision\")")
+                        "(the default model's does: docs/performance/studies.md, \"Half precision\")")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds (default %(default)s)")
     p.add_argument("--heartbeat-ttl", type=float, default=d.heartbeat_ttl, help="Consul TTL check, seconds")
     p.add_argument("--preprocessing", choices=PATHS, default=d.preprocessing,

@@ -78,7 +78,7 @@ def open_tflite(version_dir: Path, threads: int, output_name: str | None, batch_
     path = version_dir / "model.tflite"
     # fp32: one copy of the model's bytes for every interpreter (each keeps a reference,
     # none copies it); with model_path each mapped the file again, and the RSS counted it
-    # once an interpreter, 18.5 MB each for the default model (README, "Memory").
+    # once an interpreter, 18.5 MB each for the default model (docs/performance/studies.md, "Memory").
     # fp16: this interpreter only reads the model's inputs and outputs (its child
     # processes run it), so the file is mapped, read in part, and XNNPACK is left out,
     # which would pack the weights for nothing.

@@ -5,7 +5,7 @@ Room in the queue is reserved when a request is admitted (`admit()`), once its b
 read and before it is decoded, and used when the preprocessed uint8 image is queued; a
 queue already `full` refuses a request before its body is read. Under overload a request
 is refused before any decoding is spent on it (an image decoded and then refused for want
-of room cost the decode pool most of the CPU the model needed; see docs/performance.md,
+of room cost the decode pool most of the CPU the model needed; see docs/performance/history.md,
 "Overload refusals"), and a slow upload holds no room while its bytes arrive. Images that
 arrive preprocessed (ZeroMQ) use `submit()`, both steps at once.
 
@@ -21,7 +21,7 @@ one after another, so a big batch saves nothing and holds images that another la
 finishing sooner, could be running: its batches are at most `LANE_BATCH` images. And one
 batch more than there are lanes is handed out, ready in the executor's queue, so a lane
 that finishes starts the next at once instead of after a round trip through the event
-loop (docs/performance.md, "Batching on lanes": at c=32, p99 639 -> 487 ms, 1.03x -> 1.08x mosec).
+loop (docs/performance/history.md, "Batching on lanes": at c=32, p99 639 -> 487 ms, 1.03x -> 1.08x mosec).
 
 The knobs mirror TF Serving's (max_batch_size, batch_timeout_micros,
 max_enqueued_batches) and Triton's queue policy with rejection.

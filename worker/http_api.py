@@ -31,7 +31,7 @@ async def classify(request: web.Request) -> web.Response:
     try:
         started = time.perf_counter()
         # No room is held while the body arrives: slow uploads must not fill the queue
-        # while the model idles (README, "Slow uploads").
+        # while the model idles (docs/guide/worker.md, "Slow uploads").
         data = await read_image(request, state.config.edge.max_body_bytes, state.config.edge.read_timeout)
         with state.admit(batcher) as admission:  # room reserved before decoding
             image = await decode_image(request.app, data, model.preprocessing)

@@ -3,7 +3,7 @@
 XNNPACK runs a float model in fp16 when asked by a flag, about twice as fast as fp32 on
 a CPU with native half-precision arithmetic (x86 AVX512-FP16, Arm FP16): the default
 model, one thread, 274 against 143 img/s on a Xeon with AVX512-FP16, top-1 the same on
-99% of held-out images (README, "Half precision"). The only Python API that passes
+99% of held-out images (docs/performance/studies.md, "Half precision"). The only Python API that passes
 XNNPACK flags, ai-edge-litert's CompiledModel, holds the GIL while the model runs: in the
 worker's process it would stall the event loop and every decode thread (two models on
 two threads ran one after the other: 112 img/s against 135 for one alone). A child

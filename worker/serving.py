@@ -1,6 +1,6 @@
 """serving.json: how an image becomes a model's input, and what its output means.
 
-Every version directory may hold one (README, "Serve your own model"); every field is
+Every version directory may hold one (docs/guide/own-models.md); every field is
 optional and unknown fields are refused, so a typo cannot pass silently:
 
     {

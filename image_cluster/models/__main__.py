@@ -42,7 +42,7 @@ def build_parser(prog: str = "python -m image_cluster.models") -> argparse.Argum
     i.add_argument("--resample", choices=["bicubic", "bilinear"])
     i.add_argument("--output", choices=OUTPUTS, help="probabilities (default) or logits (softmax applied)")
     i.add_argument("--precision", choices=PRECISIONS,
-                   help="fp16 lets a TFLite model run in half precision on a CPU that has it (README, "
+                   help="fp16 lets a TFLite model run in half precision on a CPU that has it (docs/performance/studies.md, "
                         "\"Half precision\"): check first that it answers as fp32 on your images")
     i.add_argument("--sample", type=Path, help="an image to check the model with (default: a synthetic one)")
     r = sub.add_parser("retrain", help="a new head on the default model's backbone, from DATA_DIR/CLASS/*.jpg")

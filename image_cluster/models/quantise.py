@@ -10,7 +10,7 @@ written beside the float model, as models of their own in the repository, so eac
   through the served preprocessing;
 - efficientnet_lite0_dynamic: dynamic-range quantisation (int8 weights, float activations).
 
-scripts/bench/quantise.py measures both against the float model (README, "Quantised
+scripts/bench/quantise.py measures both against the float model (docs/performance/studies.md, "Quantised
 variants"); neither is the default unless its top-1 agrees with the float model's on
 at least 98% of the images kept apart from calibration.
 """

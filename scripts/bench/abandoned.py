@@ -1,11 +1,11 @@
 """Clients that give up: a burst of requests whose clients time out and disconnect, then
 one fresh request. A server that computes every accepted image, whether or not anyone
 still waits for it, makes the fresh request wait behind the abandoned ones; ours drops
-them (README, "Clients that give up").
+them (docs/guide/worker.md, "Clients that give up").
 
 `--v2-timeout`: the burst's clients send the Open Inference Protocol's `timeout`
 parameter instead (tritonclient's `timeout=`) and wait for the answer: the server gives
-up for them, with a 504 (README, "Timeouts").
+up for them, with a 504 (docs/guide/protocols.md, "Timeouts").
 
 Straight to a worker (the default model) and through the proxy: `--burst` requests at
 once, each client giving up after `--give-up` seconds, then one request that waits as

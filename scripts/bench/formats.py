@@ -3,7 +3,8 @@ costs in answers, and what it saves in bytes and time.
 
 Every real photo available offline (scripts/bench/fidelity.py's set: scikit-image's,
 darknet's and scikit-learn's, 300 to 1411 px on the long side) at its full size and with
-the long side at 1024, 512 and 224 px (Lanczos, only where that is smaller), each as JPEG
+the long side capped at 1024, 512 and 224 px (Lanczos; a photo already within the cap is
+sent as it is, as the client's --max-side does, so every cap holds the same photos), each as JPEG
 q90, JPEG q75, PNG and WebP q80. Per size and format: mean bytes (and their share of the
 full-size JPEG q90), decode+preprocess ms (the worker's default exact path, one thread,
 median), end-to-end latency of a POST to a real worker (c=1, median), and the default
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from fidelity import compare, encode, photos  # noqa: E402  (beside this file)
+from machine import describe, label as machine_label  # noqa: E402  (beside this file)
 
 from edge.imaging import configure_decoding, preprocess  # noqa: E402
 from tests.consul_dev import DevAgent  # noqa: E402
@@ -47,14 +49,13 @@ CONFIDENT = 0.5  # photos whose full-size top-1 is at least this sure: an ImageN
 
 
 def variants(img: Image.Image) -> list[tuple[str, str, bytes]]:
-    """(size, format, bytes) for each size smaller than the photo and each format."""
+    """(size, format, bytes) for each long-side cap and each format. A photo already within
+    a cap is sent as it is, as the client's --max-side does, so every cap holds every photo."""
     out = []
     for size in SIZES:
-        if size != "full" and size >= max(img.size):
-            continue
         small = img.copy()
         if size != "full":
-            small.thumbnail((size, size), Image.Resampling.LANCZOS)
+            small.thumbnail((size, size), Image.Resampling.LANCZOS)  # never enlarges
         out += [(str(size), name, encode(small, fmt, **options)) for name, (fmt, options) in FORMATS.items()]
     return out
 
@@ -135,7 +136,7 @@ def summary(rows: list[dict]) -> list[dict]:
 
 
 def table(groups: list[dict]) -> str:
-    lines = ["| long side | format | photos | mean KB | of full-size JPEG q90 | decode+preprocess ms | "
+    lines = ["| long side capped at | format | photos | mean KB | of full-size JPEG q90 | decode+preprocess ms | "
              "POST to a worker ms | top-1 agrees | top-1 agrees, confident photos (how many) | top-5 overlap |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for g in groups:
@@ -146,7 +147,7 @@ def table(groups: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(groups: list[dict], path: Path) -> None:
+def plot(groups: list[dict], machine: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,8 +162,9 @@ def plot(groups: list[dict], path: Path) -> None:
     left.set_ylabel("mean KB per photo")
     right.set_ylabel("top-1 agreement with the full-size PNG")
     right.set_ylim(0, 1.02)
+    fig.suptitle(f"the same {groups[0]['photos']} photos at every point; {machine_label(machine)}", fontsize=9)
     for ax in (left, right):
-        ax.set_xlabel("long side (px)")
+        ax.set_xlabel("long side capped at (px)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -178,8 +180,10 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     rows = study(a.posts, a.out)
     groups = summary(rows)
-    (a.out / "formats.json").write_text(json.dumps({"rows": rows, "groups": groups}, indent=1, default=float))
-    plot(groups, a.out / "formats.png")
+    machine = describe()
+    (a.out / "formats.json").write_text(json.dumps({"machine": machine, "rows": rows, "groups": groups},
+                                                   indent=1, default=float))
+    plot(groups, machine, a.out / "formats.png")
     print(table(groups))
     print(f"\nwrote {a.out / 'formats.json'}, {a.out / 'formats.png'}")
     return 0

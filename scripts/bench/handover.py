@@ -2,7 +2,7 @@
 clients keep sending to it, no client-side retries: plain HTTP with a new connection per
 request (curl-like) and through a keep-alive pool (aiohttp/requests-like); tritonclient
 over gRPC on one channel (a long-lived client), on a new channel per call, and on one
-channel given RIDE_THROUGH_RESTARTS (the README's recipe: gRPC's own wait-for-ready and
+channel given RIDE_THROUGH_RESTARTS (the recipe in docs/operations/faults.md: gRPC's own wait-for-ready and
 retry policy).
 
     .venv/bin/python scripts/bench/handover.py [--restarts 20] [--concurrency 4]

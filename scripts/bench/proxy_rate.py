@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
+from report import noop_table  # noqa: E402  (beside this file)
 from tests.processes import local_cluster  # noqa: E402
 
 BOUNDARY = "wrkboundary7MA4YWxkTrZu0gW"
@@ -156,16 +157,6 @@ def measure(duration: float, connections: int, side: int, out: Path) -> list[dic
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| no-op model, wrk | req/s | p50 ms | p90 ms | p99 ms | core-ms/req | faults/req | switches/req "
-             "| non-2xx |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['case']} | {r['per_second']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-                     f"{r['p99_ms']:.2f} | {r['cpu_ms_per_request']:.2f} | {r['faults_per_request']:.1f} | "
-                     f"{r['switches_per_request']:.1f} | {r['non_2xx']} |")
-    return "\n".join(lines)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=10.0)
@@ -178,7 +169,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = measure(args.duration, args.connections, args.side, args.out)
     (args.out / "proxy_rate.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    print("\n" + table(rows))
+    print("\n" + noop_table(rows))
     return 0
 
 

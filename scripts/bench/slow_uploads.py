@@ -1,7 +1,7 @@
 """Slow uploads beside fast clients: phones on a slow link posting photos while others,
 whose photos arrive at once, want answers. A server that reserves a place in its queue
 before a body arrives lets the slow ones fill the queue while the model idles; ours
-reserves once the body is read (README, "Slow uploads").
+reserves once the body is read (docs/guide/worker.md, "Slow uploads").
 
 Straight to a worker (the default model, `--max-queue` 256) and through the proxy:
 `--fast` clients post coffee in a loop for `--seconds`, first alone, then while `--slow`

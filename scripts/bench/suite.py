@@ -8,7 +8,7 @@
   our preprocessing, a decode stage feeding a batched inference stage, the same
   interpreter threads); the suite prints our rows over its rows as ratios;
 - mosec-fp16: mosec with one one-thread inference process per core running the model in
-  half precision, as our worker does on a CPU with native fp16 (README, "Half
+  half precision, as our worker does on a CPU with native fp16 (docs/performance/studies.md, "Half
   precision"); our rows over it are printed too;
 - direct-savedmodel: a worker with the SavedModel backend, POST straight to it;
 - direct: a worker with the default TFLite backend, POST straight to it;
@@ -56,6 +56,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import proxy_rate  # noqa: E402  (beside this file)
+from machine import describe, label as machine_label  # noqa: E402  (beside this file)
+from report import noop_table, onnx_over_tflite, over_mosec, preprocessing_cost, table  # noqa: E402
 
 from client import Client  # noqa: E402
 from client.load import run_load  # noqa: E402
@@ -262,32 +264,6 @@ def with_children(pid: int) -> list[int]:
     return [pid, *child_pids(pid)]
 
 
-def over_mosec(rows: list[dict], baseline: str = "mosec") -> str:
-    """Our img/s over the `baseline` mosec's, per configuration and concurrency."""
-    by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
-    parts = []
-    for config in ("direct", "proxy", "p2p", "direct-raw", "proxy-raw"):
-        parts += [f"{config} c={c}: {by[(config, c)] / by[(baseline, c)]:.2f}x"
-                  for _, c in sorted(k for k in by if k[0] == baseline) if (config, c) in by]
-    return "; ".join(parts)
-
-
-def onnx_over_tflite(rows: list[dict], ceilings: dict) -> str:
-    """ONNX Runtime's img/s over TFLite's on the same network: in process and through a worker."""
-    by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
-    parts = [f"in process: {ceilings['onnx']['per_second'] / ceilings['tflite']['per_second']:.2f}"]
-    parts += [f"worker c={c}: {by[('direct-onnx', c)] / by[('direct', c)]:.2f}"
-              for _, c in sorted(k for k in by if k[0] == "direct-onnx") if ("direct", c) in by]
-    return "; ".join(parts)
-
-
-def preprocessing_cost(rows: list[dict]) -> str:
-    """What the exact (default) preprocessing costs against OpenCV's approximation, per concurrency."""
-    by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
-    return "; ".join(f"c={c}: {by[('direct', c)] / by[('direct-opencv', c)]:.2f}"
-                     for _, c in sorted(k for k in by if k[0] == "direct-opencv"))
-
-
 async def run_all(args, photo: bytes) -> list[dict]:
     rows: list[dict] = []
     timeout = aiohttp.ClientTimeout(total=120)
@@ -336,46 +312,38 @@ async def run_all(args, photo: bytes) -> list[dict]:
     return rows
 
 
-def table(ceiling_row: dict, rows: list[dict]) -> str:
-    top = ceiling_row["per_second"]
-    lines = [
-        "| configuration | concurrency | img/s | of ceiling | p50 ms | p90 ms | p99 ms | RSS MB | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| in-process ceiling ({ceiling_row['backend']}, batch {ceiling_row['batch_size']}) | - | {top:.1f} | 1.00 "
-        "| - | - | - | - | - |",
-    ]
-    for r in rows:
-        lines.append(f"| {r['config']} | {r['concurrency']} | {r['per_second']:.1f} | {r['per_second'] / top:.2f} | "
-                     f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['rss_mb']} | {r['errors']} |")
-    return "\n".join(lines)
-
-
-def plots(ceiling_row: dict, rows: list[dict], out: Path) -> list[Path]:
+def plots(ceiling_row: dict, rows: list[dict], machine: dict, out: Path) -> list[Path]:
+    """Two bar charts, one bar per configuration and concurrency: img/s (with the in-process
+    ceiling) and p99 on a log axis (p99 spans two decades between c=1 and c=32)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     configs = list(dict.fromkeys(r["config"] for r in rows))
-    # 20 distinct colours for ~14 configurations (the default cycle repeats after 10); the
-    # other servers dashed, ours solid.
-    colours = dict(zip(configs, plt.get_cmap("tab20").colors))
+    levels = sorted({r["concurrency"] for r in rows})
+    by = {(r["config"], r["concurrency"]): r for r in rows}
+    height = 0.8 / len(levels)
     written = []
-    for key, label, name in (("per_second", "images / s", "throughput.png"), ("p99_ms", "p99 latency, ms", "p99.png")):
-        fig, ax = plt.subplots(figsize=(8, 4.2))
-        for config in configs:
-            pts = [(r["concurrency"], r[key]) for r in rows if r["config"] == config]
-            style = "o--" if config.startswith(("flask", "mosec")) else "o-"
-            ax.plot(*zip(*pts), style, color=colours[config], label=config)
+    for key, label, name in (("per_second", "images / s", "throughput.png"), ("p99_ms", "p99 latency, ms (log)", "p99.png")):
+        fig, ax = plt.subplots(figsize=(8, 0.22 * len(configs) * len(levels) + 1.2))
+        for i, c in enumerate(levels):
+            ys = [n + i * height for n, config in enumerate(configs) if (config, c) in by]
+            xs = [by[config, c][key] for config in configs if (config, c) in by]
+            ax.barh(ys, xs, height=height, label=f"{c} concurrent")
         if key == "per_second":
-            ax.axhline(ceiling_row["per_second"], color="grey", linestyle="--", label="in-process ceiling")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({r["concurrency"] for r in rows}), labels=sorted({r["concurrency"] for r in rows}))
-        ax.set_xlabel("concurrent requests")
-        ax.set_ylabel(label)
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+            ax.axvline(ceiling_row["per_second"], color="grey", linestyle="--", label="in-process ceiling")
+        else:
+            ax.set_xscale("log")
+            ax.set_xlim(left=1)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_yticks([n + height * (len(levels) - 1) / 2 for n in range(len(configs))], labels=configs)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08 - 1.5 / fig.get_figheight() / 10), ncol=3)
+        ax.set_title(machine_label(machine), fontsize=8)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
@@ -392,6 +360,7 @@ def main() -> int:
     args = p.parse_args()
     photo = args.photo.read_bytes()
     args.out.mkdir(parents=True, exist_ok=True)
+    machine = describe()  # its date is the run's start
 
     print(f"photo {args.photo} ({len(photo)} bytes); measuring the in-process ceiling...", flush=True)
     ceiling_row = ceiling(photo, args.duration)
@@ -408,10 +377,10 @@ def main() -> int:
     else:
         print("wrk is not installed (apt-get install wrk): skipping the no-op-model proxy rate", flush=True)
 
-    result = {"photo": str(args.photo), "photo_bytes": len(photo), "duration_s": args.duration,
+    result = {"machine": machine, "command": " ".join(["scripts/bench/suite.py", *sys.argv[1:]]), "photo": str(args.photo), "photo_bytes": len(photo), "duration_s": args.duration,
               "ceiling": ceiling_row, "ceilings": ceilings, "rows": rows, "noop_proxy_rate": noop_rows}
     (args.out / "suite.json").write_text(json.dumps(result, indent=2) + "\n")
-    written = plots(ceiling_row, rows, args.out)
+    written = plots(ceiling_row, rows, machine, args.out)
     print()
     print(table(ceiling_row, rows))
     print(f"\nimg/s with the exact preprocessing (direct) over OpenCV's approximation (direct-opencv): "
@@ -422,7 +391,7 @@ def main() -> int:
         print(f"ONNX Runtime over TFLite (the same network, img/s): {onnx_over_tflite(rows, ceilings)}")
     if noop_rows:
         print()
-        print(proxy_rate.table(noop_rows))
+        print(noop_table(noop_rows))
     print(f"\nwrote {args.out / 'suite.json'}, " + ", ".join(map(str, written)))
     return 0
 
