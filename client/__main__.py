@@ -5,7 +5,7 @@
     python -m client lookup [--model NAME]
     (anywhere: --proxy URL[,URL...] | --consul HOST:PORT | --dns HOST:PORT, --token T;
      each also from the environment, e.g. IMAGE_CLUSTER_PROXY: image_cluster/envflags.py)
-    python -m client bench PHOTO [--mode p2p|proxy] [--concurrency 8] [--duration 10 | --count N] [--json]
+    python -m client bench PHOTO [--mode p2p|proxy] [--concurrency 8 | --rate R] [--duration 10 | --count N] [--json]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import aiohttp
 
 from client.api import TIMEOUT_S, UNREACHABLE, ClassifyError, Client, parse_proxy_url
 from client.images import downscale, expand_paths
-from client.load import run_load
+from client.load import run_load, run_open_loop
 from image_cluster.envflags import apply_environment
 
 # From scripts/bench/formats.py: photos up to 1024 px are sent untouched (their answer is
@@ -53,7 +53,8 @@ def at_least(low: float, kind: type = int):
 positive, non_negative = at_least(1), at_least(0)
 
 
-def seconds(text: str) -> float:
+def more_than_zero(text: str) -> float:
+    """A positive number (seconds, a rate, milliseconds)."""
     value = at_least(0.0, float)(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
@@ -91,7 +92,7 @@ async def classify(args) -> int:
     photos = expand_paths(args.photos)
     if not photos:
         raise NoPhotos(f"no image files in {', '.join(args.photos)}")
-    async with make_client(args, retries=args.retries, max_side=args.max_side) as client:
+    async with make_client(args, retries=args.retries, max_side=args.max_side, deadline_s=args.timeout) as client:
         answers = client.classify_many(photos, concurrency=args.concurrency, mode=args.mode, k=args.top_k,
                                        model=args.model)
         async for path, result in answers:
@@ -121,7 +122,7 @@ async def bench(args) -> int:
     duration = args.duration if args.count is None else 24 * 3600.0
     count = args.count or 1_000_000
 
-    async with make_client(args, retries=args.retries) as client:
+    async with make_client(args, retries=args.retries, deadline_s=args.timeout) as client:
         send = lambda: client.classify(photo, mode=args.mode, model=args.model)  # noqa: E731
         await send()  # one first: a photo or setting the cluster refuses ends the run here, in its words
         progress = None
@@ -134,12 +135,18 @@ async def bench(args) -> int:
                     print(f"  ... {done} requests in {time.perf_counter() - started:.0f} s", file=sys.stderr)
             progress = asyncio.create_task(report())
         try:
-            result = await run_load(send, concurrency=args.concurrency, duration_s=duration, max_requests=count)
+            if args.rate:
+                result = await run_open_loop(send, rate=args.rate, duration_s=args.duration, arrivals=args.arrivals,
+                                             slo_ms=args.slo_ms)
+            else:
+                result = await run_load(send, concurrency=args.concurrency, duration_s=duration, max_requests=count)
         finally:
             if progress:
                 progress.cancel()
     summary = {"mode": args.mode, "bytes_per_image": len(photo), **result.summary(),
                "retries": client.stats["retries"]}
+    if args.rate:
+        return print_open_loop(summary, args.json)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -150,6 +157,21 @@ async def bench(args) -> int:
         for error in result.errors[:3]:
             print(f"  error: {error}")
     return 1 if result.errors else 0
+
+
+def print_open_loop(summary: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['scheduled']} sent at {summary['rate']:g}/s ({summary['arrivals']}) in "
+              f"{summary['seconds']:.1f} s: {summary['ok']} ok, {summary['errors']} errors, "
+              f"{summary['not_sent']} not sent, {summary['retries']} retries")
+        print(f"{summary['throughput']:.1f} img/s, goodput {summary['goodput']:.1f}/s within {summary['slo_ms']:g} ms   "
+              f"p50 {summary['p50_ms']:.1f} ms   p90 {summary['p90_ms']:.1f} ms   p99 {summary['p99_ms']:.1f} ms "
+              f"(from each request's scheduled time)")
+        for error, count in list(summary["error_kinds"].items())[:3]:
+            print(f"  error ({count}x): {error}")
+    return 1 if summary["errors"] or summary["not_sent"] else 0
 
 
 def add_connection_flags(p: argparse.ArgumentParser, here: bool = True) -> None:
@@ -181,6 +203,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         model(sp)
         sp.add_argument("--mode", choices=["p2p", "proxy"], default="p2p")
         sp.add_argument("--retries", type=non_negative, default=6, help="tries after the first (default %(default)s)")
+        sp.add_argument("--timeout", type=more_than_zero, default=None,
+                        help="seconds each photo may take, retries included; sent to the cluster, which refuses "
+                             "at once (504) what it could only answer later (default: none)")
         sp.add_argument("--max-side", type=non_negative, default=DEFAULT_MAX_SIDE,
                         help="downscale bigger photos to this long side before sending, 0 to send them as they "
                              "are (default %(default)s: docs/performance/studies.md)")
@@ -203,8 +228,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     b.add_argument("photo")
     common(b)
     b.add_argument("--concurrency", type=positive, default=8)
-    b.add_argument("--duration", type=seconds, default=10.0, help="seconds (default %(default)s)")
+    b.add_argument("--duration", type=more_than_zero, default=10.0, help="seconds (default %(default)s)")
     b.add_argument("--count", type=positive, default=None, help="stop after this many requests instead")
+    b.add_argument("--rate", type=more_than_zero, default=None,
+                   help="open loop: send this many requests a second, answered or not, and count latency from "
+                        "each one's scheduled time (--concurrency is then unused; --count does not apply)")
+    b.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson",
+                   help="with --rate: random (Poisson) or evenly spaced arrivals (default %(default)s)")
+    b.add_argument("--slo-ms", type=more_than_zero, default=200.0,
+                   help="with --rate: goodput counts answers within this many ms (default %(default)s)")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
     apply_environment(p)
     return p

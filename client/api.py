@@ -34,6 +34,7 @@ import aiohttp
 from client.images import downscale
 
 RETRYABLE_STATUS = {500, 502, 503, 504}
+DEADLINE_HEADER = "X-Request-Timeout-Ms"  # the servers' name for it (edge/deadline.py; clients import no server)
 TIMEOUT_S = 30.0  # each HTTP request's limit (aiohttp's total), unless the caller says otherwise
 UNREACHABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
 
@@ -67,7 +68,8 @@ class Client:
     def __init__(self, proxy_url: str | list[str] = "http://127.0.0.1:12480", *, retries: int = 6,
                  timeout_s: float = TIMEOUT_S, max_side: int | None = None, token: str | None = None,
                  session: aiohttp.ClientSession | None = None, consul: str | None = None,
-                 dns: str | None = None, service: str = "classifier", proxy_service: str = "classifier-proxy"):
+                 dns: str | None = None, service: str = "classifier", proxy_service: str = "classifier-proxy",
+                 deadline_s: float | None = None):
         urls = [proxy_url] if isinstance(proxy_url, str) else list(proxy_url)
         if retries < 0 or (max_side is not None and max_side < 0):
             raise ValueError(f"retries and max_side must be at least 0, not {retries} and {max_side}")
@@ -77,6 +79,9 @@ class Client:
         self.max_side = max_side  # downscale bigger photos before sending (see client/images.py)
         self.retries = retries
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # Each classify's deadline, retries included: sent as X-Request-Timeout-Ms (the time
+        # left), so the cluster refuses at once what it could only answer too late.
+        self.deadline_s = deadline_s
         self._session = session
         self._own_session = session is None
         self.stats = {"requests": 0, "retries": 0}
@@ -123,11 +128,13 @@ class Client:
         if self.max_side:  # decoding a big photo takes tens of ms: keep it off the event loop
             data = await asyncio.to_thread(downscale, data, self.max_side)
         self.stats["requests"] += 1
+        deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
         if mode == "proxy":
             return await self._with_retries(
-                lambda avoid: self.proxies.call(self._session, lambda url: self._post(url, data, k, model)))
+                lambda avoid: self.proxies.call(self._session, lambda url: self._post(url, data, k, model, deadline)),
+                deadline)
         if mode == "p2p":
-            return await self._with_retries(lambda avoid: self._p2p_once(data, k, model, avoid))
+            return await self._with_retries(lambda avoid: self._p2p_once(data, k, model, avoid, deadline), deadline)
         raise ValueError(f"mode must be 'p2p' or 'proxy', not {mode!r}")
 
     async def classify_many(self, images: Iterable[bytes | str | Path], *, concurrency: int = 8,
@@ -162,10 +169,11 @@ class Client:
             for _, task in window:
                 task.cancel()
 
-    async def _p2p_once(self, data: bytes, k: int | None, model: str | None, avoid: set[str]) -> dict:
+    async def _p2p_once(self, data: bytes, k: int | None, model: str | None, avoid: set[str],
+                        deadline: float | None) -> dict:
         address = await self._worker_address(avoid, model)
         try:
-            result = await self._post(f"http://{address}", data, k, model)
+            result = await self._post(f"http://{address}", data, k, model, deadline)
         except (aiohttp.ClientError, ClassifyError, asyncio.TimeoutError):
             avoid.add(address)
             self._known_workers.pop(address, None)
@@ -192,26 +200,36 @@ class Client:
                 raise
             return fallback[0]
 
-    async def _with_retries(self, attempt) -> dict:
+    async def _with_retries(self, attempt, deadline: float | None = None) -> dict:
         avoid: set[str] = set()
         for n in range(self.retries + 1):
+            last = n == self.retries or (deadline is not None and time.monotonic() >= deadline)
             try:
                 return await attempt(avoid)
             except ClassifyError as exc:
-                if exc.status not in RETRYABLE_STATUS or n == self.retries:
+                if exc.status not in RETRYABLE_STATUS or last:
                     raise
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError):
-                if n == self.retries:
+                if last:
                     raise
             self.stats["retries"] += 1
             await asyncio.sleep(min(0.05 * 2**n, 1.0))  # 0.05, 0.1, 0.2, ... up to 1 s
         raise AssertionError("unreachable")
 
-    async def _post(self, url: str, data: bytes, k: int | None, model: str | None) -> dict:
+    async def _post(self, url: str, data: bytes, k: int | None, model: str | None,
+                    deadline: float | None = None) -> dict:
         form = aiohttp.FormData()
         form.add_field("data", data, filename="image", content_type="application/octet-stream")
         params = {**({"k": str(k)} if k else {}), **({"model": model} if model else {})}
-        async with self._session.post(url + "/", params=params, data=form, headers=self.headers) as r:
+        headers, timeout = self.headers, None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ClassifyError(504, {"error": {"code": "timeout", "message": "the deadline passed before "
+                                                                                 "an answer came"}})
+            headers = {**headers, DEADLINE_HEADER: f"{left * 1000:.0f}"}
+            timeout = aiohttp.ClientTimeout(total=min(left + 0.05, self.timeout.total or left + 0.05))
+        async with self._session.post(url + "/", params=params, data=form, headers=headers, timeout=timeout) as r:
             body = await _body(r)
             if r.status != 200:
                 raise ClassifyError(r.status, body)

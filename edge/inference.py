@@ -11,7 +11,6 @@ and pixel limits, and the tier's own overload refusals.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.deadline import within
 from edge.errors import ApiError
 
 SERVER_NAME = "image-cluster"
@@ -81,16 +81,7 @@ async def infer_within(service: InferenceService, request: InferRequest) -> list
     """service.infer, given up when the client's timeout passes first: its images still
     queued are dropped as a departed client's are (a worker's batcher skips them; the
     proxy sends its workers a Cancel), and the answer is a 504."""
-    if request.timeout_s is None:
-        return await service.infer(request)
-    try:
-        async with asyncio.timeout(request.timeout_s) as limit:
-            return await service.infer(request)
-    except TimeoutError:
-        if not limit.expired():
-            raise
-        raise ApiError(504, "timeout", f"the request's timeout of {request.timeout_s * 1e6:.0f} µs passed "
-                                       "before its answer") from None
+    return await within(request.timeout_s, service.infer(request))
 
 
 def check_tensor(tensor: np.ndarray, info: ModelInfo) -> None:

@@ -162,15 +162,18 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._call("ModelMetadata", context, answer)
 
     async def ModelInfer(self, request, context):
-        return await self._call("ModelInfer", context, lambda rid: self._infer(request, rid))
+        return await self._call("ModelInfer", context, lambda rid: self._infer(request, rid, context))
 
-    async def _infer(self, request: pb.ModelInferRequest, request_id: str) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, request_id: str, context) -> pb.ModelInferResponse:
         info = self.service.model(request.model_name, request.model_version or None)
         self.service.check_room(info)
         datatype, shape, raw = _image_input(request)
         inference = InferRequest(info.name, request.model_version or None, request_id=request_id)
         read_images(inference, datatype, shape, raw, None, info, self.config.max_body_bytes)
-        inference.timeout_s = _timeout(request)
+        # The call's deadline counts too: it travels to the worker, which refuses what it
+        # could not answer in time.
+        limits = [t for t in (_timeout(request), context.time_remaining()) if t is not None]
+        inference.timeout_s = min(limits) if limits else None
         outputs = request.outputs or [pb.ModelInferRequest.InferRequestedOutputTensor(name=OUTPUT_NAME)]
         specs = [output_spec(o.name, o.parameters["classification"].int64_param if "classification" in o.parameters
                              else 0, True, info.num_classes) for o in outputs]

@@ -41,6 +41,24 @@ def build_parser(prog: str = "python -m proxy") -> argparse.ArgumentParser:
                    help="seconds between readiness probes of an ejected worker")
     p.add_argument("--retire-timeout", type=float, default=d.retire_timeout,
                    help="seconds a departed worker keeps its channel for requests already sent")
+    p.add_argument("--consecutive-failures", type=int, default=d.consecutive_failures,
+                   help="failures or timeouts in a row that eject a worker")
+    p.add_argument("--failure-rate", type=float, default=d.failure_rate,
+                   help="share of a worker's answers in a second (10 at least) that, failed, eject it")
+    p.add_argument("--stall-timeout", type=float, default=d.stall_timeout,
+                   help="seconds a worker may answer nothing while requests wait on it before it is ejected")
+    p.add_argument("--max-ejection-percent", type=float, default=d.max_ejection_percent,
+                   help="most of the workers ejected at once, in percent (one always may be)")
+    p.add_argument("--ejection-time", type=float, default=d.ejection_time,
+                   help="seconds an ejected worker waits before its first probe, times its ejections in a minute")
+    p.add_argument("--retry-budget", type=float, default=d.retry_budget,
+                   help="retries at most this share of the last 10 s's requests (plus --min-retries-per-second)")
+    p.add_argument("--min-retries-per-second", type=float, default=d.min_retries_per_second,
+                   help="retries allowed a second beyond the budget's share")
+    p.add_argument("--slow-start", type=float, default=d.slow_start,
+                   help="seconds over which a new or returning worker's share of requests ramps up (0: none)")
+    p.add_argument("--load-poll-interval", type=float, default=d.load_poll_interval,
+                   help="seconds between reads of each worker's reported load (0: none; replies carry it too)")
     p.add_argument("--watch-wait", type=float, default=d.watch_wait, help="Consul blocking-query wait, seconds")
     p.add_argument("--resync-grace", type=float, default=d.resync_grace,
                    help="seconds to keep known workers after Consul comes back, while they re-register")

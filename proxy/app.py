@@ -16,6 +16,7 @@ from aiohttp import web
 
 from discovery.watcher import ServiceWatcher
 from edge.app import create_edge_app
+from edge.deadline import header_timeout
 from edge.errors import retry_later
 from edge.jsonio import json_response
 from edge.metrics import METRICS, register_state
@@ -27,7 +28,6 @@ from edge.v2_rest import SERVICE, add_v2_routes
 from proxy.config import ProxyConfig
 from proxy.forward import DecodedOnce, Forwarded, Route, forward
 from proxy.inference import ProxyInference
-from proxy.policy import POLICIES
 from proxy.pool import WorkerPool
 from proxy.recent import RecentWindow
 from proxy.state import STATE, ProxyState, admitted, check_capacity, route_for
@@ -44,10 +44,11 @@ async def classify(request: web.Request) -> web.Response:
     config = state.config
     started = time.perf_counter()
     k = parse_top_k(request, 0, None)  # 0: the model's default; its worker checks the upper bound
+    timeout_s = min(header_timeout(request) or config.request_timeout, config.request_timeout)
     check_capacity(state)  # refused before the body is read; a slow upload holds no place in flight
     data = await read_image(request, config.edge.max_body_bytes, config.edge.read_timeout)
     async with admitted(state):
-        deadline = time.monotonic() + config.request_timeout
+        deadline = time.monotonic() + timeout_s - (time.perf_counter() - started)
         image = DecodedOnce(request.app, data)
         done = await forward(state.pool, state.stats, image, k, worker_timeout_s=config.worker_timeout,
                              deadline=deadline, request_id=request[REQUEST_ID], route=requested_route(request))
@@ -79,10 +80,12 @@ def _lookup(request: web.Request):
     if not request.app[STATE].pool.live():
         raise retry_later("no_worker", "no live worker")
     route = requested_route(request)
-    handle = route.choose(request.app[STATE].pool, set())
+    pool = request.app[STATE].pool
+    handle = route.choose(pool, set())
     if handle is None:
         raise retry_later("no_worker", f"no live worker serving {route.model}"
                                        + (f" version {route.version}" if route.strict else ""))
+    pool.lookup(handle)
     return handle, route
 
 
@@ -96,9 +99,11 @@ async def lookup_text(request: web.Request) -> web.Response:
 
 async def lookup_json(request: web.Request) -> web.Response:
     h, route = _lookup(request)
+    b = h.balance
+    load = {"queue": b.load(time.monotonic()), "service_ms": round(b.service.value, 3)}
     return json_response({"address": h.instance.http_address, "worker": h.id, "model": route.model,
                           "version": h.version(route.model),
-                          "grpc_address": f"{h.instance.address}:{h.meta.grpc_port}"})
+                          "grpc_address": f"{h.instance.address}:{h.meta.grpc_port}", "load": load})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -123,6 +128,8 @@ async def workers(request: web.Request) -> web.Response:
         "retries": state.stats.retries,
         "timeouts": state.stats.timeouts,
         "ejections": state.pool.ejections,
+        "ejections_capped": state.pool.ejections_capped,
+        "retries_over_budget": state.pool.budget.refused,
         "recent": state.recent.summary(),
         "workers": [h.describe() for h in sorted(state.pool.workers.values(), key=lambda h: h.id)],
     })
@@ -171,9 +178,7 @@ def create_app(config: ProxyConfig) -> web.Application:
 
     async def resources(app: web.Application):
         async with AsyncExitStack() as opened:  # closed in reverse order, after a failed start too
-            pool = WorkerPool(max_batch_size=config.max_batch_size, max_batch_delay_ms=config.max_batch_delay_ms,
-                              probe_interval_s=config.probe_interval, retire_timeout_s=config.retire_timeout,
-                              policy=POLICIES[config.policy](), token=config.edge.auth_token or "")
+            pool = WorkerPool(config)
             await pool.start()
             opened.push_async_callback(pool.close)
             watcher = ServiceWatcher(config.consul, config.edge.service_name, pool.update,
@@ -216,6 +221,9 @@ def pool_metrics(state: ProxyState):
         ("counter", "imagecluster_retries", "Forward attempts after the first", state.stats.retries, None),
         ("counter", "imagecluster_worker_timeouts", "Forward attempts that timed out", state.stats.timeouts, None),
         ("counter", "imagecluster_ejections", "Workers ejected after a failure", pool.ejections, None),
+        ("counter", "imagecluster_ejections_capped", "Ejections refused by --max-ejection-percent",
+         pool.ejections_capped, None),
+        ("counter", "imagecluster_retries_over_budget", "Retries the retry budget refused", pool.budget.refused, None),
         ("gauge", "imagecluster_consul_connected", "1 while the Consul watch is connected",
          int(state.watcher.connected), None),
     ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
 from edge.tasks import cancel, collect_batch
-from worker.protocol import BatchReply, BatchRequest, Cancel, ErrorInfo, ItemResult, ProtocolError
+from worker.protocol import BatchReply, BatchRequest, Cancel, ErrorInfo, ItemResult, ProtocolError, WorkerLoad
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,18 @@ class _Item:
     probabilities: bool
     model: str
     future: asyncio.Future
+    deadline: float | None = None  # time.monotonic() by which the caller needs the answer
     sent: bool = False
 
 
 class WorkerChannel:
-    def __init__(self, context: zmq.asyncio.Context, endpoint: str,
-                 max_batch_size: int, max_delay_ms: float, token: str, on_disconnect: Callable[[str], None]):
+    def __init__(self, context: zmq.asyncio.Context, endpoint: str, max_batch_size: int, max_delay_ms: float,
+                 token: str, on_disconnect: Callable[[str], None],
+                 on_load: Callable[[WorkerLoad], None] = lambda load: None):
         self.endpoint = endpoint
         self.token = token
         self.on_disconnect = on_disconnect
+        self.on_load = on_load  # the load the worker reports with each reply
         self.max_batch_size = max_batch_size
         self.max_delay_ms = max_delay_ms
         self.batches_sent = 0
@@ -85,13 +89,15 @@ class WorkerChannel:
         return sum(len(batch) for batch in self._pending.values())
 
     async def submit(self, image: np.ndarray, k: int, request_id: str = "", probabilities: bool = False,
-                     model: str = "") -> ItemResult:
+                     model: str = "", deadline: float | None = None) -> ItemResult:
         """One image's result from `model` on the worker (with every class's probability when
-        asked); WorkerError when there is none."""
+        asked); WorkerError when there is none. The worker is told the time left before
+        `deadline` (monotonic), and refuses an image it could not answer by then."""
         if self.failed:
             raise WorkerError(self.failed)
         future = asyncio.get_running_loop().create_future()
-        item = _Item(f"{self._prefix}-{next(self._ids)}", image, k, request_id, probabilities, model, future)
+        item = _Item(f"{self._prefix}-{next(self._ids)}", image, k, request_id, probabilities, model, future,
+                     deadline)
         self._queue.put_nowait(item)
         try:
             return await future
@@ -133,10 +139,12 @@ class WorkerChannel:
         if not batch:
             return
         batch_id = f"{self._prefix}-b{next(self._ids)}"
+        now = time.monotonic()
         request = BatchRequest(
             batch_id, [i.id for i in batch], np.stack([i.image for i in batch]),
             model=model, k=max(i.k for i in batch), token=self.token,
             request_ids=[i.request_id for i in batch], probabilities=any(i.probabilities for i in batch),
+            deadlines_ms=[None if i.deadline is None else round((i.deadline - now) * 1000, 1) for i in batch],
         )
         self._pending[batch_id] = batch
         for item in batch:
@@ -155,6 +163,8 @@ class WorkerChannel:
             except ProtocolError as exc:
                 log.warning("%s: dropped a malformed reply: %s", self.endpoint, exc)
                 continue
+            if reply.load is not None:
+                self.on_load(reply.load)
             batch = self._pending.pop(reply.batch, None)
             if batch is not None:  # None: its requests already gave up (timeout)
                 self._resolve(batch, reply)

@@ -34,3 +34,13 @@ class ProxyConfig:
     retire_timeout: float = 30.0  # seconds a departed worker's channel waits for its outstanding requests
     watch_wait: float = 30.0  # seconds a Consul blocking query waits for a change
     resync_grace: float = 5.0  # seconds to keep instances after Consul comes back (edge: dev agents forget)
+    # Balancing and outlier detection (proxy/pool.py, proxy/balance.py)
+    consecutive_failures: int = 1  # failures or timeouts in a row that eject a worker
+    failure_rate: float = 0.5  # share of a second's answers (10 at least) failed that ejects a worker
+    stall_timeout: float = 1.0  # seconds without any answer, requests outstanding, that eject a worker
+    max_ejection_percent: float = 50.0  # of the workers ejected at once (at least one may be)
+    ejection_time: float = 0.5  # seconds before the first probe, times the ejections within a minute
+    retry_budget: float = 0.2  # retries at most this share of the last 10 s's requests...
+    min_retries_per_second: float = 10.0  # ...plus this many a second
+    slow_start: float = 10.0  # seconds over which a new or returning worker's share ramps up; 0: none
+    load_poll_interval: float = 0.25  # seconds between polls of each worker's reported load; 0: none

@@ -45,7 +45,8 @@ class ProxyInference:
         async with admitted(state):
             info = self.model(request.model, request.version)
             route = route_for(state, info.name, request.version)
-            deadline = time.monotonic() + state.config.request_timeout
+            deadline = time.monotonic() + min(request.timeout_s or state.config.request_timeout,
+                                              state.config.request_timeout)
             return await asyncio.gather(*(self._one(request, i, route, deadline) for i in range(len(request))))
 
     async def _one(self, request: InferRequest, i: int, route, deadline: float) -> Inference:

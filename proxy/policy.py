@@ -1,15 +1,27 @@
-"""Worker selection policies: given the live workers, pick one."""
+"""Worker selection policies: given the live workers, pick one.
+
+round-robin and least-outstanding look only at this proxy's own requests;
+power-of-two and peak-ewma also at what the workers report (proxy/balance.py), so they
+see load from other proxies and p2p clients, and they serve lookups as well as forwarding.
+"""
 
 from __future__ import annotations
 
 import itertools
-from typing import Protocol, Sequence
+import random
+import time
+from collections.abc import Sequence
+from typing import Protocol
 
 from edge.config import numbered
+from proxy.balance import WorkerBalance
 
 
 class Candidate(Protocol):
-    outstanding: int
+    balance: WorkerBalance
+
+    @property
+    def outstanding(self) -> int: ...
 
 
 class RoundRobin:
@@ -39,7 +51,48 @@ class LeastOutstanding:
         return tied[next(self._turn) % len(tied)]
 
 
-POLICIES = {cls.name: cls for cls in (RoundRobin, LeastOutstanding)}
+class PowerOfTwo:
+    """Two workers at random, the one with less load: this proxy's outstanding requests,
+    the queue the worker last reported from everyone else, and lookups since (Mitzenmacher's
+    power of two choices: nearly the best pick's balance, without herding on one worker)."""
+
+    name = "power-of-two"
+
+    def __init__(self, rng: random.Random | None = None):
+        self.rng = rng or random.Random()
+
+    def cost(self, candidate: Candidate, now: float, default_ms: float) -> float:
+        return candidate.balance.load(now)
+
+    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+        if len(candidates) == 1:
+            return candidates[0]
+        now = time.monotonic()
+        default_ms = typical_service_ms(candidates)
+        a, b = self.rng.sample(list(candidates), 2)
+        return a if self.cost(a, now, default_ms) <= self.cost(b, now, default_ms) else b
+
+
+class PeakEwma(PowerOfTwo):
+    """Power of two choices on the expected wait: (load + 1) x the worker's peak-EWMA compute
+    time an image. A slow worker (throttled, or sharing its cores) costs more per request;
+    failures and refusals raise it for a while, so a worker that refuses fast does not
+    attract more traffic for it (Linkerd's finding)."""
+
+    name = "peak-ewma"
+
+    def cost(self, candidate: Candidate, now: float, default_ms: float) -> float:
+        return candidate.balance.expected_ms(now, default_ms)
+
+
+def typical_service_ms(candidates: Sequence[Candidate]) -> float:
+    """What a worker that has not reported yet is assumed to take: the median of those that
+    have (1 ms when none has), so a new worker is neither shunned nor flooded."""
+    known = sorted(c.balance.service.value for c in candidates if c.balance.service.value > 0)
+    return known[len(known) // 2] if known else 1.0
+
+
+POLICIES = {cls.name: cls for cls in (RoundRobin, LeastOutstanding, PowerOfTwo, PeakEwma)}
 
 
 def parse_split(text: str) -> dict[str, int]:
@@ -63,7 +116,7 @@ class VersionSplit:
         self._current = dict.fromkeys(self.weights, 0)
 
     @classmethod
-    def parse(cls, text: str) -> "VersionSplit":
+    def parse(cls, text: str) -> VersionSplit:
         """'1=90,2=10' -> VersionSplit({'1': 90, '2': 10})."""
         return cls(parse_split(text))
 

@@ -116,7 +116,8 @@ async def test_round_robin_spreads_evenly(start_worker, start_proxy, service, co
 
 async def test_new_worker_gets_traffic_without_proxy_restart(start_worker, start_proxy, service, coffee_jpeg):
     (first,) = start_workers(start_worker, service, 1)
-    proxy = start_proxy("--service-name", service)
+    # Without slow start (tests/test_balancing.py has it), round-robin shares exactly.
+    proxy = start_proxy("--service-name", service, "--slow-start", "0")
     wait_for(lambda: live_ids(proxy) == {first.worker_id}, what="first worker live")
     second = start_worker("--service-name", service)
     # The watcher's blocking query sees the registration within milliseconds.
@@ -263,7 +264,7 @@ async def test_least_outstanding_policy(start_worker, start_proxy, service, coff
 
 async def test_hung_worker_times_out_is_ejected_and_probed_back(start_worker, start_proxy, service, coffee_jpeg):
     hung, healthy = start_workers(start_worker, service, 2)
-    proxy = start_proxy("--service-name", service, "--worker-timeout", "1")
+    proxy = start_proxy("--service-name", service, "--worker-timeout", "1", "--slow-start", "0")
     wait_for(lambda: len(live_ids(proxy)) == 2, what="2 live workers")
     hung.signal(signal.SIGSTOP)  # alive, connected, silent
     try:

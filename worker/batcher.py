@@ -119,6 +119,9 @@ class Batcher:
         self._slot_freed = asyncio.Event()
         self._running = 0  # images in the batches handed out (computing, or ready for a lane)
         self._closed = False
+        # Recent compute time an image, over the batches that run at once (EWMA; 0 before the
+        # first batch): the worker's pace, which it reports for balancing and deadlines.
+        self.service_ms = 0.0
 
     @property
     def room(self) -> int:
@@ -133,6 +136,12 @@ class Batcher:
     def depth(self) -> int:
         """Images admitted (being decoded), waiting or being computed."""
         return self._admitted + self._queue.qsize() + self._running
+
+    def predicted_wait_ms(self) -> float:
+        """How long an image admitted now would wait before its batch starts: the images
+        ahead of it at the recent pace (0 when none are: an idle worker takes anything, so
+        its pace is always learnt anew)."""
+        return self.depth * self.service_ms
 
     def check_room(self, count: int = 1) -> None:
         """QueueFullError when `count` more images would not fit."""
@@ -221,6 +230,9 @@ class Batcher:
         finally:
             self._running -= len(batch)
         inference_ms = (finished - started) * 1000
+        if self.stats.batches >= model.concurrency:  # each interpreter's first batch is cold (weights packed)
+            per_image = inference_ms / len(batch) / model.concurrency
+            self.service_ms = per_image if not self.service_ms else 0.8 * self.service_ms + 0.2 * per_image
         self.metrics.inference.observe(finished - started)
         self.metrics.batch_size.observe(len(batch))
         self.stats.batches += 1

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 from aiohttp import web
 
 from edge.app import create_edge_app, decode_image
+from edge.deadline import header_timeout, within
 from edge.jsonio import json_response
 from edge.metrics import register_state
 from edge.request_log import SERVED_BY
@@ -26,17 +28,22 @@ async def classify(request: web.Request) -> web.Response:
     model = batcher.model
     k = parse_top_k(request, state.config.default_top_k, len(model.labels))
 
+    timeout_s = header_timeout(request)
     state.check_room(batcher)  # a full queue refuses here, before the body is read
+    state.check_deadline(batcher, timeout_s)  # and so does one too long for the client's deadline
     state.in_flight += 1
     try:
         started = time.perf_counter()
         # No room is held while the body arrives: slow uploads must not fill the queue
         # while the model idles (docs/guide/worker.md, "Slow uploads").
         data = await read_image(request, state.config.edge.max_body_bytes, state.config.edge.read_timeout)
+        if timeout_s is not None:  # again, now that the images whose bodies came first are queued
+            state.check_deadline(batcher, timeout_s - (time.perf_counter() - started))
         with state.admit(batcher) as admission:  # room reserved before decoding
             image = await decode_image(request.app, data, model.preprocessing)
             decoded = time.perf_counter()
-            predictions, prediction = await classify_image(state, admission, image, k)
+            left = None if timeout_s is None else timeout_s - (decoded - started)
+            predictions, prediction = await within(left, classify_image(state, admission, image, k))
     finally:
         state.in_flight -= 1
     request[SERVED_BY] = state.worker_id
@@ -82,6 +89,7 @@ async def info(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return json_response({"worker": state.worker_id, "in_flight": state.in_flight, "served": state.served,
+                          "load": asdict(state.load()),
                           "queue_depth": state.depth,
                           "batching": {name: b.stats.as_dict() for name, b in state.batchers.items()}})
 

@@ -42,6 +42,7 @@ class WorkerInference:
         batcher = state.batchers[info.name]
         if request.tensor is not None:
             check_tensor(request.tensor, info)
+        state.check_deadline(batcher, request.timeout_s)
         with state.admit(batcher, len(request)) as admission:  # room for every image, or a 503 now
             state.in_flight += len(request)
             try:

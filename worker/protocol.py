@@ -8,14 +8,19 @@ Two halves, both here and nowhere else:
                        "shape": [N, H, W, C], "model": str, "k": int,
                        "token": str (only when the cluster uses a shared secret),
                        "request_ids": [str, ...] (optional: the callers' request ids, for logs),
-                       "probabilities": true (optional: send every class's probability too)}
+                       "probabilities": true (optional: send every class's probability too),
+                       "deadlines_ms": [float | null, ...] (optional: each item's time left when sent;
+                                        an item that cannot be answered in time is refused, 504)}
        2. the N images as one C-contiguous uint8 tensor, raw bytes (sent zero-copy)
    Reply (worker -> proxy), one frame, JSON, or two when probabilities were asked for:
        {"batch": str, "worker": str, "model": str,
         "results": [{"id", "predictions": [...], "version", "queue_ms", "inference_ms",
                      "batch_size", "row": int (with probabilities)}
                     | {"id", "error": {"status", "code", "message"}}, ...],
-        "probabilities_shape": [R, C] (with probabilities)}
+        "probabilities_shape": [R, C] (with probabilities),
+        "load": {"queue": int, "in_flight": int, "service_ms": float} (the worker's load now:
+                 images admitted, waiting or computing; images accepted and unanswered; the
+                 recent compute time an image, for the proxy's balancing)}
        then the R probability rows as one float32 little-endian tensor, raw bytes;
        or, when the whole message is refused: {"batch", "worker", "error": {...}}.
    Cancel (proxy -> worker), one frame, JSON {"cancel": [item id, ...]}: the callers of
@@ -43,7 +48,8 @@ MAX_HEADER_BYTES = 64 * 1024
 
 # Error codes a worker answers with, by who is at fault.
 CLIENT_CODES = frozenset({"invalid_parameter"})  # the caller's request (relay it)
-BUSY_CODES = frozenset({"overloaded"})  # the worker is fine but full: try another, keep it
+# The worker is fine but full, or too far behind for the item's deadline: try another, keep it.
+BUSY_CODES = frozenset({"overloaded", "timeout"})
 
 
 class ProtocolError(Exception):
@@ -61,7 +67,7 @@ class ErrorInfo:
     message: str
 
     @classmethod
-    def from_dict(cls, d: object) -> "ErrorInfo":
+    def from_dict(cls, d: object) -> ErrorInfo:
         if not isinstance(d, dict):
             return cls(500, "bad_reply", "the worker's error was not an object")
         return cls(int(d.get("status", 500)), str(d.get("code", "worker_error")), str(d.get("message", "")))
@@ -77,6 +83,7 @@ class BatchRequest:
     token: str = ""
     request_ids: list[str] | None = None
     probabilities: bool = False
+    deadlines_ms: list[float | None] | None = None  # each item's time left when sent; None: no limit
 
     def encode(self) -> list:
         images = np.ascontiguousarray(self.images, dtype=np.uint8)
@@ -88,10 +95,12 @@ class BatchRequest:
             header["token"] = self.token
         if self.request_ids:
             header["request_ids"] = self.request_ids
+        if self.deadlines_ms and any(d is not None for d in self.deadlines_ms):
+            header["deadlines_ms"] = self.deadlines_ms
         return [jsonio.dumps(header), memoryview(images).cast("B")]
 
     @classmethod
-    def decode(cls, frames: list) -> "BatchRequest":
+    def decode(cls, frames: list) -> BatchRequest:
         if len(frames) != 2:
             raise ProtocolError(f"expected 2 frames (header, tensor), got {len(frames)}")
         header = _json_object(frames[0], "header")
@@ -109,7 +118,17 @@ class BatchRequest:
         if not (isinstance(rids, list) and len(rids) == len(ids) and all(isinstance(r, str) for r in rids)):
             rids = None
         return cls(batch, ids, images, str(header.get("model", "")), k, str(header.get("token", "")), rids,
-                   header.get("probabilities") is True)
+                   header.get("probabilities") is True, _deadlines(header.get("deadlines_ms"), len(ids)))
+
+
+def _deadlines(value: object, count: int) -> list[float | None] | None:
+    """A request's per-item time left, when it is a list of that many numbers (or nulls);
+    anything else means no limit, as from a proxy that sends none."""
+    if not (isinstance(value, list) and len(value) == count):
+        return None
+    if not all(d is None or (isinstance(d, (int, float)) and not isinstance(d, bool)) for d in value):
+        return None
+    return [None if d is None else float(d) for d in value]
 
 
 @dataclass
@@ -122,14 +141,14 @@ class Cancel:
         return [jsonio.dumps({"cancel": self.ids})]
 
     @classmethod
-    def decode(cls, frames: list) -> "Cancel":
+    def decode(cls, frames: list) -> Cancel:
         ids = _json_object(frames[0], "cancel message").get("cancel") if len(frames) == 1 else None
         if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
             raise ProtocolError("a cancel message is one frame: {\"cancel\": [item id, ...]}")
         return cls(ids)
 
 
-def decode_message(frames: list) -> "BatchRequest | Cancel":
+def decode_message(frames: list) -> BatchRequest | Cancel:
     """What a proxy sent: a batch (two frames) or a cancel (one); ProtocolError otherwise."""
     return Cancel.decode(frames) if len(frames) == 1 else BatchRequest.decode(frames)
 
@@ -177,11 +196,31 @@ class ItemResult:
                 "inference_ms": self.inference_ms, "batch_size": self.batch_size}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ItemResult":
+    def from_dict(cls, d: dict) -> ItemResult:
         if "error" in d:
             return cls(str(d.get("id")), error=ErrorInfo.from_dict(d["error"]))
         return cls(str(d.get("id")), list(d.get("predictions") or []), str(d.get("version", "")),
                    float(d.get("queue_ms", 0)), float(d.get("inference_ms", 0)), int(d.get("batch_size", 0)))
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """What a worker reports of its load with every reply (and in /stats): images admitted,
+    waiting or computing; images accepted and not yet answered; the recent compute time an
+    image in ms (0 before its first batch)."""
+
+    queue: int = 0
+    in_flight: int = 0
+    service_ms: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: object) -> WorkerLoad | None:
+        if not isinstance(d, dict):
+            return None
+        try:
+            return cls(int(d.get("queue", 0)), int(d.get("in_flight", 0)), float(d.get("service_ms", 0.0)))
+        except (TypeError, ValueError):
+            return None
 
 
 @dataclass
@@ -191,9 +230,12 @@ class BatchReply:
     model: str = ""
     results: list[ItemResult] = field(default_factory=list)
     error: ErrorInfo | None = None  # the whole message was refused
+    load: WorkerLoad | None = None
 
     def encode(self) -> list[bytes]:
         body = {"batch": self.batch, "worker": self.worker}
+        if self.load is not None:
+            body["load"] = asdict(self.load)
         if self.error:
             body["error"] = asdict(self.error)
             return [jsonio.dumps(body)]
@@ -212,22 +254,22 @@ class BatchReply:
         return [jsonio.dumps(body), tensor.tobytes()]
 
     @classmethod
-    def decode(cls, frames: list[bytes]) -> "BatchReply":
+    def decode(cls, frames: list[bytes]) -> BatchReply:
         if len(frames) not in (1, 2):
             raise ProtocolError(f"expected 1 or 2 reply frames, got {len(frames)}")
         body = _json_object(frames[0], "reply", max_bytes=None)  # replies grow with batch size and k
         if not isinstance(body.get("batch"), str):
             raise ProtocolError("reply has no batch id")
-        worker = str(body.get("worker", ""))
+        worker, load = str(body.get("worker", "")), WorkerLoad.from_dict(body.get("load"))
         if "error" in body:
-            return cls(body["batch"], worker, error=ErrorInfo.from_dict(body["error"]))
+            return cls(body["batch"], worker, error=ErrorInfo.from_dict(body["error"]), load=load)
         try:
             results = [ItemResult.from_dict(r) for r in body.get("results", [])]
             if len(frames) == 2:
                 _attach_probabilities(results, body, frames[1])
         except (TypeError, ValueError, AttributeError, IndexError) as exc:
             raise ProtocolError(f"bad results: {exc!r}", body["batch"]) from None
-        return cls(body["batch"], worker, str(body.get("model", "")), results)
+        return cls(body["batch"], worker, str(body.get("model", "")), results, load=load)
 
 
 def _attach_probabilities(results: list[ItemResult], body: dict, frame: bytes) -> None:
@@ -259,7 +301,7 @@ class ServedModel:
         return jsonio.dumps(d).decode()  # compact, as Consul Meta values should be
 
     @classmethod
-    def from_json(cls, text: str) -> "ServedModel":
+    def from_json(cls, text: str) -> ServedModel:
         d = jsonio.loads(text)
         return cls(str(d["version"]), str(d.get("backend", "")), tuple(int(x) for x in d["input_shape"]),
                    int(d["num_labels"]), float(d.get("crop_fraction", Preprocessing.crop_fraction)),
@@ -294,7 +336,7 @@ class WorkerMeta:
         return meta
 
     @classmethod
-    def from_meta(cls, meta: dict[str, str]) -> "WorkerMeta":
+    def from_meta(cls, meta: dict[str, str]) -> WorkerMeta:
         """Raises ProtocolError when the Meta is not a worker's (missing or bad fields)."""
         try:
             names = [n for n in meta["models"].split(",") if n]

@@ -16,6 +16,7 @@ from edge.errors import ApiError, retry_later
 from edge.inference import pick_model
 from worker.batcher import Admission, Batcher, InferenceError, Prediction, QueueFullError, Stopped
 from worker.config import WorkerConfig
+from worker.protocol import WorkerLoad
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,25 @@ class WorkerState:
     @property
     def depth(self) -> int:
         return sum(b.depth for b in self.batchers.values())
+
+    def load(self, batcher: Batcher | None = None) -> WorkerLoad:
+        """What this worker reports of its load (every ZeroMQ reply, /stats): the CPU is
+        shared, so the queue counts every model's images; the compute time is `batcher`'s,
+        or without one the slowest model's."""
+        batchers = [batcher] if batcher else self.batchers.values()
+        return WorkerLoad(self.depth, self.in_flight, round(max((b.service_ms for b in batchers), default=0.0), 3))
+
+    def check_deadline(self, batcher: Batcher, timeout_s: float | None) -> None:
+        """504 now, before any work, when the queue's predicted wait already exceeds the
+        time the request has left: it could only be answered too late. (What is left then
+        has to cover its own compute too; an image that runs out of time in the queue is
+        dropped there, uncomputed.)"""
+        if timeout_s is None:
+            return
+        wait_ms = batcher.predicted_wait_ms()
+        if wait_ms > timeout_s * 1000:
+            raise ApiError(504, "timeout", f"the queue's predicted wait ({wait_ms:.0f} ms) exceeds the "
+                                           f"{timeout_s * 1000:.0f} ms this request has left")
 
 
 def overloaded(reason: str) -> ApiError:

@@ -21,6 +21,7 @@ import zmq
 import zmq.asyncio
 
 from edge.auth import token_matches
+from edge.deadline import within
 from edge.errors import ApiError, bad_top_k
 from edge.request_log import QUIET_STATUSES, access_log
 from edge.tasks import cancel
@@ -102,8 +103,10 @@ class ZmqEndpoint:
     async def _classify(self, identity: bytes, request: BatchRequest, batcher: Batcher) -> None:
         """Each image in its own task, which a Cancel from the same peer can end; then one reply."""
         keys = [(identity, item_id) for item_id in request.ids]
-        tasks = [asyncio.ensure_future(self._one(batcher, item_id, image, request.k, request.probabilities))
-                 for item_id, image in zip(request.ids, request.images)]
+        deadlines = request.deadlines_ms or [None] * len(request.ids)
+        tasks = [asyncio.ensure_future(self._one(batcher, item_id, image, request.k, request.probabilities,
+                                                 None if ms is None else ms / 1000))
+                 for item_id, image, ms in zip(request.ids, request.images, deadlines)]
         self._items.update(zip(keys, tasks))
         self.state.in_flight += len(request.ids)
         started = time.perf_counter()
@@ -122,7 +125,8 @@ class ZmqEndpoint:
                 raise outcome
             results.append(outcome)
         self._log(request, results, (time.perf_counter() - started) * 1000)
-        await self._reply(identity, BatchReply(request.batch, self.state.worker_id, batcher.model.name, results))
+        await self._reply(identity, BatchReply(request.batch, self.state.worker_id, batcher.model.name, results,
+                                               load=self.state.load(batcher)))
 
     @staticmethod
     def _log(request: BatchRequest, results: list[ItemResult], ms: float) -> None:
@@ -148,10 +152,12 @@ class ZmqEndpoint:
             raise bad_top_k(request.k, len(model.labels))
         return batcher
 
-    async def _one(self, batcher: Batcher, item_id: str, image, k: int, probabilities: bool) -> ItemResult:
+    async def _one(self, batcher: Batcher, item_id: str, image, k: int, probabilities: bool,
+                   timeout_s: float | None) -> ItemResult:
         try:  # each image is admitted on its own: a full queue refuses the rest, not the batch
+            self.state.check_deadline(batcher, timeout_s)
             with self.state.admit(batcher) as admission:
-                predictions, p = await classify_image(self.state, admission, image, k)
+                predictions, p = await within(timeout_s, classify_image(self.state, admission, image, k))
         except ApiError as exc:
             return ItemResult(item_id, error=_error(exc))
         return ItemResult(item_id, predictions, p.model.version, round(p.queue_ms, 3), round(p.inference_ms, 3),
