@@ -221,15 +221,15 @@ class Client:
         form = aiohttp.FormData()
         form.add_field("data", data, filename="image", content_type="application/octet-stream")
         params = {**({"k": str(k)} if k else {}), **({"model": model} if model else {})}
-        headers, timeout = self.headers, None
+        headers, options = self.headers, {}  # no `timeout` at all: the session's (None would mean none)
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ClassifyError(504, {"error": {"code": "timeout", "message": "the deadline passed before "
                                                                                  "an answer came"}})
             headers = {**headers, DEADLINE_HEADER: f"{left * 1000:.0f}"}
-            timeout = aiohttp.ClientTimeout(total=min(left + 0.05, self.timeout.total or left + 0.05))
-        async with self._session.post(url + "/", params=params, data=form, headers=headers, timeout=timeout) as r:
+            options["timeout"] = aiohttp.ClientTimeout(total=min(left + 0.05, self.timeout.total or left + 0.05))
+        async with self._session.post(url + "/", params=params, data=form, headers=headers, **options) as r:
             body = await _body(r)
             if r.status != 200:
                 raise ClassifyError(r.status, body)

@@ -64,13 +64,15 @@ CATALOG: dict[str, ErrorCode] = {
                                       "mismatch between the tiers): the details are in the proxy's log"),
     "not_ready": ErrorCode(503, "the worker is loading its models or draining", retry=True),
     "overloaded": ErrorCode(503, "the queue (`--max-queue`), the bytes of uploads being read "
-                                 "(`--max-upload-bytes`) or the proxy's `--max-in-flight` is full", retry=True),
+                                 "(`--max-upload-bytes`) or the proxy's `--max-in-flight` is full, or the "
+                                 "proxy's retry budget is spent", retry=True),
     "no_worker": ErrorCode(503, "the proxy has no live worker (for that model) that could take the request",
                            retry=True),
     "shutting_down": ErrorCode(503, "the worker stopped before computing an accepted image (a drain that ran "
                                     "out of time): send it again", retry=True),
-    "timeout": ErrorCode(504, "the request's own `timeout` passed, or no worker answered within the proxy's "
-                              "`--request-timeout` (30 s)"),
+    "timeout": ErrorCode(504, "the request's deadline (`X-Request-Timeout-Ms`, the v2 `timeout`, a gRPC "
+                              "deadline) passed, or the worker's queue could not start it in time (refused at "
+                              "once), or no worker answered within the proxy's `--request-timeout` (30 s)"),
 }
 
 # Where a protocol's own convention differs from our status: TF Serving says "resource

@@ -52,8 +52,6 @@ class WorkerBalance:
     reported_at: float = 0.0
     others_queue: int = 0  # its queue at the last report, less what this proxy had outstanding then
     service: PeakEwma = field(default_factory=PeakEwma)  # ms an image, as it reports it
-    busy_since: float = 0.0  # when outstanding last went from 0 to 1
-    last_reply: float = 0.0
     consecutive_failures: int = 0
     window_ok: int = 0  # answers in the outlier detector's current interval
     window_failed: int = 0
@@ -82,17 +80,14 @@ class WorkerBalance:
             return 1.0
         return min(1.0, max(0.1, (now - self.joined) / window_s))
 
-    def succeeded(self, now: float) -> None:
-        self.last_reply = now
+    def succeeded(self) -> None:
         self.consecutive_failures = 0
         self.window_ok += 1
 
     def failed(self, now: float, refused: bool) -> None:
         """A failure, or a refusal (the worker answered that it is full or too far behind):
         either makes it look slower for a while; only a failure counts towards ejection."""
-        if refused:
-            self.last_reply = now
-        else:
+        if not refused:
             self.consecutive_failures += 1
             self.window_failed += 1
         self.service.observe(FAILURE_PENALTY * max(self.service.value, PENALTY_FLOOR_MS), now)

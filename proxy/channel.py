@@ -79,9 +79,15 @@ class WorkerChannel:
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
         self.failed: str | None = None
+        self._waiting_since = 0.0  # when images were last sent to an idle worker, or last answered
         self._cancelled: list[str] = []  # items sent whose callers gave up, not yet told to the worker
         self._cancels: set[asyncio.Task] = set()
         self._tasks = [asyncio.create_task(c) for c in (self._send_loop(), self._recv_loop(), self._watch())]
+
+    def silent_for(self, now: float) -> float:
+        """Seconds the worker has answered nothing while images sent to it wait (0 when none
+        wait): a frozen or hung worker's grows without bound."""
+        return now - self._waiting_since if self._pending else 0.0
 
     @property
     def awaiting_reply(self) -> int:
@@ -146,6 +152,8 @@ class WorkerChannel:
             request_ids=[i.request_id for i in batch], probabilities=any(i.probabilities for i in batch),
             deadlines_ms=[None if i.deadline is None else round((i.deadline - now) * 1000, 1) for i in batch],
         )
+        if not self._pending:
+            self._waiting_since = time.monotonic()
         self._pending[batch_id] = batch
         for item in batch:
             item.sent = True
@@ -163,6 +171,7 @@ class WorkerChannel:
             except ProtocolError as exc:
                 log.warning("%s: dropped a malformed reply: %s", self.endpoint, exc)
                 continue
+            self._waiting_since = time.monotonic()
             if reply.load is not None:
                 self.on_load(reply.load)
             batch = self._pending.pop(reply.batch, None)

@@ -51,8 +51,6 @@ class WorkerHandle:
 
     def begin(self) -> None:
         """A request of this proxy's is now at this worker."""
-        if not self.balance.outstanding:
-            self.balance.busy_since = time.monotonic()
         self.balance.outstanding += 1
 
     def end(self) -> None:
@@ -125,6 +123,7 @@ class WorkerPool:
         for worker_id in list(self.workers):
             if worker_id not in instances:
                 handle = self.workers.pop(worker_id)
+                self._times_ejected.pop(worker_id, None)
                 log.info("worker %s left (Consul)", worker_id)
                 self._spawn(self._retire(handle))
         for worker_id, instance in instances.items():
@@ -170,11 +169,10 @@ class WorkerPool:
     def answered(self, handle: WorkerHandle, ok: bool, refused: bool = False) -> None:
         """The outcome of a request at `handle`: success, a failure, or a refusal (busy);
         a failure in a row past --consecutive-failures ejects it."""
-        now = time.monotonic()
         if ok:
-            handle.balance.succeeded(now)
+            handle.balance.succeeded()
             return
-        handle.balance.failed(now, refused=refused)
+        handle.balance.failed(time.monotonic(), refused=refused)
         if not refused and handle.balance.consecutive_failures >= self.config.consecutive_failures:
             self.eject(handle, f"{handle.balance.consecutive_failures} failures in a row")
 
@@ -238,10 +236,10 @@ class WorkerPool:
             await asyncio.sleep(0.25)
             now, tick = time.monotonic(), tick + 1
             for handle in list(self.live()):
-                b = handle.balance
-                if b.outstanding and now - max(b.last_reply, b.busy_since) > self.config.stall_timeout:
-                    self.eject(handle, f"no answer for {now - max(b.last_reply, b.busy_since):.1f} s "
-                                       f"with {b.outstanding} requests outstanding")
+                b, silent = handle.balance, handle.channel.silent_for(now)
+                if silent > self.config.stall_timeout:
+                    self.eject(handle, f"no answer for {silent:.1f} s with {handle.channel.awaiting_reply} "
+                                       "images waiting on it")
                 elif tick % 4 == 0:
                     total = b.window_ok + b.window_failed
                     if total >= 10 and b.window_failed / total >= self.config.failure_rate:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench")]
 
 from machine import label  # noqa: E402  (scripts/bench)
-from report import noop_table, over_mosec, table  # noqa: E402  (scripts/bench)
+from report import noop_table, open_loop_table, over_mosec, table  # noqa: E402  (scripts/bench)
 
 from edge.error_codes import markdown_table  # noqa: E402
 
@@ -41,6 +41,10 @@ def latest_run() -> str:
              f"The raw figures: [{path.name}](runs/{path.name}).",
              table(run["ceiling"], run["rows"]),
              f"img/s over mosec's, the same model file, preprocessing and interpreter threads: {over_mosec(run['rows'])}."]
+    if run.get("open_loop"):
+        parts.append("Open loop: Poisson arrivals at shares of each configuration's closed-loop c=32 img/s, "
+                     "every latency counted from the request's scheduled time.")
+        parts.append(open_loop_table(run["open_loop"]))
     if run.get("noop_proxy_rate"):
         parts.append(noop_table(run["noop_proxy_rate"]))
     return "\n\n".join(parts)

@@ -274,3 +274,27 @@ async def test_lookups_spread_by_reported_load(start_worker, start_proxy, servic
         async with aiohttp.ClientSession() as s, s.get(w.url + "/stats") as r:
             counts[w.worker_id] = (await r.json())["served"]
     assert min(counts.values()) >= 0.15 * sum(counts.values()), counts
+
+
+@pytest.mark.system
+async def test_the_clients_timeout_bounds_a_classify_retries_included(start_worker, start_proxy, service,
+                                                                      coffee_jpeg):
+    """--timeout / deadline_s: the header goes out and the whole call, retries included,
+    ends by its deadline even when the only worker is frozen."""
+    from client import Client
+    from client.api import ClassifyError
+
+    worker = start_worker("--service-name", service)
+    proxy = start_proxy("--service-name", service, "--stall-timeout", "5")
+    wait_for(lambda: len(proxy.workers()["workers"]) == 1, what="worker known")
+    async with Client(proxy.url, deadline_s=2.0) as client:
+        assert (await client.classify(coffee_jpeg, mode="proxy"))["predictions"][0]["index"] == 967
+    worker.signal(signal.SIGSTOP)
+    try:
+        async with Client(proxy.url, deadline_s=0.5) as client:
+            started = time.monotonic()
+            with pytest.raises((ClassifyError, asyncio.TimeoutError)):
+                await client.classify(coffee_jpeg, mode="proxy")
+            assert time.monotonic() - started < 1.5
+    finally:
+        worker.signal(signal.SIGCONT)

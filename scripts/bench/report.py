@@ -53,3 +53,14 @@ def preprocessing_cost(rows: list[dict]) -> str:
     by = {(r["config"], r["concurrency"]): r["per_second"] for r in rows}
     return "; ".join(f"c={c}: {by[('direct', c)] / by[('direct-opencv', c)]:.2f}"
                      for _, c in sorted(k for k in by if k[0] == "direct-opencv"))
+
+
+def open_loop_table(rows: list[dict]) -> str:
+    """Open-loop rows: Poisson arrivals at shares of each configuration's closed-loop c=32
+    img/s, latency from each request's scheduled time."""
+    lines = ["| configuration | rate/s | of closed-loop c=32 | ok | errors | goodput/s (≤200 ms) | p50 ms | p90 ms | "
+             "p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['rate']:.1f} | {r['share']:.0%} | {r['ok']} | {r['errors']} | "
+                     f"{r['goodput']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} |")
+    return "\n".join(lines)

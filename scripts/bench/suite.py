@@ -26,7 +26,9 @@
   (the multipart rows above are our documented contract, `-F data=@`, and the client
   builds each form on the same cores);
 
-each at concurrency 1, 8 and 32 with a real photo; then, when `wrk` is installed, the
+each at concurrency 1, 8 and 32 with a real photo; for the worker and the proxy also open loop
+(Poisson arrivals at 40, 60, 80 and 95% of their c=32 img/s, latency from each
+request's scheduled time); then, when `wrk` is installed, the
 proxy with a no-op model (scripts/bench/proxy_rate.py). Each configuration runs with only
 its own servers up; the load generator shares the machine's cores with them. Prints the
 tables (img/s, p50/p90/p99, img/s as a ratio of the ceiling, RSS of the serving
@@ -57,14 +59,15 @@ sys.path.insert(0, str(ROOT))
 
 import proxy_rate  # noqa: E402  (beside this file)
 from machine import describe, label as machine_label  # noqa: E402  (beside this file)
-from report import noop_table, onnx_over_tflite, over_mosec, preprocessing_cost, table  # noqa: E402
+from report import noop_table, onnx_over_tflite, open_loop_table, over_mosec, preprocessing_cost, table  # noqa: E402
 
 from client import Client  # noqa: E402
-from client.load import run_load  # noqa: E402
+from client.load import run_load, run_open_loop  # noqa: E402
 from tests.consul_dev import DevAgent, free_port  # noqa: E402
 from tests.processes import ProxyProcess, WorkerProcess, child_pids, serve_model, stop_process  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
+OPEN_LOOP_SHARES = (0.4, 0.6, 0.8, 0.95)  # of the closed-loop c=32 img/s: where the tail comes from
 PHOTO = ROOT / ".cache" / "photos" / "coffee.jpg"
 
 
@@ -192,6 +195,19 @@ async def measure(name: str, send, concurrencies: list[int], duration: float, pi
     return rows
 
 
+async def measure_open_loop(name: str, send, capacity: float, duration: float) -> list[dict]:
+    """Poisson arrivals at shares of `capacity` (this configuration's closed-loop c=32
+    img/s), latency from each request's scheduled time."""
+    rows = []
+    for share in OPEN_LOOP_SHARES:
+        result = await run_open_loop(send, rate=round(share * capacity, 1), duration_s=duration)
+        row = {"config": name, "share": share, **result.summary()}
+        print(f"  {name:18s} {row['rate']:6.1f}/s ({share:.0%})  goodput {row['goodput']:7.1f}/s  "
+              f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def poster(session: aiohttp.ClientSession, photo: bytes):
     async def post(url: str):
         form = aiohttp.FormData()
@@ -298,6 +314,9 @@ async def run_all(args, photo: bytes) -> list[dict]:
                     rows += await measure(name, send, args.concurrency[-1:], args.duration,
                                           lambda: with_children(w.proc.pid))
                 rows += await measure("proxy", lambda: post(proxy.url), args.concurrency, args.duration, both)
+                for name, url in (("direct", w.url), ("proxy", proxy.url)):
+                    top = next(r["per_second"] for r in reversed(rows) if r["config"] == name)
+                    args.open_loop += await measure_open_loop(name, lambda url=url: post(url), top, args.duration)
                 rows += await measure("direct-raw", lambda: raw(w.url), args.concurrency, args.duration,
                                       lambda: with_children(w.proc.pid))
                 rows += await measure("proxy-raw", lambda: raw(proxy.url), args.concurrency, args.duration, both)
@@ -370,6 +389,7 @@ def main() -> int:
     if args.onnx_models:
         ceilings["onnx"] = ceiling(photo, args.duration, model_dir=args.onnx_models / MODEL_DIR.name)
         print(f"  ceiling with ONNX Runtime {ceilings['onnx']['per_second']:.1f} img/s", flush=True)
+    args.open_loop = []
     rows = asyncio.run(run_all(args, photo))
     noop_rows = []
     if shutil.which("wrk"):
@@ -378,7 +398,8 @@ def main() -> int:
         print("wrk is not installed (apt-get install wrk): skipping the no-op-model proxy rate", flush=True)
 
     result = {"machine": machine, "command": " ".join(["scripts/bench/suite.py", *sys.argv[1:]]), "photo": str(args.photo), "photo_bytes": len(photo), "duration_s": args.duration,
-              "ceiling": ceiling_row, "ceilings": ceilings, "rows": rows, "noop_proxy_rate": noop_rows}
+              "ceiling": ceiling_row, "ceilings": ceilings, "rows": rows, "open_loop": args.open_loop,
+              "noop_proxy_rate": noop_rows}
     (args.out / "suite.json").write_text(json.dumps(result, indent=2) + "\n")
     written = plots(ceiling_row, rows, machine, args.out)
     print()
@@ -389,6 +410,8 @@ def main() -> int:
     print(f"img/s over mosec-fp16's (the model in half precision, as ours): {over_mosec(rows, 'mosec-fp16')}")
     if "onnx" in ceilings:
         print(f"ONNX Runtime over TFLite (the same network, img/s): {onnx_over_tflite(rows, ceilings)}")
+    print()
+    print(open_loop_table(args.open_loop))
     if noop_rows:
         print()
         print(noop_table(noop_rows))
