@@ -110,7 +110,7 @@ class OpenLoopResult:
             "scheduled": self.scheduled, "ok": self.ok, "errors": sum(self.errors.values()),
             "not_sent": self.not_sent, "error_kinds": dict(self.errors),
             "throughput": round(self.ok / seconds, 2),
-            "goodput": round(good / seconds, 2), "slo_ms": self.slo_ms,
+            "goodput": round(good / seconds, 2), "slo_ms": self.slo_ms, "ok_past_slo": self.ok - good,
             "p50_ms": round(percentile(self.latencies_ms, 50), 2),
             "p90_ms": round(percentile(self.latencies_ms, 90), 2),
             "p99_ms": round(percentile(self.latencies_ms, 99), 2),

@@ -52,6 +52,7 @@ class WorkerBalance:
     reported_at: float = 0.0
     others_queue: int = 0  # its queue at the last report, less what this proxy had outstanding then
     service: PeakEwma = field(default_factory=PeakEwma)  # ms an image, as it reports it
+    reported_service_ms: float = 0.0  # the last report's, which a penalty multiplies (it never compounds)
     consecutive_failures: int = 0
     window_ok: int = 0  # answers in the outlier detector's current interval
     window_failed: int = 0
@@ -61,6 +62,7 @@ class WorkerBalance:
         self.others_queue = max(0, load.queue - self.outstanding)
         self.lookups = 0
         if load.service_ms > 0:
+            self.reported_service_ms = load.service_ms
             self.service.observe(load.service_ms, now)
 
     def load(self, now: float) -> int:
@@ -73,6 +75,11 @@ class WorkerBalance:
         """The wait a new request would see: the load ahead of it and itself, at the
         worker's (peak) compute time an image."""
         return (self.load(now) + 1) * (self.service.value or default_service_ms)
+
+    def predicted_wait_ms(self, now: float) -> float:
+        """When a request sent now would start, at the pace the worker last reported (0 while
+        nothing is ahead of it, or it has not reported)."""
+        return self.load(now) * self.reported_service_ms
 
     def weight(self, now: float, window_s: float) -> float:
         """Its share of picks during slow start: from 10% to all over `window_s`."""
@@ -90,7 +97,7 @@ class WorkerBalance:
         if not refused:
             self.consecutive_failures += 1
             self.window_failed += 1
-        self.service.observe(FAILURE_PENALTY * max(self.service.value, PENALTY_FLOOR_MS), now)
+        self.service.observe(FAILURE_PENALTY * max(self.reported_service_ms, PENALTY_FLOOR_MS), now)
 
 
 class RetryBudget:

@@ -16,7 +16,7 @@ class ProxyConfig:
     grpc_port: int = 12481  # the Open Inference Protocol over gRPC; 0: any free port
     consul: ConsulAddress = field(default_factory=ConsulAddress)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
-    policy: str = "round-robin"
+    policy: str = "peak-ewma"  # measured best with a slow worker (docs/performance/studies.md)
     split: dict[str, int] = field(default_factory=dict)  # version -> weight, e.g. {"1": 90, "2": 10}
     max_batch_size: int = 32  # per-worker micro-batch
     max_batch_delay_ms: float = 2.0

@@ -147,6 +147,11 @@ async def forward(
         if tried:
             stats.retries += 1
         tried.add(handle)
+        wait_ms = handle.balance.predicted_wait_ms(time.monotonic())
+        if wait_ms > remaining * 1000:  # refused here, before decoding: it could only be answered late
+            refused = ErrorInfo(504, "timeout", f"the queue's predicted wait ({wait_ms:.0f} ms) exceeds the "
+                                                f"{remaining * 1000:.0f} ms this request has left")
+            continue
         result = await _attempt(pool, stats, handle, image_for, k, route.model, probabilities,
                                 worker_timeout_s, deadline, request_id)
         if isinstance(result, tuple):

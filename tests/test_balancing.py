@@ -79,6 +79,9 @@ def test_a_failure_makes_a_worker_look_slower_for_a_while():
     before = b.expected_ms(0.0, 6.0)
     b.failed(0.0, refused=True)  # a fast refusal
     assert b.expected_ms(0.0, 6.0) >= 5 * before
+    for _ in range(50):  # a run of refusals: still five times the worker's pace, not 5 ** 50
+        b.failed(0.0, refused=True)
+    assert b.service.value == pytest.approx(5 * max(6.0, 10.0))
 
 
 @pytest.mark.unit

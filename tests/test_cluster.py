@@ -104,7 +104,7 @@ def test_two_step_curl_flow(start_worker, start_proxy, service, coffee_jpeg, tmp
 
 async def test_round_robin_spreads_evenly(start_worker, start_proxy, service, coffee_jpeg):
     workers = start_workers(start_worker, service, 2)
-    proxy = start_proxy("--service-name", service)
+    proxy = start_proxy("--service-name", service, "--policy", "round-robin")
     wait_for(lambda: len(live_ids(proxy)) == 2, what="2 live workers")
     async with aiohttp.ClientSession() as s:
         for _ in range(20):
@@ -117,7 +117,7 @@ async def test_round_robin_spreads_evenly(start_worker, start_proxy, service, co
 async def test_new_worker_gets_traffic_without_proxy_restart(start_worker, start_proxy, service, coffee_jpeg):
     (first,) = start_workers(start_worker, service, 1)
     # Without slow start (tests/test_balancing.py has it), round-robin shares exactly.
-    proxy = start_proxy("--service-name", service, "--slow-start", "0")
+    proxy = start_proxy("--service-name", service, "--slow-start", "0", "--policy", "round-robin")
     wait_for(lambda: live_ids(proxy) == {first.worker_id}, what="first worker live")
     second = start_worker("--service-name", service)
     # The watcher's blocking query sees the registration within milliseconds.

@@ -29,7 +29,7 @@ def test_lookup_and_forward_across_hosts(lab, artifacts_dir, coffee_jpeg, tmp_pa
     workers = [WorkerProcess("127.0.0.1:8500", *serve_model(MODEL_DIR), host="0.0.0.0",
                              wrapper=h.wrapper, log_path=artifacts_dir / f"multihost-{h.name}.log")
                for h in worker_hosts]
-    proxy = ProxyProcess("127.0.0.1:8500", host="0.0.0.0", port=12480, reach_at=proxy_host.ip,
+    proxy = ProxyProcess("127.0.0.1:8500", "--policy", "round-robin", host="0.0.0.0", port=12480, reach_at=proxy_host.ip,
                          wrapper=proxy_host.wrapper, log_path=artifacts_dir / "multihost-proxy.log")
     try:
         for w in workers:

@@ -55,6 +55,9 @@ def build_parser(prog: str = "python -m worker") -> argparse.ArgumentParser:
     p.add_argument("--max-batch-delay-ms", type=float, default=b.max_batch_delay_ms,
                    help="how long a batch that is not full may wait for more images")
     p.add_argument("--max-queue", type=int, default=b.max_queue, help="images admitted (being decoded or queued) before 503s")
+    p.add_argument("--max-queue-wait-ms", type=float, default=b.max_queue_wait_ms,
+                   help="refuse (503) when the queue's predicted wait is past this, in ms (0: no bound; "
+                        "a request's own deadline refuses it too)")
     p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
                    help="the runtime's threads: TFLite, ONNX Runtime, TensorFlow intra-op; 0 = every core")
     p.add_argument("--inter-op-threads", type=int, default=d.inter_op_threads, help="TensorFlow, 0 = default")

@@ -64,6 +64,7 @@ class BatchConfig:
     max_batch_size: int = 32
     max_batch_delay_ms: float = 2.0
     max_queue: int = 256  # images admitted (being decoded or queued); beyond, a fast 503
+    max_queue_wait_ms: float = 0.0  # beyond this predicted wait, a fast 503 too; 0: no such bound
 
 
 @dataclass
@@ -119,9 +120,13 @@ class Batcher:
         self._slot_freed = asyncio.Event()
         self._running = 0  # images in the batches handed out (computing, or ready for a lane)
         self._closed = False
-        # Recent compute time an image, over the batches that run at once (EWMA; 0 before the
-        # first batch): the worker's pace, which it reports for balancing and deadlines.
+        # The worker's pace: ms an image at the rate batches recently finished while work was
+        # waiting (so decoding, the event loop and the lanes all count), else compute time
+        # over the batches that run at once (EWMA; 0 before the first batch). It predicts a
+        # queue's wait, for deadlines, and proxies balance on it.
         self.service_ms = 0.0
+        self._last_done = 0.0
+        self._busy = False  # work was left waiting or running when the last batch finished
 
     @property
     def room(self) -> int:
@@ -230,9 +235,7 @@ class Batcher:
         finally:
             self._running -= len(batch)
         inference_ms = (finished - started) * 1000
-        if self.stats.batches >= model.concurrency:  # each interpreter's first batch is cold (weights packed)
-            per_image = inference_ms / len(batch) / model.concurrency
-            self.service_ms = per_image if not self.service_ms else 0.8 * self.service_ms + 0.2 * per_image
+        self._pace(finished, inference_ms, len(batch), model.concurrency)
         self.metrics.inference.observe(finished - started)
         self.metrics.batch_size.observe(len(batch))
         self.stats.batches += 1
@@ -244,6 +247,15 @@ class Batcher:
                 item.future.set_result(
                     Prediction(row, (started - item.enqueued) * 1000, inference_ms, len(batch), model)
                 )
+
+    def _pace(self, finished: float, inference_ms: float, size: int, concurrency: int) -> None:
+        if self.stats.batches >= concurrency:  # each interpreter's first batch is cold (weights packed)
+            if self._busy:
+                per_image = (finished - self._last_done) * 1000 / size
+            else:
+                per_image = inference_ms / size / concurrency
+            self.service_ms = per_image if not self.service_ms else 0.8 * self.service_ms + 0.2 * per_image
+        self._last_done, self._busy = max(self._last_done, finished), self.depth > 0
 
     @staticmethod
     def _predict(model: Model, images: list[np.ndarray]) -> tuple[float, float, np.ndarray]:

@@ -51,11 +51,20 @@ class WorkerState:
         return self.batchers[pick_model(model, self.batchers, self.config.edge.default_model)]
 
     def check_room(self, batcher: Batcher) -> None:
-        """503 overloaded now when `batcher` has no room left: refused before a body is read."""
+        """503 overloaded now when `batcher` has no room left, or its predicted wait is past
+        --max-queue-wait-ms: refused before a body is read."""
         try:
             batcher.check_room()
         except QueueFullError as exc:
             raise overloaded(str(exc)) from None
+        self.check_wait(batcher)
+
+    def check_wait(self, batcher: Batcher) -> None:
+        """503 overloaded when the queue's predicted wait is past --max-queue-wait-ms."""
+        bound = self.config.batch.max_queue_wait_ms
+        if bound and batcher.predicted_wait_ms() > bound:
+            raise overloaded(f"the queue's predicted wait is {batcher.predicted_wait_ms():.0f} ms "
+                             f"(--max-queue-wait-ms {bound:g})")
 
     def admit(self, batcher: Batcher, count: int = 1) -> Admission:
         """Room for `count` images in `batcher`'s queue, reserved once the body is read and
@@ -64,6 +73,7 @@ class WorkerState:
         if count > self.config.batch.max_queue:
             raise ApiError(413, "too_many_images", f"{count} images in one request; this worker queues at most "
                                                    f"{self.config.batch.max_queue} (--max-queue)")
+        self.check_wait(batcher)
         try:
             return batcher.admit(count)
         except QueueFullError as exc:
@@ -85,9 +95,9 @@ class WorkerState:
         time the request has left: it could only be answered too late. (What is left then
         has to cover its own compute too; an image that runs out of time in the queue is
         dropped there, uncomputed.)"""
-        if timeout_s is None:
+        if timeout_s is None or not batcher.depth:  # an idle worker takes anything (and so keeps its pace learnt)
             return
-        wait_ms = batcher.predicted_wait_ms()
+        wait_ms = batcher.predicted_wait_ms() + batcher.service_ms  # until its own answer
         if wait_ms > timeout_s * 1000:
             raise ApiError(504, "timeout", f"the queue's predicted wait ({wait_ms:.0f} ms) exceeds the "
                                            f"{timeout_s * 1000:.0f} ms this request has left")
