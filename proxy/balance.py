@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from worker.protocol import WorkerLoad
 
 REPORT_FRESH_S = 2.0  # an older report says nothing about the queue now
+ADMISSION_FRESH_S = 0.1  # the proxy refuses on a report no older than this
 FAILURE_PENALTY = 5.0  # a failure or refusal looks this many times slower (Linkerd's bias against fast failures)
 PENALTY_FLOOR_MS = 10.0
 
@@ -77,8 +78,11 @@ class WorkerBalance:
         return (self.load(now) + 1) * (self.service.value or default_service_ms)
 
     def predicted_wait_ms(self, now: float) -> float:
-        """When a request sent now would start, at the pace the worker last reported (0 while
-        nothing is ahead of it, or it has not reported)."""
+        """When a request sent now would start, at the pace the worker last reported; 0 unless
+        that report is a tenth of a second old at most (a reply's, under load: a poll's can
+        describe a burst that has since drained)."""
+        if now - self.reported_at > ADMISSION_FRESH_S:
+            return 0.0
         return self.load(now) * self.reported_service_ms
 
     def weight(self, now: float, window_s: float) -> float:

@@ -204,7 +204,8 @@ async def test_deadline_refused_at_admission_and_never_answered_late(start_worke
         for url in (worker.url, proxy.url):
             answers = await asyncio.gather(*(post(url, 300) for _ in range(60)))
             statuses = Counter(status for status, _, _ in answers)
-            assert set(statuses) <= {200, 504} and statuses[200] > 0 and statuses[504] > 0, statuses
+            assert set(statuses) <= {200, 504} and statuses[200] > 0 and statuses[504] > 0, \
+                sorted((ms, body.get("error")) for _, body, ms in answers)[:5]
             codes = {body["error"]["code"] for status, body, _ in answers if status == 504}
             assert codes == {"timeout"}
         # Arrivals past what one worker can take (~1.5x here), 200 ms each, through the
@@ -301,3 +302,56 @@ async def test_the_clients_timeout_bounds_a_classify_retries_included(start_work
             assert time.monotonic() - started < 1.5
     finally:
         worker.signal(signal.SIGCONT)
+
+
+@pytest.mark.system
+async def test_the_retry_budget_stops_retries_on_real_processes(start_worker, start_proxy, service, coffee_jpeg):
+    """No budget at all: a request whose worker timed out is not retried on the healthy
+    one; it gets a fast 503 overloaded, and /workers counts the refused retry."""
+    frozen, _healthy = start_worker("--service-name", service), start_worker("--service-name", service)
+    proxy = start_proxy("--service-name", service, "--policy", "round-robin", "--worker-timeout", "0.5",
+                        "--stall-timeout", "30", "--retry-budget", "0", "--min-retries-per-second", "0",
+                        "--consecutive-failures", "100")
+    wait_for(lambda: len(proxy.workers()["workers"]) == 2, what="both workers known")
+    frozen.signal(signal.SIGSTOP)
+    try:
+        async with aiohttp.ClientSession() as s:
+            answers = []
+            for _ in range(4):  # round-robin: some go to the frozen worker
+                form = aiohttp.FormData()
+                form.add_field("data", coffee_jpeg, filename="p.jpg")
+                async with s.post(proxy.url, data=form) as r:
+                    answers.append((r.status, (await r.json()).get("error", {}).get("code")))
+    finally:
+        frozen.signal(signal.SIGCONT)
+    refused = answers.count((503, "overloaded"))
+    assert set(answers) <= {(200, None), (503, "overloaded")} and refused >= 1, answers
+    assert proxy.workers()["retries_over_budget"] == refused
+
+
+@pytest.mark.system
+async def test_a_new_worker_ramps_up_in_slow_start(start_worker, start_proxy, service, coffee_jpeg):
+    first = start_worker("--service-name", service)
+    proxy = start_proxy("--service-name", service, "--policy", "round-robin", "--slow-start", "4")
+    wait_for(lambda: len(proxy.workers()["workers"]) == 1, what="first worker known")
+    second = start_worker("--service-name", service)
+    wait_for(lambda: len(proxy.workers()["workers"]) == 2, what="second worker known")
+    joined = time.monotonic()
+
+    async def shares(n: int) -> float:
+        before = {w["id"]: w["served"] for w in proxy.workers()["workers"]}
+        async with aiohttp.ClientSession() as s:
+            for _ in range(n):
+                form = aiohttp.FormData()
+                form.add_field("data", coffee_jpeg, filename="p.jpg")
+                async with s.post(proxy.url, data=form) as r:
+                    assert r.status == 200
+        after = {w["id"]: w["served"] for w in proxy.workers()["workers"]}
+        return (after[second.worker_id] - before.get(second.worker_id, 0)) / n
+
+    early = await shares(30)  # its first second or so: offered 10-35% of round-robin's half
+    state = {w["id"]: w for w in proxy.workers()["workers"]}
+    assert state[second.worker_id]["slow_start"] and not state[first.worker_id]["slow_start"]
+    await asyncio.sleep(max(0.0, 4.5 - (time.monotonic() - joined)))
+    ramped = await shares(30)  # past the window: round-robin's half
+    assert early < 0.3 and ramped >= 0.4, (early, ramped)

@@ -118,6 +118,25 @@ async def test_caller_that_went_away_does_not_break_the_loop(batcher):
     assert sum(model.batches) == 2  # the cancelled request was never computed
 
 
+async def test_callers_that_went_away_leave_the_depth_at_once(batcher):
+    """A queue's depth predicts waits (deadline admission, the load proxies balance on):
+    images whose callers left stop counting when they leave, not when the queue drains."""
+    b, model = batcher
+    model.gate.clear()
+    blocker = asyncio.ensure_future(b.submit(image(0)))
+    await asyncio.sleep(0.1)  # computing, behind the gate
+    waiting = [asyncio.ensure_future(b.submit(image(i))) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    assert b.depth == 4
+    for task in waiting:
+        task.cancel()
+    await asyncio.sleep(0)
+    assert b.depth == 1
+    model.gate.set()
+    await blocker
+    assert b.depth == 0 and sum(model.batches) == 1
+
+
 async def test_close_answers_every_image_and_stops_the_model(batcher):
     """A drain that ran out of time: the batch still running (its model stuck) and the
     images queued behind it fail with Stopped (answered 503) at once, not cut at exit."""

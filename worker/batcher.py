@@ -81,6 +81,8 @@ class _Pending:
     image: np.ndarray
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    taken: bool = False  # collected into a batch (or dropped there)
+    abandoned: bool = False  # its caller went away while it waited in the queue
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Batcher:
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()  # admit() keeps it within max_queue
         self._admitted = 0  # images with room reserved, not yet queued: being decoded
+        self._abandoned = 0  # queued images whose callers went away: in the queue, but no one's wait
         # A swapped-in version of the same model has the same concurrency (same settings).
         lanes = model.concurrency > 1
         self._executor = compute_pool(model.concurrency, "inference")
@@ -139,8 +142,8 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        """Images admitted (being decoded), waiting or being computed."""
-        return self._admitted + self._queue.qsize() + self._running
+        """Images admitted (being decoded), waiting or being computed, for callers still there."""
+        return self._admitted + self._queue.qsize() - self._abandoned + self._running
 
     def predicted_wait_ms(self) -> float:
         """How long an image admitted now would wait before its batch starts: the images
@@ -189,8 +192,15 @@ class Batcher:
         if self._closed:  # decoded after close(): nothing would collect it
             raise Stopped("the worker stopped before computing this image")
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(image, future))
+        pending = _Pending(image, future)
+        future.add_done_callback(lambda _: self._abandon(pending))
+        self._queue.put_nowait(pending)
         return await future
+
+    def _abandon(self, pending: _Pending) -> None:
+        if pending.future.cancelled() and not pending.taken:
+            pending.abandoned = True
+            self._abandoned += 1
 
     async def submit(self, image: np.ndarray) -> Prediction:
         """Admit and queue a preprocessed image in one step."""
@@ -204,6 +214,9 @@ class Batcher:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
             batch = await collect_batch(self._queue, self._batch_size, self.config.max_batch_delay_ms)
+            for item in batch:
+                item.taken = True
+                self._abandoned -= item.abandoned
             # Callers that went away (cancelled futures) need no computation.
             batch = [item for item in batch if not item.future.done()]
             if batch:
