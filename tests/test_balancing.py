@@ -23,6 +23,15 @@ from tests.processes import wait_for
 from worker.protocol import BatchReply, BatchRequest, WorkerLoad
 
 
+async def post_photo(session: aiohttp.ClientSession, url: str, photo: bytes,
+                     headers: dict | None = None) -> tuple[int, dict]:
+    """POST the photo as the README's curl does: (status, JSON body)."""
+    form = aiohttp.FormData()
+    form.add_field("data", photo, filename="p.jpg")
+    async with session.post(url, data=form, headers=headers or {}) as r:
+        return r.status, await r.json()
+
+
 @pytest.fixture
 def service():
     return f"classifier-{uuid.uuid4().hex[:6]}"
@@ -169,10 +178,8 @@ async def test_peak_ewma_sends_less_to_a_throttled_worker(start_worker, start_pr
     try:
         async with aiohttp.ClientSession() as s:
             async def send():
-                form = aiohttp.FormData()
-                form.add_field("data", coffee_jpeg, filename="p.jpg")
-                async with s.post(proxy.url, data=form) as r:
-                    assert r.status == 200, await r.text()
+                status, body = await post_photo(s, proxy.url, coffee_jpeg)
+                assert status == 200, body
             result = await run_open_loop(send, rate=25, duration_s=6)
     finally:
         stop.set()
@@ -191,12 +198,9 @@ async def test_deadline_refused_at_admission_and_never_answered_late(start_worke
     wait_for(lambda: len(proxy.workers()["workers"]) == 1, what="worker known")
     async with aiohttp.ClientSession() as s:
         async def post(url: str, timeout_ms: int):
-            form = aiohttp.FormData()
-            form.add_field("data", coffee_jpeg, filename="p.jpg")
             started = time.monotonic()
-            async with s.post(url, data=form, headers={"X-Request-Timeout-Ms": str(timeout_ms)}) as r:
-                body = await r.json()
-                return r.status, body, (time.monotonic() - started) * 1000
+            status, body = await post_photo(s, url, coffee_jpeg, {"X-Request-Timeout-Ms": str(timeout_ms)})
+            return status, body, (time.monotonic() - started) * 1000
 
         assert (await post(proxy.url, 5000))[0] == 200  # the worker learns its pace
         # 60 at once with 300 ms each: the queue can answer only some in time; the rest are
@@ -238,12 +242,8 @@ async def test_the_ejection_cap_keeps_half_the_workers(start_worker, start_proxy
         w.signal(signal.SIGSTOP)
     try:
         async with aiohttp.ClientSession() as s:
-            async def post():
-                form = aiohttp.FormData()
-                form.add_field("data", coffee_jpeg, filename="p.jpg")
-                async with s.post(proxy.url, data=form) as r:
-                    return r.status
-            statuses = await asyncio.gather(*(post() for _ in range(12)))
+            answers = await asyncio.gather(*(post_photo(s, proxy.url, coffee_jpeg) for _ in range(12)))
+        statuses = [status for status, _ in answers]
         state = proxy.workers()
         ejected = [w["id"] for w in state["workers"] if not w["live"]]
         assert len(ejected) == 1 and state["ejections_capped"] >= 1, state
@@ -264,11 +264,9 @@ async def test_lookups_spread_by_reported_load(start_worker, start_proxy, servic
         async def p2p():
             async with s.get(proxy.url) as r:
                 address = (await r.text()).strip()
-            form = aiohttp.FormData()
-            form.add_field("data", coffee_jpeg, filename="p.jpg")
-            async with s.post(f"http://{address}", data=form) as r:
-                assert r.status == 200
-                return (await r.json())["worker"]
+            status, body = await post_photo(s, f"http://{address}", coffee_jpeg)
+            assert status == 200
+            return body["worker"]
         result = await run_open_loop(p2p, rate=30, duration_s=4)
         async with s.get(proxy.url + "/lookup") as r:
             assert "load" in await r.json()
@@ -318,10 +316,8 @@ async def test_the_retry_budget_stops_retries_on_real_processes(start_worker, st
         async with aiohttp.ClientSession() as s:
             answers = []
             for _ in range(4):  # round-robin: some go to the frozen worker
-                form = aiohttp.FormData()
-                form.add_field("data", coffee_jpeg, filename="p.jpg")
-                async with s.post(proxy.url, data=form) as r:
-                    answers.append((r.status, (await r.json()).get("error", {}).get("code")))
+                status, body = await post_photo(s, proxy.url, coffee_jpeg)
+                answers.append((status, body.get("error", {}).get("code")))
     finally:
         frozen.signal(signal.SIGCONT)
     refused = answers.count((503, "overloaded"))
@@ -342,10 +338,7 @@ async def test_a_new_worker_ramps_up_in_slow_start(start_worker, start_proxy, se
         before = {w["id"]: w["served"] for w in proxy.workers()["workers"]}
         async with aiohttp.ClientSession() as s:
             for _ in range(n):
-                form = aiohttp.FormData()
-                form.add_field("data", coffee_jpeg, filename="p.jpg")
-                async with s.post(proxy.url, data=form) as r:
-                    assert r.status == 200
+                assert (await post_photo(s, proxy.url, coffee_jpeg))[0] == 200
         after = {w["id"]: w["served"] for w in proxy.workers()["workers"]}
         return (after[second.worker_id] - before.get(second.worker_id, 0)) / n
 

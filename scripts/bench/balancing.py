@@ -25,7 +25,6 @@ import contextlib
 import json
 import signal
 import sys
-from collections import Counter
 from pathlib import Path
 
 import aiohttp
