@@ -63,9 +63,9 @@ CATALOG: dict[str, ErrorCode] = {
     "worker_rejected": ErrorCode(502, "a worker refused the proxy's own message (a token or input-shape "
                                       "mismatch between the tiers): the details are in the proxy's log"),
     "not_ready": ErrorCode(503, "the worker is loading its models or draining", retry=True),
-    "overloaded": ErrorCode(503, "the queue (`--max-queue`), the bytes of uploads being read "
-                                 "(`--max-upload-bytes`) or the proxy's `--max-in-flight` is full, or the "
-                                 "proxy's retry budget is spent", retry=True),
+    "overloaded": ErrorCode(503, "the queue (`--max-queue`, or `--max-queue-wait-ms` of predicted wait), the "
+                                 "bytes of uploads being read (`--max-upload-bytes`) or the proxy's "
+                                 "`--max-in-flight` is full, or the proxy's retry budget is spent", retry=True),
     "no_worker": ErrorCode(503, "the proxy has no live worker (for that model) that could take the request",
                            retry=True),
     "shutting_down": ErrorCode(503, "the worker stopped before computing an accepted image (a drain that ran "
