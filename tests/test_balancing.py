@@ -348,3 +348,18 @@ async def test_a_new_worker_ramps_up_in_slow_start(start_worker, start_proxy, se
     await asyncio.sleep(max(0.0, 4.5 - (time.monotonic() - joined)))
     ramped = await shares(30)  # past the window: round-robin's half
     assert early < 0.3 and ramped >= 0.4, (early, ramped)
+
+
+@pytest.mark.system
+async def test_a_queue_bounded_in_time_refuses_fast(start_worker, coffee_jpeg):
+    """--max-queue-wait-ms: past that predicted wait, 503 overloaded at once, without a
+    client deadline; what is accepted is answered."""
+    worker = start_worker("--max-queue-wait-ms", "60")
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):  # the pace is learnt past each lane's cold first batch
+            assert (await post_photo(s, worker.url, coffee_jpeg))[0] == 200
+        answers = await asyncio.gather(*(post_photo(s, worker.url, coffee_jpeg) for _ in range(40)))
+    statuses = Counter(status for status, _ in answers)
+    assert set(statuses) == {200, 503}, statuses
+    messages = {body["error"]["message"] for status, body in answers if status == 503}
+    assert all("--max-queue-wait-ms 60" in m for m in messages), messages
