@@ -7,8 +7,9 @@ own, without waiting for Consul's TTL, when its connection drops, after
 answers in a second failed (`--failure-rate`). An ejected worker is probed on /readyz
 after an ejection time that grows with each ejection, and comes back in slow start. Never
 more than `--max-ejection-percent` of the workers are ejected at once (at least one may
-be): beyond it a failing worker stays in the set, as Envoy's panic threshold does, since
-ejecting most of a cluster would put all the load on the rest. A worker Consul no longer
+be, and never the last): beyond it a failing worker stays in the set, as Envoy's panic
+threshold does, since ejecting most of a cluster would put all the load on the rest. A
+dropped connection ejects regardless: nothing can reach that worker. A worker Consul no longer
 lists is forgotten; its channel stays open until the requests already sent to it are
 answered (a draining worker finishes them).
 """
@@ -198,9 +199,11 @@ class WorkerPool:
         return sum(1 for h in self.workers.values() if h.ejected is not None)
 
     def _may_eject(self) -> bool:
-        """Whether one more ejection stays within --max-ejection-percent (one always may)."""
+        """Whether one more ejection stays within --max-ejection-percent (one always may)
+        and leaves a worker to route to: a lone worker that is slow or starved of CPU (its
+        replies late while others load their models, say) is better than none."""
         cap = max(1, int(len(self.workers) * self.config.max_ejection_percent / 100))
-        return self._ejected() < cap
+        return self._ejected() < min(cap, len(self.workers) - 1)
 
     def _ejection_time(self, worker_id: str) -> float:
         """--ejection-time times the ejections of this worker that came within a minute of

@@ -112,7 +112,7 @@ def run_pycon(example: Example, globs: dict, substitute) -> str | None:
     test = doctest.DocTestParser().get_doctest(substitute(example.source), globs, example.page, example.page,
                                                example.line)
     report: list[str] = []
-    runner = doctest.DocTestRunner(checker=Checker(), optionflags=doctest.ELLIPSIS)
+    runner = doctest.DocTestRunner(checker=Checker(), verbose=False, optionflags=doctest.ELLIPSIS)
     runner.run(test, out=report.append, clear_globs=False)
     globs.update(test.globs)  # DocTest ran on a copy: the page's next block goes on from here
     return "".join(report) or None
