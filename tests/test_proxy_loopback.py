@@ -117,8 +117,9 @@ class ScriptedWorker:
 @pytest.fixture
 async def proxy():
     """(post, app, add_workers): the proxy app on a loopback TestServer."""
+    # Round-robin: these tests script which worker answers what, so the picks must be certain.
     config = ProxyConfig(host="127.0.0.1", consul=ConsulAddress("127.0.0.1", free_port()), probe_interval=30,
-                         grpc_port=0)
+                         grpc_port=0, policy="round-robin")
     app = create_app(config)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
